@@ -1,0 +1,160 @@
+//! LoRA adapters: initialisation, forward, merge, and the PEFT on-disk format.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Result, Tensor, Var, D};
+
+use crate::rng::Rng;
+use crate::spec::{JobSpec, Targets, LINEAR_MODULES};
+
+/// One adapter: `A` [r, in] and `B` [out, r], trainable, always f32.
+pub struct LoraAdapter {
+    pub a: Var,
+    pub b: Var,
+    pub scale: f64,
+    pub dropout: f64,
+}
+
+/// What every adapter in a model shares.
+#[derive(Debug, Clone)]
+pub struct LoraConfig {
+    pub r: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    pub use_rslora: bool,
+    pub targets: Vec<String>,
+}
+
+impl LoraConfig {
+    pub fn from_spec(spec: &JobSpec) -> LoraConfig {
+        let targets = match &spec.target_modules {
+            Targets::AllLinear => LINEAR_MODULES.iter().map(|s| s.to_string()).collect(),
+            Targets::Names(n) => n.clone(),
+        };
+        LoraConfig { r: spec.lora_r, alpha: spec.lora_alpha, dropout: spec.lora_dropout, use_rslora: spec.use_rslora, targets }
+    }
+
+    pub fn scale(&self) -> f64 {
+        if self.use_rslora { self.alpha / (self.r as f64).sqrt() } else { self.alpha / self.r as f64 }
+    }
+
+    /// Whether a module path (e.g. `model.layers.3.mlp.up_proj`) gets an adapter.
+    pub fn targets_module(&self, path: &str) -> bool {
+        let leaf = path.rsplit('.').next().unwrap_or(path);
+        self.targets.iter().any(|t| t == leaf)
+    }
+}
+
+impl LoraAdapter {
+    /// PEFT's default init: A ~ kaiming-uniform(a=√5) = U(−1/√in, 1/√in), B = 0,
+    /// so an untrained adapter leaves the model unchanged.
+    pub fn init(in_features: usize, out_features: usize, cfg: &LoraConfig, rng: &mut Rng, device: &Device) -> Result<LoraAdapter> {
+        let bound = 1.0 / (in_features as f64).sqrt();
+        let a: Vec<f32> = (0..cfg.r * in_features).map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32).collect();
+        let a = Var::from_vec(a, (cfg.r, in_features), device)?;
+        let b = Var::zeros((out_features, cfg.r), DType::F32, device)?;
+        Ok(LoraAdapter { a, b, scale: cfg.scale(), dropout: cfg.dropout })
+    }
+
+    /// scale·B(A(dropout(x))) in f32; `x` [..., in]. Dropout only when a training RNG is given.
+    pub fn forward(&self, x: &Tensor, dropout_rng: Option<&mut Rng>) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let x2 = x.flatten_to(D::Minus2)?.to_dtype(DType::F32)?;
+        let x2 = match dropout_rng {
+            Some(rng) if self.dropout > 0.0 => {
+                let keep = 1.0 - self.dropout;
+                let n = x2.elem_count();
+                let mask: Vec<f32> =
+                    (0..n).map(|_| if (rng.next_f64()) < keep { (1.0 / keep) as f32 } else { 0.0 }).collect();
+                let mask = Tensor::from_vec(mask, x2.shape(), x2.device())?;
+                x2.mul(&mask)?
+            }
+            _ => x2,
+        };
+        let h = x2.matmul(&self.a.as_tensor().t()?)?;
+        let y = (h.matmul(&self.b.as_tensor().t()?)? * self.scale)?;
+        let mut out = dims;
+        let last = out.len() - 1;
+        out[last] = self.b.dims()[0];
+        y.reshape(out)
+    }
+
+    /// scale·B·A [out, in] in f32: what merging adds to the base weight.
+    pub fn delta_weight(&self) -> Result<Tensor> {
+        self.b.as_tensor().matmul(self.a.as_tensor())? * self.scale
+    }
+}
+
+/// PEFT tensor key of an adapter matrix for a module path.
+pub fn peft_key(module: &str, which: char) -> String {
+    format!("base_model.model.{module}.lora_{which}.weight")
+}
+
+/// `adapter_config.json` as PEFT writes it (keys per formats.md §1).
+pub fn peft_config_json(cfg: &LoraConfig, base_model_name_or_path: &str) -> serde_json::Value {
+    let mut targets = cfg.targets.clone();
+    targets.sort();
+    serde_json::json!({
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model_name_or_path,
+        "r": cfg.r,
+        "lora_alpha": cfg.alpha,
+        "lora_dropout": cfg.dropout,
+        "target_modules": targets,
+        "exclude_modules": null,
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "use_rslora": cfg.use_rslora,
+        "use_dora": false,
+        "modules_to_save": null,
+        "init_lora_weights": true,
+        "layers_to_transform": null,
+        "layers_pattern": null,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+        "inference_mode": true,
+        "revision": null,
+    })
+}
+
+/// Write `adapter_model.safetensors` (metadata format=pt, like PEFT) from (module path, adapter) pairs.
+pub fn save_adapter_tensors(path: &Path, adapters: &[(&str, &LoraAdapter)]) -> Result<()> {
+    let mut tensors: BTreeMap<String, Tensor> = BTreeMap::new();
+    for (module, lora) in adapters {
+        tensors.insert(peft_key(module, 'A'), lora.a.as_tensor().to_dtype(DType::F32)?.contiguous()?);
+        tensors.insert(peft_key(module, 'B'), lora.b.as_tensor().to_dtype(DType::F32)?.contiguous()?);
+    }
+    save_safetensors(path, &tensors)
+}
+
+/// Save tensors with PEFT/transformers' `{"format": "pt"}` metadata.
+pub fn save_safetensors(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
+    let metadata: std::collections::HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+    let data: Vec<(&str, &Tensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    safetensors::tensor::serialize_to_file(data, Some(metadata), path).map_err(|e| candle_core::Error::Msg(format!("{}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn untrained_adapter_is_a_no_op_and_init_bound_holds() {
+        let cfg = LoraConfig { r: 4, alpha: 8.0, dropout: 0.0, use_rslora: false, targets: vec!["q_proj".into()] };
+        let mut rng = Rng::new(1);
+        let lora = LoraAdapter::init(16, 8, &cfg, &mut rng, &Device::Cpu).unwrap();
+        let bound = 1.0 / 4.0;
+        let a = lora.a.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(a.iter().all(|v| v.abs() <= bound) && a.iter().any(|v| v.abs() > bound * 0.5));
+        let x = Tensor::ones((2, 3, 16), DType::F32, &Device::Cpu).unwrap();
+        let y = lora.forward(&x, None).unwrap();
+        assert_eq!(y.dims(), &[2, 3, 8]);
+        assert_eq!(y.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+        assert!(cfg.targets_module("model.layers.0.self_attn.q_proj"));
+        assert!(!cfg.targets_module("model.layers.0.self_attn.k_proj"));
+        let rs = LoraConfig { use_rslora: true, ..cfg };
+        assert!((rs.scale() - 4.0).abs() < 1e-12);
+    }
+}

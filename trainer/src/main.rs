@@ -1,0 +1,170 @@
+//! `train`: the SageMaker training entrypoint.
+//!
+//! `train [train] [--ml-root DIR] [--<hyperparameter> VALUE]...` runs the job under `/opt/ml`;
+//! `train demo` runs the embedded tiny demo through the same path.
+
+use std::path::PathBuf;
+use std::process::ExitCode as ProcessExit;
+
+use trainer::job::{self, JobOptions};
+use trainer::sagemaker::{ExitCode, MlPaths, StopFlag};
+use trainer::TrainError;
+
+const USAGE: &str = "\
+Usage:
+  train [train] [--ml-root DIR] [--<hyperparameter> VALUE | --<hyperparameter>=VALUE]...
+  train demo [--ml-root DIR] [--steps N] [--<hyperparameter> VALUE]...
+  train --hyperparameters     print the hyperparameter reference (markdown)
+  train --help | --version
+
+Reads /opt/ml (or --ml-root, OXTUNE_ML_ROOT, SAGEMAKER_BASE_DIR): input/config/hyperparameters.json,
+channels input/data/{train|training,validation,model}; writes model/, output/data/, checkpoints/;
+on failure output/failure and a non-zero exit (2 bad input, 1 internal error, 143 stopped by SIGTERM
+after checkpointing). Hyperparameters: CLI > OXTUNE_<NAME> environment > hyperparameters.json > defaults.
+";
+
+enum Command {
+    Train,
+    Demo { steps: Option<u64> },
+}
+
+struct Args {
+    command: Command,
+    ml_root: Option<PathBuf>,
+    hyperparameters: Vec<(String, String)>,
+}
+
+fn parse_args(raw: Vec<String>) -> Result<Option<Args>, String> {
+    let mut it = raw.into_iter().peekable();
+    let mut command = Command::Train;
+    match it.peek().map(String::as_str) {
+        Some("train") => {
+            it.next();
+        }
+        Some("demo") => {
+            it.next();
+            command = Command::Demo { steps: None };
+        }
+        Some("serve") => return Err("this image trains models; it has no `serve` mode (deploy the adapter with an inference container)".into()),
+        _ => {}
+    }
+    let mut args = Args { command, ml_root: None, hyperparameters: vec![] };
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                return Ok(None);
+            }
+            "-V" | "--version" => {
+                println!("train {}", env!("CARGO_PKG_VERSION"));
+                return Ok(None);
+            }
+            "--hyperparameters" => {
+                print!("{}", trainer::spec::markdown_table());
+                return Ok(None);
+            }
+            _ => {}
+        }
+        let Some(flag) = a.strip_prefix("--") else {
+            return Err(format!("unexpected argument `{a}`; hyperparameters are given as --name value\n\n{USAGE}"));
+        };
+        let (key, value) = match flag.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => {
+                let v = it.next().ok_or_else(|| format!("--{flag} needs a value"))?;
+                (flag.to_string(), v)
+            }
+        };
+        match (key.as_str(), &mut args.command) {
+            ("ml-root" | "ml_root", _) => args.ml_root = Some(PathBuf::from(value)),
+            ("steps", Command::Demo { steps }) => {
+                *steps = Some(value.parse().map_err(|_| format!("--steps needs a whole number, got `{value}`"))?)
+            }
+            _ => args.hyperparameters.push((key, value)),
+        }
+    }
+    Ok(Some(args))
+}
+
+fn main() -> ProcessExit {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("OXTUNE_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let args = match parse_args(std::env::args().skip(1).collect()) {
+        Ok(Some(a)) => a,
+        Ok(None) => return ProcessExit::SUCCESS,
+        Err(msg) => {
+            eprintln!("error: {msg}");
+            let paths = MlPaths::from_env(None);
+            if paths.root.exists() {
+                let _ = paths.write_failure(&format!("Bad input: {msg}"), "");
+            }
+            return ProcessExit::from(ExitCode::BadInput as u8);
+        }
+    };
+    let stop = match StopFlag::install() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot install signal handlers: {e}");
+            return ProcessExit::from(ExitCode::Internal as u8);
+        }
+    };
+    let paths = match &args.command {
+        Command::Demo { steps } => {
+            let root = args.ml_root.clone().unwrap_or_else(|| PathBuf::from("ml-demo"));
+            match trainer::demo::prepare(&root, *steps) {
+                Ok(p) => {
+                    println!("Demo: tiny Llama-architecture model + bundled instruction data written to {}", root.display());
+                    p
+                }
+                Err(e) => return fail(&MlPaths::new(root), &e),
+            }
+        }
+        Command::Train => MlPaths::from_env(args.ml_root.clone()),
+    };
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let opts = JobOptions { paths: paths.clone(), cli: args.hyperparameters, env, stop };
+    // Backprop walks the graph recursively: give it a large stack.
+    let worker = std::thread::Builder::new().name("train".into()).stack_size(1 << 30).spawn(move || job::run(opts));
+    let result = match worker {
+        Ok(handle) => handle.join(),
+        Err(e) => {
+            eprintln!("error: cannot start the training thread: {e}");
+            return ProcessExit::from(ExitCode::Internal as u8);
+        }
+    };
+    match result {
+        Ok(Ok(done)) => {
+            println!("Outputs in {}", done.model_dir.display());
+            ProcessExit::SUCCESS
+        }
+        Ok(Err(e)) => fail(&paths, &e),
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            let reason = format!("Internal error: the trainer crashed: {msg}. Please report this with the job's logs.");
+            eprintln!("error: {reason}");
+            let _ = paths.write_failure(&reason, "");
+            ProcessExit::from(ExitCode::Internal as u8)
+        }
+    }
+}
+
+fn fail(paths: &MlPaths, e: &TrainError) -> ProcessExit {
+    let reason = e.reason();
+    eprintln!("error: {reason}");
+    let mut details = String::new();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        details.push_str(&format!("caused by: {s}\n"));
+        src = s.source();
+    }
+    if let Err(w) = paths.write_failure(&reason, &details) {
+        eprintln!("error: could not write {}: {w}", paths.failure_file().display());
+    }
+    ProcessExit::from(e.exit_code() as u8)
+}

@@ -1,0 +1,221 @@
+//! One decoder for Llama 2/3/3.1/3.2, Mistral and Qwen2/2.5, driven by config.json:
+//! embedding → N × [RMSNorm → attention (RoPE, causal, GQA) → RMSNorm → SwiGLU MLP] → RMSNorm → lm_head.
+//! Every op goes through the `kernels` crate so fused GPU kernels slot in without touching this file.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Result, Tensor, Var, D};
+
+use super::config::ModelConfig;
+use super::linear::{BaseWeight, Linear};
+use super::weights::Weights;
+use super::ModelError;
+use crate::lora::{LoraAdapter, LoraConfig};
+use crate::rng::Rng;
+
+/// Per-forward switches.
+pub struct ForwardCtx {
+    /// Adapters on (policy) or off (the frozen base, e.g. the GRPO reference policy).
+    pub adapters: bool,
+    /// Some = training: LoRA dropout draws from this RNG.
+    pub dropout_rng: Option<Rng>,
+}
+
+impl ForwardCtx {
+    pub fn eval() -> ForwardCtx {
+        ForwardCtx { adapters: true, dropout_rng: None }
+    }
+}
+
+struct Layer {
+    input_norm: Tensor,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    post_norm: Tensor,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+pub struct Decoder {
+    pub cfg: ModelConfig,
+    pub dtype: DType,
+    pub device: Device,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    /// [vocab, hidden]; the embedding matrix itself when tied.
+    lm_head: Tensor,
+    inv_freq: Vec<f32>,
+}
+
+impl Decoder {
+    /// Load a HF checkpoint directory; adapters are created for the targeted modules when `lora` is given.
+    pub fn load(
+        dir: &Path,
+        cfg: &ModelConfig,
+        dtype: DType,
+        device: &Device,
+        lora: Option<(&LoraConfig, &mut Rng)>,
+    ) -> std::result::Result<Decoder, ModelError> {
+        let w = Weights::open(dir)?;
+        let h = cfg.hidden_size;
+        let embed = w.get("model.embed_tokens.weight", &[cfg.vocab_size, h], dtype, device)?;
+        let lm_head = if w.contains("lm_head.weight") {
+            w.get("lm_head.weight", &[cfg.vocab_size, h], dtype, device)?
+        } else if cfg.tie_word_embeddings {
+            embed.clone()
+        } else {
+            return Err(ModelError::MissingTensor {
+                dir: dir.to_path_buf(),
+                name: "lm_head.weight".into(),
+                hint: "config.json says tie_word_embeddings=false".into(),
+            });
+        };
+        let norm = w.get("model.norm.weight", &[h], dtype, device)?;
+        let mut lora = lora;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let shapes = cfg.projection_shapes();
+            let mut proj = |module: &str, bias: bool| -> std::result::Result<Linear, ModelError> {
+                let (_, inf, outf) = *shapes.iter().find(|(n, _, _)| *n == module).expect("known projection");
+                let name = format!("{p}.{}.{module}", super::config::module_group(module));
+                let wt = w.get(&format!("{name}.weight"), &[outf, inf], dtype, device)?;
+                let b = if bias { Some(w.get(&format!("{name}.bias"), &[outf], dtype, device)?) } else { None };
+                let adapter = match lora.as_mut() {
+                    Some((lcfg, rng)) if lcfg.targets_module(&name) => Some(LoraAdapter::init(inf, outf, lcfg, rng, device)?),
+                    _ => None,
+                };
+                Ok(Linear { name, in_features: inf, out_features: outf, base: BaseWeight::Dense { w: wt, bias: b }, lora: adapter })
+            };
+            let qkv_bias = cfg.qkv_bias();
+            let q = proj("q_proj", qkv_bias)?;
+            let k = proj("k_proj", qkv_bias)?;
+            let v = proj("v_proj", qkv_bias)?;
+            let o = proj("o_proj", cfg.o_bias())?;
+            let gate = proj("gate_proj", cfg.mlp_bias())?;
+            let up = proj("up_proj", cfg.mlp_bias())?;
+            let down = proj("down_proj", cfg.mlp_bias())?;
+            layers.push(Layer {
+                input_norm: w.get(&format!("{p}.input_layernorm.weight"), &[h], dtype, device)?,
+                post_norm: w.get(&format!("{p}.post_attention_layernorm.weight"), &[h], dtype, device)?,
+                q,
+                k,
+                v,
+                o,
+                gate,
+                up,
+                down,
+            });
+        }
+        Ok(Decoder { cfg: cfg.clone(), dtype, device: device.clone(), embed, layers, norm, lm_head, inv_freq: cfg.inv_freq()? })
+    }
+
+    /// Final hidden states [b, t, hidden] for `input_ids` [b, t] (u32) at `positions` [b, t] (u32).
+    /// `segment_ids` [b, t] separates packed samples (and padding, id 0); None = one causal sequence per row.
+    pub fn hidden(&self, input_ids: &Tensor, positions: &Tensor, segment_ids: Option<&Tensor>, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        let (b, t) = input_ids.dims2()?;
+        let cfg = &self.cfg;
+        let (hq, hkv, hd) = (cfg.num_attention_heads, cfg.num_kv_heads(), cfg.head_dim());
+        let mut x = self.embed.index_select(&input_ids.flatten_all()?, 0)?.reshape((b, t, cfg.hidden_size))?;
+        let (cos, sin) = kernels::rope::rope_tables(&self.inv_freq, positions, self.dtype)?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let eps = cfg.rms_norm_eps;
+        for layer in &self.layers {
+            let hn = kernels::rms_norm::rms_norm(&x, &layer.input_norm, eps)?;
+            let heads = |y: Tensor, n: usize| -> Result<Tensor> { y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous() };
+            let q = heads(layer.q.forward(&hn, ctx)?, hq)?;
+            let k = heads(layer.k.forward(&hn, ctx)?, hkv)?;
+            let v = heads(layer.v.forward(&hn, ctx)?, hkv)?;
+            let q = kernels::rope::rope(&q, &cos, &sin)?;
+            let k = kernels::rope::rope(&k, &cos, &sin)?;
+            let attn = kernels::attention::causal_attention(&q, &k, &v, segment_ids, scale)?;
+            let attn = attn.transpose(1, 2)?.contiguous()?.reshape((b, t, hq * hd))?;
+            x = (x + layer.o.forward(&attn, ctx)?)?;
+            let hn = kernels::rms_norm::rms_norm(&x, &layer.post_norm, eps)?;
+            let act = kernels::swiglu::swiglu(&layer.gate.forward(&hn, ctx)?, &layer.up.forward(&hn, ctx)?)?;
+            x = (x + layer.down.forward(&act, ctx)?)?;
+        }
+        kernels::rms_norm::rms_norm(&x, &self.norm, eps)
+    }
+
+    /// Full logits [b, t, vocab] in f32 — for evaluation, parity tests and sampling; training uses `target_log_probs`.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        kernels::frozen_linear::frozen_linear(hidden, &self.lm_head, None)?.to_dtype(DType::F32)
+    }
+
+    /// log p(target) per position, [b·t] f32, through the chunked lm_head + log-softmax (full logits never exist).
+    pub fn target_log_probs(&self, hidden: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        let h2 = hidden.flatten_to(D::Minus2)?;
+        let chunk = (8 * 1024 * 1024 / self.cfg.vocab_size.max(1)).max(1);
+        kernels::cross_entropy::linear_log_probs(&h2, &self.lm_head, &targets.flatten_all()?, chunk)
+    }
+
+    fn linears(&self) -> impl Iterator<Item = &Linear> {
+        self.layers.iter().flat_map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down])
+    }
+
+    /// (module path, adapter) for every adapted projection, in model order.
+    pub fn adapters(&self) -> Vec<(&str, &LoraAdapter)> {
+        self.linears().filter_map(|l| l.lora.as_ref().map(|a| (l.name.as_str(), a))).collect()
+    }
+
+    /// Trainable parameters in a stable order: for each adapter, A then B.
+    pub fn trainable_vars(&self) -> Vec<Var> {
+        self.adapters().into_iter().flat_map(|(_, a)| [a.a.clone(), a.b.clone()]).collect()
+    }
+
+    pub fn trainable_param_count(&self) -> usize {
+        self.trainable_vars().iter().map(|v| v.elem_count()).sum()
+    }
+
+    /// Merged weights (W + scale·B·A) in `dtype` under HF tensor names, for export.
+    pub fn merged_state_dict(&self, dtype: DType) -> Result<Vec<(String, Tensor)>> {
+        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed.to_dtype(dtype)?)];
+        for (i, layer) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            out.push((format!("{p}.input_layernorm.weight"), layer.input_norm.to_dtype(dtype)?));
+            out.push((format!("{p}.post_attention_layernorm.weight"), layer.post_norm.to_dtype(dtype)?));
+            for lin in [&layer.q, &layer.k, &layer.v, &layer.o, &layer.gate, &layer.up, &layer.down] {
+                out.push((format!("{}.weight", lin.name), lin.merged_weight_f32()?.to_dtype(dtype)?));
+                if let Some(b) = lin.bias() {
+                    out.push((format!("{}.bias", lin.name), b.to_dtype(dtype)?));
+                }
+            }
+        }
+        out.push(("model.norm.weight".to_string(), self.norm.to_dtype(dtype)?));
+        if !self.cfg.tie_word_embeddings {
+            out.push(("lm_head.weight".to_string(), self.lm_head.to_dtype(dtype)?));
+        }
+        Ok(out)
+    }
+
+    /// Set adapter weights from a PEFT adapter file (resume, or loading a trained adapter).
+    pub fn load_adapter_tensors(&self, path: &Path) -> std::result::Result<(), ModelError> {
+        let tensors = candle_core::safetensors::load(path, &self.device)
+            .map_err(|e| ModelError::Config { path: path.to_path_buf(), problem: format!("invalid safetensors: {e}") })?;
+        for (module, lora) in self.adapters() {
+            for (which, var) in [('A', &lora.a), ('B', &lora.b)] {
+                let key = crate::lora::peft_key(module, which);
+                let t = tensors.get(&key).ok_or_else(|| ModelError::MissingTensor {
+                    dir: path.to_path_buf(),
+                    name: key.clone(),
+                    hint: "the adapter does not match this model's target_modules / rank".into(),
+                })?;
+                if t.dims() != var.dims() {
+                    return Err(ModelError::BadShape {
+                        dir: path.to_path_buf(),
+                        name: key,
+                        found: t.dims().to_vec(),
+                        expected: var.dims().to_vec(),
+                    });
+                }
+                var.set(&t.to_dtype(DType::F32)?)?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,59 @@
+//! A decoder projection: a frozen base weight plus an optional LoRA adapter.
+
+use candle_core::{DType, Result, Tensor};
+
+use super::decoder::ForwardCtx;
+use crate::lora::LoraAdapter;
+
+/// The frozen base weight. QLoRA adds an NF4 variant beside `Dense`; callers only see `Linear`.
+pub enum BaseWeight {
+    /// `w` [out, in] in the compute dtype, `bias` [out].
+    Dense { w: Tensor, bias: Option<Tensor> },
+}
+
+pub struct Linear {
+    /// Module path as in the HF checkpoint, e.g. `model.layers.0.self_attn.q_proj`.
+    pub name: String,
+    pub in_features: usize,
+    pub out_features: usize,
+    pub base: BaseWeight,
+    pub lora: Option<LoraAdapter>,
+}
+
+impl Linear {
+    /// y = base(x) + scale·B(A(dropout(x))). The base never receives a weight gradient.
+    pub fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        let y = match &self.base {
+            BaseWeight::Dense { w, bias } => kernels::frozen_linear::frozen_linear(x, w, bias.as_ref())?,
+        };
+        match &self.lora {
+            Some(lora) if ctx.adapters => {
+                let delta = lora.forward(x, ctx.dropout_rng.as_mut())?;
+                y + delta.to_dtype(y.dtype())?
+            }
+            _ => Ok(y),
+        }
+    }
+
+    /// The dense base weight in f32 (dequantised for quantised bases).
+    pub fn base_weight_f32(&self) -> Result<Tensor> {
+        match &self.base {
+            BaseWeight::Dense { w, .. } => w.to_dtype(DType::F32),
+        }
+    }
+
+    pub fn bias(&self) -> Option<&Tensor> {
+        match &self.base {
+            BaseWeight::Dense { bias, .. } => bias.as_ref(),
+        }
+    }
+
+    /// W + scale·B·A in f32 (the base weight alone without an adapter).
+    pub fn merged_weight_f32(&self) -> Result<Tensor> {
+        let w = self.base_weight_f32()?;
+        match &self.lora {
+            Some(lora) => w + lora.delta_weight()?,
+            None => Ok(w),
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! The model: HF config, weight loading, linear layers (frozen base + LoRA) and
+//! the one decoder shared by the Llama, Mistral and Qwen2 families.
+
+pub mod config;
+pub mod decoder;
+pub mod linear;
+pub mod weights;
+
+use std::path::PathBuf;
+
+pub use config::{Family, ModelConfig};
+pub use decoder::{Decoder, ForwardCtx};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{path}: {problem}")]
+    Config { path: PathBuf, problem: String },
+    #[error("unsupported model: {0}")]
+    Unsupported(String),
+    #[error("{dir}: no model weights (expected model.safetensors, model.safetensors.index.json with its shards, or *.safetensors)")]
+    NoWeights { dir: PathBuf },
+    #[error("{dir}: tensor `{name}` is missing from the checkpoint ({hint})")]
+    MissingTensor { dir: PathBuf, name: String, hint: String },
+    #[error("{dir}: tensor `{name}` has shape {found:?}, the config implies {expected:?}")]
+    BadShape { dir: PathBuf, name: String, found: Vec<usize>, expected: Vec<usize> },
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+impl ModelError {
+    pub fn is_user_error(&self) -> bool {
+        !matches!(self, ModelError::Candle(_) | ModelError::Io { .. })
+    }
+}

@@ -1,0 +1,108 @@
+//! Job outputs: the PEFT adapter, tokenizer files and summary in `/opt/ml/model`,
+//! the optional merged model, and metrics + loss curve in `/opt/ml/output/data`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::DType;
+
+use crate::error::{io_err, TrainError};
+use crate::lora::{peft_config_json, save_adapter_tensors, save_safetensors, LoraConfig};
+use crate::model::Decoder;
+use crate::report::{loss_curve_svg, MetricRecord};
+
+/// Files copied next to the adapter so the output directory loads on its own.
+const TOKENIZER_FILES: &[&str] = &[
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "generation_config.json",
+    "tokenizer.model",
+];
+
+pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), TrainError> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| TrainError::BadInput(e.to_string()))?;
+    std::fs::write(path, text + "\n").map_err(io_err(path))
+}
+
+/// `adapter_model.safetensors` + `adapter_config.json` in PEFT format.
+pub fn write_adapter(dir: &Path, model: &Decoder, lora: &LoraConfig, base_name: &str) -> Result<(), TrainError> {
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    save_adapter_tensors(&dir.join("adapter_model.safetensors"), &model.adapters())?;
+    write_json(&dir.join("adapter_config.json"), &peft_config_json(lora, base_name))
+}
+
+/// Copy the tokenizer and chat-template files that exist in the base model directory.
+pub fn copy_tokenizer_files(base_dir: &Path, out: &Path) -> Result<Vec<String>, TrainError> {
+    let mut copied = vec![];
+    for f in TOKENIZER_FILES {
+        let src = base_dir.join(f);
+        if src.exists() {
+            let dst = out.join(f);
+            std::fs::copy(&src, &dst).map_err(io_err(&dst))?;
+            copied.push(f.to_string());
+        }
+    }
+    Ok(copied)
+}
+
+/// Merged model (W + scale·B·A) as HF safetensors + config.json (+ tokenizer files), in the base's dtype
+/// (bf16 unless the base config says float32). Large models are sharded with an index.
+pub fn write_merged(dir: &Path, model: &Decoder, base_dir: &Path) -> Result<PathBuf, TrainError> {
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let config_text = std::fs::read_to_string(base_dir.join("config.json")).map_err(io_err(&base_dir.join("config.json")))?;
+    let mut config: serde_json::Value = serde_json::from_str(&config_text).map_err(|e| TrainError::BadInput(e.to_string()))?;
+    let declared = config.get("torch_dtype").or_else(|| config.get("dtype")).and_then(|v| v.as_str()).unwrap_or("bfloat16");
+    let (dtype, dtype_name) = if declared == "float32" { (DType::F32, "float32") } else { (DType::BF16, "bfloat16") };
+    if let Some(obj) = config.as_object_mut() {
+        obj.remove("quantization_config");
+        obj.insert("torch_dtype".into(), dtype_name.into());
+    }
+    write_json(&dir.join("config.json"), &config)?;
+    let tensors = model.merged_state_dict(dtype)?;
+    // Shards of at most 4 GiB, as transformers does for large checkpoints.
+    let max_shard: usize = 4 << 30;
+    let mut shards: Vec<BTreeMap<String, candle_core::Tensor>> = vec![BTreeMap::new()];
+    let mut size = 0usize;
+    for (name, t) in tensors {
+        let bytes = t.elem_count() * t.dtype().size_in_bytes();
+        if size + bytes > max_shard && !shards.last().is_some_and(|s| s.is_empty()) {
+            shards.push(BTreeMap::new());
+            size = 0;
+        }
+        size += bytes;
+        shards.last_mut().map(|s| s.insert(name, t));
+    }
+    if shards.len() == 1 {
+        save_safetensors(&dir.join("model.safetensors"), &shards[0])?;
+    } else {
+        let n = shards.len();
+        let mut weight_map = serde_json::Map::new();
+        let mut total = 0usize;
+        for (i, shard) in shards.iter().enumerate() {
+            let file = format!("model-{:05}-of-{:05}.safetensors", i + 1, n);
+            for (k, t) in shard {
+                weight_map.insert(k.clone(), file.clone().into());
+                total += t.elem_count() * t.dtype().size_in_bytes();
+            }
+            save_safetensors(&dir.join(&file), shard)?;
+        }
+        write_json(
+            &dir.join("model.safetensors.index.json"),
+            &serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map}),
+        )?;
+    }
+    copy_tokenizer_files(base_dir, dir)?;
+    Ok(dir.to_path_buf())
+}
+
+/// metrics.jsonl (one record per line) and loss_curve.svg.
+pub fn write_metrics(dir: &Path, history: &[MetricRecord]) -> Result<(), TrainError> {
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let lines: Vec<String> = history.iter().filter_map(|r| serde_json::to_string(r).ok()).collect();
+    let path = dir.join("metrics.jsonl");
+    std::fs::write(&path, lines.join("\n") + "\n").map_err(io_err(&path))?;
+    let svg = dir.join("loss_curve.svg");
+    std::fs::write(&svg, loss_curve_svg(history)).map_err(io_err(&svg))
+}

@@ -1,0 +1,275 @@
+//! The supervised fine-tuning loop: micro-batches → loss on target tokens →
+//! accumulated LoRA gradients → clip → AdamW → metrics, validation and checkpoints.
+//!
+//! Gradient accumulation is exact: every micro-batch's summed token loss is
+//! divided by the target-token count of the whole optimizer step, so the
+//! accumulated gradient equals the gradient of the full batch.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::checkpoint::{self, TrainerState};
+use crate::data::{make_batches, Batch, BatchSpec, Example};
+use crate::error::TrainError;
+use crate::model::{Decoder, ForwardCtx};
+use crate::optim::{clip_grad_norm, lr_at, AdamW, AdamWConfig};
+use crate::report::{MetricRecord, Progress};
+use crate::rng::Rng;
+use crate::sagemaker::StopFlag;
+use crate::spec::JobSpec;
+
+pub struct SftInputs<'a> {
+    pub spec: &'a JobSpec,
+    pub model: &'a Decoder,
+    pub train: &'a [Example],
+    pub validation: &'a [Example],
+    pub pad_id: u32,
+    pub checkpoint_dir: &'a Path,
+    pub stop: &'a StopFlag,
+}
+
+pub struct SftOutcome {
+    pub state: TrainerState,
+    pub total_steps: u64,
+    pub resumed_from: Option<PathBuf>,
+}
+
+/// Tensors of one micro-batch on the model's device.
+pub struct BatchTensors {
+    pub input_ids: Tensor,
+    pub positions: Tensor,
+    pub segment_ids: Tensor,
+    pub targets: Tensor,
+    pub mask: Tensor,
+}
+
+impl BatchTensors {
+    pub fn new(b: &Batch, device: &Device) -> candle_core::Result<BatchTensors> {
+        let shape = (b.batch, b.seq);
+        Ok(BatchTensors {
+            input_ids: Tensor::from_slice(&b.input_ids, shape, device)?,
+            positions: Tensor::from_slice(&b.positions, shape, device)?,
+            segment_ids: Tensor::from_slice(&b.segment_ids, shape, device)?,
+            targets: Tensor::from_slice(&b.targets, shape, device)?,
+            mask: Tensor::from_slice(&b.target_mask, b.batch * b.seq, device)?,
+        })
+    }
+}
+
+/// Σ −log p(target) over the batch's target tokens (a scalar tensor, still attached to the graph).
+pub fn summed_nll(model: &Decoder, t: &BatchTensors, ctx: &mut ForwardCtx) -> candle_core::Result<Tensor> {
+    let hidden = model.hidden(&t.input_ids, &t.positions, Some(&t.segment_ids), ctx)?;
+    let logp = model.target_log_probs(&hidden, &t.targets)?;
+    logp.mul(&t.mask)?.sum_all()?.neg()
+}
+
+/// Order of the training examples in an epoch: a seeded shuffle per epoch.
+pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    Rng::derive(seed, &format!("shuffle-epoch-{epoch}")).shuffle(&mut order);
+    order
+}
+
+/// Micro-batches of an epoch, grouped into optimizer steps (a group never spans two epochs).
+fn epoch_plan(inp: &SftInputs, epoch: u64) -> Vec<Batch> {
+    let spec = batch_spec(inp.spec, inp.pad_id);
+    make_batches(inp.train, &epoch_order(inp.train.len(), inp.spec.seed, epoch), &spec)
+}
+
+fn batch_spec(spec: &JobSpec, pad_id: u32) -> BatchSpec {
+    BatchSpec { batch_size: spec.per_device_batch_size, max_seq_length: spec.max_seq_length, packing: spec.packing, pad_id }
+}
+
+/// Settings a checkpoint must share with the job resuming it.
+pub fn fingerprint(spec: &JobSpec, model: &Decoder) -> BTreeMap<String, String> {
+    let mut f: BTreeMap<String, String> = [
+        "lora_r", "lora_alpha", "use_rslora", "target_modules", "seed", "per_device_batch_size",
+        "gradient_accumulation_steps", "max_seq_length", "packing", "method",
+    ]
+    .iter()
+    .map(|k| (k.to_string(), spec.resolved.get(*k).cloned().unwrap_or_default()))
+    .collect();
+    f.insert("trainable_params".into(), model.trainable_param_count().to_string());
+    f.insert("model".into(), format!("{} L{} H{}", model.cfg.model_type, model.cfg.num_hidden_layers, model.cfg.hidden_size));
+    f
+}
+
+/// Validation loss: mean −log p over all target tokens, adapters on, no dropout.
+pub fn evaluate(model: &Decoder, examples: &[Example], spec: &JobSpec, pad_id: u32) -> Result<Option<f64>, TrainError> {
+    if examples.is_empty() {
+        return Ok(None);
+    }
+    let order: Vec<usize> = (0..examples.len()).collect();
+    let (mut nll, mut tokens) = (0f64, 0usize);
+    for b in make_batches(examples, &order, &batch_spec(spec, pad_id)) {
+        let t = BatchTensors::new(&b, &model.device)?;
+        let mut ctx = ForwardCtx::eval();
+        nll += summed_nll(model, &t, &mut ctx)?.detach().to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        tokens += b.target_tokens;
+    }
+    Ok((tokens > 0).then(|| nll / tokens as f64))
+}
+
+pub fn train(inp: SftInputs) -> Result<SftOutcome, TrainError> {
+    let spec = inp.spec;
+    let model = inp.model;
+    let ga = spec.gradient_accumulation_steps.max(1);
+    let micro_per_epoch = epoch_plan(&inp, 0).len();
+    if micro_per_epoch == 0 {
+        return Err(TrainError::BadInput("the training set produced no batches".into()));
+    }
+    let steps_per_epoch = micro_per_epoch.div_ceil(ga) as u64;
+    let total_steps = spec.max_steps.unwrap_or_else(|| ((spec.epochs * steps_per_epoch as f64).ceil() as u64).max(1));
+    let warmup = if spec.warmup_steps > 0 { spec.warmup_steps } else { (spec.warmup_ratio * total_steps as f64).ceil() as u64 };
+    let fp = fingerprint(spec, model);
+
+    let vars = model.trainable_vars();
+    let mut opt = AdamW::new(
+        vars.clone(),
+        AdamWConfig { beta1: spec.adam_beta1, beta2: spec.adam_beta2, eps: spec.adam_epsilon, weight_decay: spec.weight_decay },
+    )?;
+    let mut state = TrainerState {
+        step: 0,
+        epoch: 0,
+        batch_in_epoch: 0,
+        tokens_seen: 0,
+        dropout_rng: Rng::derive(spec.seed, "dropout"),
+        history: vec![],
+        elapsed_secs: 0.0,
+        fingerprint: fp.clone(),
+    };
+
+    checkpoint::clean_partial(inp.checkpoint_dir);
+    let mut resumed_from = None;
+    if let Some(loaded) = checkpoint::load_latest(inp.checkpoint_dir, vars.len(), &model.device)? {
+        checkpoint::check_fingerprint(&loaded, &fp)?;
+        model.load_adapter_tensors(&loaded.dir.join(checkpoint::ADAPTER_FILE))?;
+        opt.m = loaded.moments.0;
+        opt.v = loaded.moments.1;
+        opt.step = loaded.state.step;
+        tracing::info!("resuming from checkpoint {} (step {}, epoch {}, micro-batch {})", loaded.dir.display(), loaded.state.step, loaded.state.epoch, loaded.state.batch_in_epoch);
+        println!("Resuming from checkpoint {} at step {}", loaded.dir.display(), loaded.state.step);
+        resumed_from = Some(loaded.dir.clone());
+        state = loaded.state;
+    }
+
+    println!(
+        "Training: {} examples, {} micro-batches/epoch, gradient accumulation {}, {} optimizer steps (warmup {}), {} trainable parameters",
+        inp.train.len(), micro_per_epoch, ga, total_steps, warmup, model.trainable_param_count()
+    );
+    let started = Instant::now();
+    let base_elapsed = state.elapsed_secs;
+    let mut progress = Progress::new(total_steps, state.step);
+    let mut plan = epoch_plan(&inp, state.epoch);
+    let (mut log_loss, mut log_steps, mut log_tokens, mut log_t0) = (0f64, 0u64, 0u64, Instant::now());
+    let save = |state: &TrainerState, opt: &AdamW| -> Result<PathBuf, TrainError> {
+        let adapters = model.adapters();
+        Ok(checkpoint::save(
+            inp.checkpoint_dir,
+            state,
+            (&opt.m, &opt.v),
+            |p| crate::lora::save_adapter_tensors(p, &adapters),
+            spec.save_total_limit,
+        )?)
+    };
+
+    while state.step < total_steps {
+        if state.batch_in_epoch >= plan.len() {
+            state.epoch += 1;
+            state.batch_in_epoch = 0;
+            plan = epoch_plan(&inp, state.epoch);
+        }
+        let group_end = (state.batch_in_epoch + ga).min(plan.len());
+        let group = &plan[state.batch_in_epoch..group_end];
+        let step_targets: usize = group.iter().map(|b| b.target_tokens).sum();
+        let mut grads: Vec<Tensor> = Vec::new();
+        let mut step_loss = 0f64;
+        let mut step_tokens = 0u64;
+        let mut rng = state.dropout_rng.clone();
+        for b in group {
+            if inp.stop.is_set() {
+                // Drop the partial step: the checkpoint holds the state after the last complete one.
+                state.elapsed_secs = base_elapsed + started.elapsed().as_secs_f64();
+                let dir = save(&state, &opt)?;
+                return Err(TrainError::Interrupted { step: state.step, checkpoint: dir.display().to_string() });
+            }
+            if b.target_tokens == 0 || step_targets == 0 {
+                continue;
+            }
+            let t = BatchTensors::new(b, &model.device)?;
+            let mut ctx = ForwardCtx { adapters: true, dropout_rng: Some(rng) };
+            let nll = summed_nll(model, &t, &mut ctx)?;
+            rng = ctx.dropout_rng.take().unwrap_or_else(|| Rng::new(0));
+            let loss = (nll / step_targets as f64)?;
+            step_loss += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            let store = loss.backward()?;
+            for (i, v) in vars.iter().enumerate() {
+                let g = match store.get(v.as_tensor()) {
+                    Some(g) => g.clone(),
+                    None => v.zeros_like()?,
+                };
+                if grads.len() <= i {
+                    grads.push(g);
+                } else {
+                    grads[i] = (&grads[i] + g)?;
+                }
+            }
+            step_tokens += b.segment_ids.iter().filter(|s| **s != 0).count() as u64;
+        }
+        if !step_loss.is_finite() {
+            return Err(TrainError::Diverged(format!(
+                "loss is {step_loss} at step {}; lower learning_rate (now {}) or check the data",
+                state.step + 1,
+                spec.learning_rate
+            )));
+        }
+        let lr = lr_at(state.step, total_steps, warmup, spec.learning_rate, spec.lr_scheduler);
+        let grad_norm = if grads.is_empty() { 0.0 } else { clip_grad_norm(&mut grads, spec.max_grad_norm)? };
+        if !grads.is_empty() {
+            opt.step(&grads, lr)?;
+        }
+        drop(grads);
+        state.dropout_rng = rng;
+        state.step += 1;
+        state.batch_in_epoch = group_end;
+        state.tokens_seen += step_tokens;
+        log_loss += step_loss;
+        log_steps += 1;
+        log_tokens += step_tokens;
+        let epoch_f = state.epoch as f64 + state.batch_in_epoch as f64 / plan.len().max(1) as f64;
+
+        if state.step % spec.logging_steps == 0 || state.step == total_steps {
+            let secs = log_t0.elapsed().as_secs_f64().max(1e-9);
+            let rec = MetricRecord {
+                step: state.step,
+                epoch: epoch_f,
+                loss: Some(log_loss / log_steps as f64),
+                lr: Some(lr),
+                grad_norm: Some(grad_norm),
+                tokens_per_sec: Some(log_tokens as f64 / secs),
+                eval_loss: None,
+            };
+            println!("{}", rec.line());
+            state.history.push(rec);
+            (log_loss, log_steps, log_tokens, log_t0) = (0.0, 0, 0, Instant::now());
+        }
+        progress.update(state.step, step_loss);
+        let eval_now = spec.eval_steps > 0 && state.step % spec.eval_steps == 0;
+        if eval_now || state.step == total_steps {
+            if let Some(eval_loss) = evaluate(model, inp.validation, spec, inp.pad_id)? {
+                let rec = MetricRecord { step: state.step, epoch: epoch_f, eval_loss: Some(eval_loss), ..Default::default() };
+                println!("{}", rec.line());
+                state.history.push(rec);
+            }
+        }
+        state.elapsed_secs = base_elapsed + started.elapsed().as_secs_f64();
+        if spec.save_steps > 0 && state.step % spec.save_steps == 0 && state.step < total_steps {
+            let dir = save(&state, &opt)?;
+            tracing::info!("checkpoint saved: {}", dir.display());
+        }
+    }
+    Ok(SftOutcome { state, total_steps, resumed_from })
+}
