@@ -45,6 +45,9 @@ pub struct TrainerState {
     pub batch_in_epoch: usize,
     pub tokens_seen: u64,
     pub dropout_rng: Rng,
+    /// GRPO's sampling RNG (absent for SFT).
+    #[serde(default)]
+    pub generation_rng: Option<Rng>,
     /// Every metric record so far (train and validation), so curves survive restarts.
     pub history: Vec<MetricRecord>,
     pub elapsed_secs: f64,
@@ -108,7 +111,8 @@ pub fn save(
         std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
     }
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-    let corrupt = |p: &Path, e: candle_core::Error| CheckpointError::Corrupt { path: p.to_path_buf(), problem: e.to_string() };
+    let corrupt =
+        |p: &Path, e: candle_core::Error| CheckpointError::Corrupt { path: p.to_path_buf(), problem: e.to_string() };
 
     write_adapter(&tmp.join(ADAPTER_FILE)).map_err(|e| corrupt(&tmp, e))?;
     let mut tensors = BTreeMap::new();
@@ -118,7 +122,8 @@ pub fn save(
     }
     crate::lora::save_safetensors(&tmp.join(OPTIMIZER_FILE), &tensors).map_err(|e| corrupt(&tmp, e))?;
     let state_path = tmp.join(STATE_FILE);
-    let json = serde_json::to_vec_pretty(state).map_err(|e| CheckpointError::Corrupt { path: state_path.clone(), problem: e.to_string() })?;
+    let json = serde_json::to_vec_pretty(state)
+        .map_err(|e| CheckpointError::Corrupt { path: state_path.clone(), problem: e.to_string() })?;
     write_synced(&state_path, &json)?;
     for f in [ADAPTER_FILE, OPTIMIZER_FILE] {
         sync_file(&tmp.join(f))?;
@@ -164,8 +169,8 @@ pub fn load_latest(root: &Path, n_params: usize, device: &Device) -> Result<Opti
     let Some((_, dir)) = list(root).pop() else { return Ok(None) };
     let state_path = dir.join(STATE_FILE);
     let text = std::fs::read_to_string(&state_path).map_err(io(&state_path))?;
-    let state: TrainerState =
-        serde_json::from_str(&text).map_err(|e| CheckpointError::Corrupt { path: state_path.clone(), problem: e.to_string() })?;
+    let state: TrainerState = serde_json::from_str(&text)
+        .map_err(|e| CheckpointError::Corrupt { path: state_path.clone(), problem: e.to_string() })?;
     let opt_path = dir.join(OPTIMIZER_FILE);
     let tensors = candle_core::safetensors::load(&opt_path, device)
         .map_err(|e| CheckpointError::Corrupt { path: opt_path.clone(), problem: e.to_string() })?;
@@ -218,6 +223,7 @@ mod tests {
             batch_in_epoch: 3,
             tokens_seen: 10,
             dropout_rng: Rng::new(1),
+            generation_rng: None,
             history: vec![],
             elapsed_secs: 1.0,
             fingerprint: [("lora_r".to_string(), "4".to_string())].into(),

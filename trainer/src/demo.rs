@@ -22,10 +22,19 @@ pub const VALIDATION_JSONL: &str = include_str!("../assets/demo/validation.jsonl
 const MARKER: &str = ".oxtune-demo";
 
 /// Vocabulary size of the bundled tokenizer (base vocab + added tokens).
-fn demo_vocab() -> Result<usize, TrainError> {
-    let v: serde_json::Value = serde_json::from_str(TOKENIZER_JSON).map_err(|e| TrainError::BadInput(format!("demo tokenizer: {e}")))?;
-    let base = v.pointer("/model/vocab").and_then(|m| m.as_object()).map(|m| m.values().filter_map(|x| x.as_u64()).max().unwrap_or(0)).unwrap_or(0);
-    let added = v.get("added_tokens").and_then(|a| a.as_array()).map(|a| a.iter().filter_map(|t| t.get("id")?.as_u64()).max().unwrap_or(0)).unwrap_or(0);
+pub fn demo_vocab() -> Result<usize, TrainError> {
+    let v: serde_json::Value =
+        serde_json::from_str(TOKENIZER_JSON).map_err(|e| TrainError::BadInput(format!("demo tokenizer: {e}")))?;
+    let base = v
+        .pointer("/model/vocab")
+        .and_then(|m| m.as_object())
+        .map(|m| m.values().filter_map(|x| x.as_u64()).max().unwrap_or(0))
+        .unwrap_or(0);
+    let added = v
+        .get("added_tokens")
+        .and_then(|a| a.as_array())
+        .map(|a| a.iter().filter_map(|t| t.get("id")?.as_u64()).max().unwrap_or(0))
+        .unwrap_or(0);
     Ok(base.max(added) as usize + 1)
 }
 

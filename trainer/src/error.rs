@@ -41,7 +41,11 @@ impl TrainError {
             TrainError::Interrupted { .. } => return ExitCode::Interrupted,
             TrainError::Diverged(_) | TrainError::Io { .. } | TrainError::Candle(_) => false,
         };
-        if user { ExitCode::BadInput } else { ExitCode::Internal }
+        if user {
+            ExitCode::BadInput
+        } else {
+            ExitCode::Internal
+        }
     }
 
     /// The failure file's first line: what SageMaker shows as FailureReason.

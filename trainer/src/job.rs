@@ -8,6 +8,7 @@ use candle_core::{DType, Device};
 
 use crate::data::{self, TokenizerBundle};
 use crate::error::{io_err, TrainError};
+use crate::grpo::{self, GrpoInputs};
 use crate::lora::LoraConfig;
 use crate::model::{Decoder, ModelConfig};
 use crate::output;
@@ -35,7 +36,11 @@ pub struct JobResult {
 }
 
 /// Spec from hyperparameters.json < environment < CLI.
-pub fn resolve_spec(paths: &MlPaths, env: &[(String, String)], cli: &[(String, String)]) -> Result<JobSpec, TrainError> {
+pub fn resolve_spec(
+    paths: &MlPaths,
+    env: &[(String, String)],
+    cli: &[(String, String)],
+) -> Result<JobSpec, TrainError> {
     let mut sources = Sources::default();
     let hp = paths.hyperparameters();
     if hp.exists() {
@@ -99,7 +104,13 @@ fn fetch_from_hub(id: &str) -> Result<PathBuf, TrainError> {
     let api = ApiBuilder::from_env().with_token(token).with_progress(false).build().map_err(|e| fail(e.to_string()))?;
     let repo = api.model(id.to_string());
     let config = repo.get("config.json").map_err(|e| fail(e.to_string()))?;
-    for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json", "chat_template.jinja"] {
+    for f in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "generation_config.json",
+        "chat_template.jinja",
+    ] {
         let _ = repo.get(f); // optional files
     }
     match repo.get("model.safetensors.index.json") {
@@ -131,10 +142,8 @@ pub fn run(opts: JobOptions) -> Result<JobResult, TrainError> {
     let paths = &opts.paths;
     paths.clear_stale_failure();
     let spec = resolve_spec(paths, &opts.env, &opts.cli)?;
-    match spec.method {
-        Method::Lora => {}
-        Method::Qlora => return Err(TrainError::Unsupported("method=qlora is not available in this build yet; use method=lora".into())),
-        Method::Grpo => return Err(TrainError::Unsupported("method=grpo is not available in this build yet; use method=lora".into())),
+    if spec.method == Method::Qlora {
+        return Err(TrainError::Unsupported("method=qlora is not available in this build yet; use method=lora".into()));
     }
     let channels = sagemaker::read_input_data_config(paths)?;
     let resources = sagemaker::read_resource_config(paths)?;
@@ -175,14 +184,33 @@ pub fn run(opts: JobOptions) -> Result<JobResult, TrainError> {
     }
     let tok = TokenizerBundle::load(&base_dir)?;
     tok.check_matches_model(cfg.vocab_size, &base_dir)?;
-    println!("Base model: {} ({} family, {} layers, hidden {}, vocab {})", base_dir.display(), cfg.family()?.name(), cfg.num_hidden_layers, cfg.hidden_size, cfg.vocab_size);
+    println!(
+        "Base model: {} ({} family, {} layers, hidden {}, vocab {})",
+        base_dir.display(),
+        cfg.family()?.name(),
+        cfg.num_hidden_layers,
+        cfg.hidden_size,
+        cfg.vocab_size
+    );
 
     // Data.
     let train_dir = paths.train_channel()?;
     let train_read = data::read_path(&train_dir, &spec.data)?;
     report_read("train", &train_read);
-    let train_tok = data::tokenize(&train_read.records, &tok, &spec.data)?;
-    report_tokens("train", &train_tok);
+    let grpo_prompts = if spec.method == Method::Grpo {
+        let prompts = grpo::prompt_rows(&train_read.records, &tok, &spec)?;
+        println!("train: {} prompts for GRPO", prompts.len());
+        Some(prompts)
+    } else {
+        None
+    };
+    let train_tok = if grpo_prompts.is_some() {
+        data::TokenizeReport::default()
+    } else {
+        let t = data::tokenize(&train_read.records, &tok, &spec.data)?;
+        report_tokens("train", &t);
+        t
+    };
     let (train, validation) = match paths.optional_channel("validation") {
         Some(dir) => {
             let read = data::read_path(&dir, &spec.data)?;
@@ -193,12 +221,16 @@ pub fn run(opts: JobOptions) -> Result<JobResult, TrainError> {
         }
         None if spec.validation_split > 0.0 => {
             let (t, v) = data::split_validation(train_tok.examples, spec.validation_split, spec.seed);
-            println!("validation: {} examples held out of the training data (validation_split={})", v.len(), spec.validation_split);
+            println!(
+                "validation: {} examples held out of the training data (validation_split={})",
+                v.len(),
+                spec.validation_split
+            );
             (t, v)
         }
         None => (train_tok.examples, vec![]),
     };
-    if train.is_empty() {
+    if train.is_empty() && grpo_prompts.is_none() {
         return Err(TrainError::BadInput(format!(
             "no training examples left in {} after tokenisation (all rows were empty, had no completion tokens, or were skipped)",
             train_dir.display()
@@ -211,32 +243,59 @@ pub fn run(opts: JobOptions) -> Result<JobResult, TrainError> {
     let model = Decoder::load(&base_dir, &cfg, dtype, &device, Some((&lora_cfg, &mut init_rng)))?;
     println!(
         "LoRA r={} alpha={} scale={:.4} dropout={} on {:?}: {} trainable parameters",
-        lora_cfg.r, lora_cfg.alpha, lora_cfg.scale(), lora_cfg.dropout, lora_cfg.targets, model.trainable_param_count()
+        lora_cfg.r,
+        lora_cfg.alpha,
+        lora_cfg.scale(),
+        lora_cfg.dropout,
+        lora_cfg.targets,
+        model.trainable_param_count()
     );
 
     let checkpoint_dir = paths.checkpoint_dir();
-    let outcome = sft::train(SftInputs {
-        spec: &spec,
-        model: &model,
-        train: &train,
-        validation: &validation,
-        pad_id: tok.pad_id(),
-        checkpoint_dir: &checkpoint_dir,
-        stop: &opts.stop,
-    })?;
+    let outcome = match &grpo_prompts {
+        Some(prompts) => {
+            let rewards = grpo::build_rewards(&spec, &paths.data_dir())?;
+            let mut eos_ids = cfg.eos_token_ids();
+            eos_ids.extend(tok.eos_id());
+            grpo::train(GrpoInputs {
+                spec: &spec,
+                model: &model,
+                tok: &tok,
+                prompts,
+                rewards: &rewards,
+                eos_ids,
+                checkpoint_dir: &checkpoint_dir,
+                output_data_dir: &paths.output_data_dir(),
+                stop: &opts.stop,
+            })?
+        }
+        None => sft::train(SftInputs {
+            spec: &spec,
+            model: &model,
+            train: &train,
+            validation: &validation,
+            pad_id: tok.pad_id(),
+            checkpoint_dir: &checkpoint_dir,
+            stop: &opts.stop,
+        })?,
+    };
 
     // Outputs.
     let model_dir = paths.model_dir();
     let base_name = if spec.base_model.is_empty() { base_dir.display().to_string() } else { spec.base_model.clone() };
     output::write_adapter(&model_dir, &model, &lora_cfg, &base_name)?;
     output::copy_tokenizer_files(&base_dir, &model_dir)?;
-    let merged = if spec.merge_adapter { Some(output::write_merged(&model_dir.join("merged"), &model, &base_dir)?) } else { None };
+    let merged = if spec.merge_adapter {
+        Some(output::write_merged(&model_dir.join("merged"), &model, &base_dir)?)
+    } else {
+        None
+    };
     let history = &outcome.state.history;
     let final_loss = history.iter().rev().find_map(|r| r.loss);
     let final_eval_loss = history.iter().rev().find_map(|r| r.eval_loss);
     let summary = serde_json::json!({
         "status": "completed",
-        "method": "lora",
+        "method": spec.resolved.get("method"),
         "base_model": base_name,
         "model_family": cfg.family()?.name(),
         "device": device_name(&device),
@@ -288,7 +347,11 @@ fn report_read(channel: &str, r: &data::ReadReport) {
 fn report_tokens(channel: &str, t: &data::TokenizeReport) {
     println!(
         "{channel}: {} examples, {} tokens ({} targets), {} truncated, {} dropped without target tokens",
-        t.examples.len(), t.total_tokens, t.target_tokens, t.truncated, t.dropped_no_target
+        t.examples.len(),
+        t.total_tokens,
+        t.target_tokens,
+        t.truncated,
+        t.dropped_no_target
     );
 }
 

@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod demo;
 pub mod error;
+pub mod grpo;
 pub mod job;
 pub mod lora;
 pub mod model;

@@ -32,11 +32,21 @@ impl LoraConfig {
             Targets::AllLinear => LINEAR_MODULES.iter().map(|s| s.to_string()).collect(),
             Targets::Names(n) => n.clone(),
         };
-        LoraConfig { r: spec.lora_r, alpha: spec.lora_alpha, dropout: spec.lora_dropout, use_rslora: spec.use_rslora, targets }
+        LoraConfig {
+            r: spec.lora_r,
+            alpha: spec.lora_alpha,
+            dropout: spec.lora_dropout,
+            use_rslora: spec.use_rslora,
+            targets,
+        }
     }
 
     pub fn scale(&self) -> f64 {
-        if self.use_rslora { self.alpha / (self.r as f64).sqrt() } else { self.alpha / self.r as f64 }
+        if self.use_rslora {
+            self.alpha / (self.r as f64).sqrt()
+        } else {
+            self.alpha / self.r as f64
+        }
     }
 
     /// Whether a module path (e.g. `model.layers.3.mlp.up_proj`) gets an adapter.
@@ -49,7 +59,13 @@ impl LoraConfig {
 impl LoraAdapter {
     /// PEFT's default init: A ~ kaiming-uniform(a=√5) = U(−1/√in, 1/√in), B = 0,
     /// so an untrained adapter leaves the model unchanged.
-    pub fn init(in_features: usize, out_features: usize, cfg: &LoraConfig, rng: &mut Rng, device: &Device) -> Result<LoraAdapter> {
+    pub fn init(
+        in_features: usize,
+        out_features: usize,
+        cfg: &LoraConfig,
+        rng: &mut Rng,
+        device: &Device,
+    ) -> Result<LoraAdapter> {
         let bound = 1.0 / (in_features as f64).sqrt();
         let a: Vec<f32> = (0..cfg.r * in_features).map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32).collect();
         let a = Var::from_vec(a, (cfg.r, in_features), device)?;
@@ -133,7 +149,8 @@ pub fn save_adapter_tensors(path: &Path, adapters: &[(&str, &LoraAdapter)]) -> R
 pub fn save_safetensors(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
     let metadata: std::collections::HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
     let data: Vec<(&str, &Tensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    safetensors::tensor::serialize_to_file(data, Some(metadata), path).map_err(|e| candle_core::Error::Msg(format!("{}: {e}", path.display())))
+    safetensors::tensor::serialize_to_file(data, Some(metadata), path)
+        .map_err(|e| candle_core::Error::Msg(format!("{}: {e}", path.display())))
 }
 
 #[cfg(test)]

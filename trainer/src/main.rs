@@ -45,7 +45,12 @@ fn parse_args(raw: Vec<String>) -> Result<Option<Args>, String> {
             it.next();
             command = Command::Demo { steps: None };
         }
-        Some("serve") => return Err("this image trains models; it has no `serve` mode (deploy the adapter with an inference container)".into()),
+        Some("serve") => {
+            return Err(
+                "this image trains models; it has no `serve` mode (deploy the adapter with an inference container)"
+                    .into(),
+            )
+        }
         _ => {}
     }
     let mut args = Args { command, ml_root: None, hyperparameters: vec![] };
@@ -115,7 +120,10 @@ fn main() -> ProcessExit {
             let root = args.ml_root.clone().unwrap_or_else(|| PathBuf::from("ml-demo"));
             match trainer::demo::prepare(&root, *steps) {
                 Ok(p) => {
-                    println!("Demo: tiny Llama-architecture model + bundled instruction data written to {}", root.display());
+                    println!(
+                        "Demo: tiny Llama-architecture model + bundled instruction data written to {}",
+                        root.display()
+                    );
                     p
                 }
                 Err(e) => return fail(&MlPaths::new(root), &e),

@@ -51,9 +51,12 @@ pub fn copy_tokenizer_files(base_dir: &Path, out: &Path) -> Result<Vec<String>, 
 /// (bf16 unless the base config says float32). Large models are sharded with an index.
 pub fn write_merged(dir: &Path, model: &Decoder, base_dir: &Path) -> Result<PathBuf, TrainError> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let config_text = std::fs::read_to_string(base_dir.join("config.json")).map_err(io_err(&base_dir.join("config.json")))?;
-    let mut config: serde_json::Value = serde_json::from_str(&config_text).map_err(|e| TrainError::BadInput(e.to_string()))?;
-    let declared = config.get("torch_dtype").or_else(|| config.get("dtype")).and_then(|v| v.as_str()).unwrap_or("bfloat16");
+    let config_text =
+        std::fs::read_to_string(base_dir.join("config.json")).map_err(io_err(&base_dir.join("config.json")))?;
+    let mut config: serde_json::Value =
+        serde_json::from_str(&config_text).map_err(|e| TrainError::BadInput(e.to_string()))?;
+    let declared =
+        config.get("torch_dtype").or_else(|| config.get("dtype")).and_then(|v| v.as_str()).unwrap_or("bfloat16");
     let (dtype, dtype_name) = if declared == "float32" { (DType::F32, "float32") } else { (DType::BF16, "bfloat16") };
     if let Some(obj) = config.as_object_mut() {
         obj.remove("quantization_config");

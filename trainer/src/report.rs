@@ -13,8 +13,30 @@ use serde::{Deserialize, Serialize};
 /// Prefix of every metric line.
 pub const METRIC_PREFIX: &str = "METRIC";
 
-/// Keys SageMaker should scrape, in line order. `eval_loss` appears on validation lines.
-pub const METRIC_KEYS: &[&str] = &["step", "epoch", "loss", "lr", "grad_norm", "tokens_per_sec", "eval_loss"];
+/// Keys SageMaker should scrape, in line order. `eval_loss` appears on validation lines; the rest on GRPO lines.
+pub const METRIC_KEYS: &[&str] = &[
+    "step",
+    "epoch",
+    "loss",
+    "lr",
+    "grad_norm",
+    "tokens_per_sec",
+    "eval_loss",
+    "reward",
+    "reward_std",
+    "reward_exact_match",
+    "reward_format",
+    "reward_length",
+    "reward_json",
+    "reward_external",
+    "kl",
+    "clip_fraction",
+    "completion_length",
+    "completion_length_max",
+    "truncated_fraction",
+    "generation_tokens_per_sec",
+    "step_time",
+];
 
 /// One logged value set. Absent fields are not printed.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -31,6 +53,9 @@ pub struct MetricRecord {
     pub tokens_per_sec: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub eval_loss: Option<f64>,
+    /// Method-specific values (GRPO rewards, KL, ...), printed after the common keys.
+    #[serde(flatten, default)]
+    pub extra: std::collections::BTreeMap<String, f64>,
 }
 
 impl MetricRecord {
@@ -51,6 +76,9 @@ impl MetricRecord {
         }
         if let Some(v) = self.eval_loss {
             let _ = write!(s, " eval_loss={v:.4}");
+        }
+        for (k, v) in &self.extra {
+            let _ = write!(s, " {k}={v:.4}");
         }
         s
     }
@@ -79,7 +107,13 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(total: u64, first_step: u64) -> Progress {
-        Progress { total, started: Instant::now(), first_step, tty: std::io::stderr().is_terminal(), last_plain: Instant::now() }
+        Progress {
+            total,
+            started: Instant::now(),
+            first_step,
+            tty: std::io::stderr().is_terminal(),
+            last_plain: Instant::now(),
+        }
     }
 
     pub fn update(&mut self, step: u64, loss: f64) {
@@ -132,16 +166,25 @@ pub fn loss_curve_svg(history: &[MetricRecord]) -> String {
     let yspan = (ymax - ymin).max(1e-9);
     let px = |x: f64| pad + x / xmax * (w - 2.0 * pad);
     let py = |y: f64| h - pad - (y - ymin) / yspan * (h - 2.0 * pad);
-    let _ = writeln!(svg, "<line x1=\"{pad}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>", h - pad, w - pad, h - pad);
+    let _ =
+        writeln!(svg, "<line x1=\"{pad}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>", h - pad, w - pad, h - pad);
     let _ = writeln!(svg, "<line x1=\"{pad}\" y1=\"{pad}\" x2=\"{pad}\" y2=\"{}\" stroke=\"black\"/>", h - pad);
     let _ = writeln!(svg, "<text x=\"{}\" y=\"{}\">step (max {xmax})</text>", w / 2.0 - 40.0, h - 12.0);
-    let _ = writeln!(svg, "<text x=\"4\" y=\"{}\">{ymax:.3}</text><text x=\"4\" y=\"{}\">{ymin:.3}</text>", pad, h - pad);
-    for (points, colour, label, y) in [(&train, "#1f77b4", "train loss", 20.0), (&eval, "#d62728", "validation loss", 36.0)] {
+    let _ =
+        writeln!(svg, "<text x=\"4\" y=\"{}\">{ymax:.3}</text><text x=\"4\" y=\"{}\">{ymin:.3}</text>", pad, h - pad);
+    for (points, colour, label, y) in
+        [(&train, "#1f77b4", "train loss", 20.0), (&eval, "#d62728", "validation loss", 36.0)]
+    {
         if points.is_empty() {
             continue;
         }
-        let pts: Vec<String> = points.iter().filter(|p| p.1.is_finite()).map(|(x, l)| format!("{:.1},{:.1}", px(*x), py(*l))).collect();
-        let _ = writeln!(svg, "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{}\"/>", pts.join(" "));
+        let pts: Vec<String> =
+            points.iter().filter(|p| p.1.is_finite()).map(|(x, l)| format!("{:.1},{:.1}", px(*x), py(*l))).collect();
+        let _ = writeln!(
+            svg,
+            "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{}\"/>",
+            pts.join(" ")
+        );
         let _ = writeln!(svg, "<text x=\"{}\" y=\"{y}\" fill=\"{colour}\">{label}</text>", w - 160.0);
     }
     svg.push_str("</svg>\n");
@@ -154,7 +197,15 @@ mod tests {
 
     #[test]
     fn metric_line_format_and_regexes_agree() {
-        let r = MetricRecord { step: 120, epoch: 0.4, loss: Some(1.81234), lr: Some(1.9e-4), grad_norm: Some(0.74), tokens_per_sec: Some(15210.4), eval_loss: None };
+        let r = MetricRecord {
+            step: 120,
+            epoch: 0.4,
+            loss: Some(1.81234),
+            lr: Some(1.9e-4),
+            grad_norm: Some(0.74),
+            tokens_per_sec: Some(15210.4),
+            ..Default::default()
+        };
         let line = r.line();
         assert_eq!(line, "METRIC step=120 epoch=0.40 loss=1.8123 lr=1.9e-4 grad_norm=0.74 tokens_per_sec=15210");
         for (name, re) in metric_definitions() {

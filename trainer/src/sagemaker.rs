@@ -33,7 +33,9 @@ pub enum ContractError {
     Config { path: PathBuf, problem: String },
     #[error("channel `{channel}` uses TrainingInputMode Pipe, which this trainer does not read; use File or FastFile")]
     PipeMode { channel: String },
-    #[error("no training data: channel `train` (or `training`) is missing under {dir}; give the job a `train` channel")]
+    #[error(
+        "no training data: channel `train` (or `training`) is missing under {dir}; give the job a `train` channel"
+    )]
     MissingTrainChannel { dir: PathBuf },
     #[error("I/O error on {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
@@ -194,7 +196,12 @@ pub struct ResourceConfig {
 
 impl Default for ResourceConfig {
     fn default() -> Self {
-        ResourceConfig { current_host: "algo-1".into(), hosts: vec!["algo-1".into()], current_instance_type: None, network_interface_name: None }
+        ResourceConfig {
+            current_host: "algo-1".into(),
+            hosts: vec!["algo-1".into()],
+            current_instance_type: None,
+            network_interface_name: None,
+        }
     }
 }
 
@@ -272,10 +279,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let paths = MlPaths::new(dir.path());
         std::fs::create_dir_all(paths.config_dir()).unwrap();
-        std::fs::write(paths.config_dir().join("inputdataconfig.json"), r#"{"train":{"TrainingInputMode":"Pipe"}}"#).unwrap();
+        std::fs::write(paths.config_dir().join("inputdataconfig.json"), r#"{"train":{"TrainingInputMode":"Pipe"}}"#)
+            .unwrap();
         let err = read_input_data_config(&paths).unwrap_err();
         assert!(err.to_string().contains("Pipe"));
-        std::fs::write(paths.config_dir().join("resourceconfig.json"), r#"{"current_host":"algo-2","hosts":["algo-2","algo-1"]}"#).unwrap();
+        std::fs::write(
+            paths.config_dir().join("resourceconfig.json"),
+            r#"{"current_host":"algo-2","hosts":["algo-2","algo-1"]}"#,
+        )
+        .unwrap();
         assert_eq!(read_resource_config(&paths).unwrap().host_rank(), 1);
     }
 }

@@ -80,20 +80,36 @@ fn epoch_plan(inp: &SftInputs, epoch: u64) -> Vec<Batch> {
 }
 
 fn batch_spec(spec: &JobSpec, pad_id: u32) -> BatchSpec {
-    BatchSpec { batch_size: spec.per_device_batch_size, max_seq_length: spec.max_seq_length, packing: spec.packing, pad_id }
+    BatchSpec {
+        batch_size: spec.per_device_batch_size,
+        max_seq_length: spec.max_seq_length,
+        packing: spec.packing,
+        pad_id,
+    }
 }
 
 /// Settings a checkpoint must share with the job resuming it.
 pub fn fingerprint(spec: &JobSpec, model: &Decoder) -> BTreeMap<String, String> {
     let mut f: BTreeMap<String, String> = [
-        "lora_r", "lora_alpha", "use_rslora", "target_modules", "seed", "per_device_batch_size",
-        "gradient_accumulation_steps", "max_seq_length", "packing", "method",
+        "lora_r",
+        "lora_alpha",
+        "use_rslora",
+        "target_modules",
+        "seed",
+        "per_device_batch_size",
+        "gradient_accumulation_steps",
+        "max_seq_length",
+        "packing",
+        "method",
     ]
     .iter()
     .map(|k| (k.to_string(), spec.resolved.get(*k).cloned().unwrap_or_default()))
     .collect();
     f.insert("trainable_params".into(), model.trainable_param_count().to_string());
-    f.insert("model".into(), format!("{} L{} H{}", model.cfg.model_type, model.cfg.num_hidden_layers, model.cfg.hidden_size));
+    f.insert(
+        "model".into(),
+        format!("{} L{} H{}", model.cfg.model_type, model.cfg.num_hidden_layers, model.cfg.hidden_size),
+    );
     f
 }
 
@@ -123,13 +139,19 @@ pub fn train(inp: SftInputs) -> Result<SftOutcome, TrainError> {
     }
     let steps_per_epoch = micro_per_epoch.div_ceil(ga) as u64;
     let total_steps = spec.max_steps.unwrap_or_else(|| ((spec.epochs * steps_per_epoch as f64).ceil() as u64).max(1));
-    let warmup = if spec.warmup_steps > 0 { spec.warmup_steps } else { (spec.warmup_ratio * total_steps as f64).ceil() as u64 };
+    let warmup =
+        if spec.warmup_steps > 0 { spec.warmup_steps } else { (spec.warmup_ratio * total_steps as f64).ceil() as u64 };
     let fp = fingerprint(spec, model);
 
     let vars = model.trainable_vars();
     let mut opt = AdamW::new(
         vars.clone(),
-        AdamWConfig { beta1: spec.adam_beta1, beta2: spec.adam_beta2, eps: spec.adam_epsilon, weight_decay: spec.weight_decay },
+        AdamWConfig {
+            beta1: spec.adam_beta1,
+            beta2: spec.adam_beta2,
+            eps: spec.adam_epsilon,
+            weight_decay: spec.weight_decay,
+        },
     )?;
     let mut state = TrainerState {
         step: 0,
@@ -137,6 +159,7 @@ pub fn train(inp: SftInputs) -> Result<SftOutcome, TrainError> {
         batch_in_epoch: 0,
         tokens_seen: 0,
         dropout_rng: Rng::derive(spec.seed, "dropout"),
+        generation_rng: None,
         history: vec![],
         elapsed_secs: 0.0,
         fingerprint: fp.clone(),
@@ -150,7 +173,13 @@ pub fn train(inp: SftInputs) -> Result<SftOutcome, TrainError> {
         opt.m = loaded.moments.0;
         opt.v = loaded.moments.1;
         opt.step = loaded.state.step;
-        tracing::info!("resuming from checkpoint {} (step {}, epoch {}, micro-batch {})", loaded.dir.display(), loaded.state.step, loaded.state.epoch, loaded.state.batch_in_epoch);
+        tracing::info!(
+            "resuming from checkpoint {} (step {}, epoch {}, micro-batch {})",
+            loaded.dir.display(),
+            loaded.state.step,
+            loaded.state.epoch,
+            loaded.state.batch_in_epoch
+        );
         println!("Resuming from checkpoint {} at step {}", loaded.dir.display(), loaded.state.step);
         resumed_from = Some(loaded.dir.clone());
         state = loaded.state;
@@ -250,7 +279,7 @@ pub fn train(inp: SftInputs) -> Result<SftOutcome, TrainError> {
                 lr: Some(lr),
                 grad_norm: Some(grad_norm),
                 tokens_per_sec: Some(log_tokens as f64 / secs),
-                eval_loss: None,
+                ..Default::default()
             };
             println!("{}", rec.line());
             state.history.push(rec);
@@ -260,7 +289,8 @@ pub fn train(inp: SftInputs) -> Result<SftOutcome, TrainError> {
         let eval_now = spec.eval_steps > 0 && state.step % spec.eval_steps == 0;
         if eval_now || state.step == total_steps {
             if let Some(eval_loss) = evaluate(model, inp.validation, spec, inp.pad_id)? {
-                let rec = MetricRecord { step: state.step, epoch: epoch_f, eval_loss: Some(eval_loss), ..Default::default() };
+                let rec =
+                    MetricRecord { step: state.step, epoch: epoch_f, eval_loss: Some(eval_loss), ..Default::default() };
                 println!("{}", rec.line());
                 state.history.push(rec);
             }

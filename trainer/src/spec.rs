@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::data::{DataFormat, DataSpec, FieldMap, TextMode, TrainOn};
+use crate::grpo::loss::{LossType, ScaleRewards};
 
 /// Where a raw value came from; shown in errors so users know which file or flag to fix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,6 +166,46 @@ pub const PARAMS: &[ParamDef] = &[
         help: "Checkpoints kept (older ones are deleted after a newer one is complete)." },
     ParamDef { name: "merge_adapter", aliases: &["merge_weights", "merge-weights", "merge-adapter"], kind: Kind::Bool, default: "false",
         help: "Also write the merged model (HF safetensors + config.json) into /opt/ml/model/merged." },
+    // GRPO (method=grpo); names follow TRL's GRPOConfig.
+    ParamDef { name: "num_generations", aliases: &["num-generations"], kind: Kind::Int { min: 2 }, default: "8",
+        help: "GRPO: completions sampled per prompt (the group)." },
+    ParamDef { name: "max_completion_length", aliases: &["max-completion-length"], kind: Kind::Int { min: 1 }, default: "256",
+        help: "GRPO: longest completion, in tokens." },
+    ParamDef { name: "max_prompt_length", aliases: &["max-prompt-length"], kind: Kind::Int { min: 1 }, default: "512",
+        help: "GRPO: prompts are truncated to their last this-many tokens." },
+    ParamDef { name: "temperature", aliases: &[], kind: Kind::Float { min: 0.0, max: F }, default: "1.0",
+        help: "GRPO sampling temperature (0 = greedy)." },
+    ParamDef { name: "top_p", aliases: &["top-p"], kind: Kind::Float { min: 0.0, max: 1.0 }, default: "1.0", help: "GRPO nucleus sampling mass." },
+    ParamDef { name: "top_k", aliases: &["top-k"], kind: Kind::Int { min: 0 }, default: "0", help: "GRPO top-k sampling (0 = off)." },
+    ParamDef { name: "stop_strings", aliases: &[], kind: Kind::List, default: "",
+        help: "GRPO: a completion ends at the first of these strings (besides EOS)." },
+    ParamDef { name: "beta", aliases: &[], kind: Kind::Float { min: 0.0, max: F }, default: "0.0",
+        help: "GRPO KL coefficient; the reference policy is the base with adapters off (no second model copy)." },
+    ParamDef { name: "epsilon", aliases: &[], kind: Kind::Float { min: 0.0, max: 1.0 }, default: "0.2", help: "GRPO lower clip range." },
+    ParamDef { name: "epsilon_high", aliases: &[], kind: Kind::Float { min: 0.0, max: F }, default: "",
+        help: "GRPO upper clip range (default: epsilon)." },
+    ParamDef { name: "loss_type", aliases: &[], kind: Kind::Choice(&["grpo", "bnpo", "dr_grpo", "dapo"]), default: "dapo",
+        help: "GRPO loss normalisation: grpo (per sequence), bnpo (micro-batch tokens), dr_grpo (sequences × max_completion_length), dapo (tokens of the whole step)." },
+    ParamDef { name: "scale_rewards", aliases: &[], kind: Kind::Choice(&["group", "batch", "none", "true", "false"]), default: "group",
+        help: "GRPO advantage scaling: divide by the group's or the batch's reward std, or not (true = group, false = none)." },
+    ParamDef { name: "num_iterations", aliases: &[], kind: Kind::Int { min: 1 }, default: "1",
+        help: "GRPO optimizer steps per generation batch (old log-probs stored at generation)." },
+    ParamDef { name: "mask_truncated_completions", aliases: &[], kind: Kind::Bool, default: "false",
+        help: "GRPO: completions cut at max_completion_length get no loss." },
+    ParamDef { name: "reward_funcs", aliases: &["reward_functions"], kind: Kind::List, default: "exact_match",
+        help: "GRPO rewards: exact_match, format, length, json, external (comma-separated)." },
+    ParamDef { name: "reward_weights", aliases: &[], kind: Kind::List, default: "",
+        help: "GRPO: one weight per reward function (default all 1)." },
+    ParamDef { name: "answer_field", aliases: &[], kind: Kind::Str, default: "answer",
+        help: "GRPO exact_match: the column holding the reference answer (GSM8K `#### 42` is understood)." },
+    ParamDef { name: "format_regex", aliases: &[], kind: Kind::Str, default: "(?s)<think>.*</think>\\s*<answer>.*</answer>",
+        help: "GRPO format reward: 1 when the completion matches this regex." },
+    ParamDef { name: "reward_program", aliases: &[], kind: Kind::Str, default: "",
+        help: "GRPO external reward: program path (absolute, or relative to /opt/ml/input/data) plus arguments; reads JSON lines, prints one score per line." },
+    ParamDef { name: "reward_timeout", aliases: &[], kind: Kind::Float { min: 0.0, max: F }, default: "120",
+        help: "GRPO: seconds the external reward program may take per batch." },
+    ParamDef { name: "log_completions_steps", aliases: &[], kind: Kind::Int { min: 0 }, default: "10",
+        help: "GRPO: every this many steps, sample completions with their rewards go to output/data/completions/ (0 = never)." },
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,6 +235,35 @@ pub enum Targets {
     AllLinear,
     Names(Vec<String>),
 }
+
+/// GRPO settings (used when method=grpo).
+#[derive(Debug, Clone)]
+pub struct GrpoSpec {
+    pub num_generations: usize,
+    pub max_completion_length: usize,
+    pub max_prompt_length: usize,
+    pub temperature: f64,
+    pub top_p: f64,
+    pub top_k: usize,
+    pub stop_strings: Vec<String>,
+    pub beta: f64,
+    pub epsilon: f64,
+    pub epsilon_high: f64,
+    pub loss_type: LossType,
+    pub scale_rewards: ScaleRewards,
+    pub num_iterations: usize,
+    pub mask_truncated_completions: bool,
+    pub reward_funcs: Vec<String>,
+    pub reward_weights: Vec<f64>,
+    pub answer_field: String,
+    pub format_regex: String,
+    pub reward_program: String,
+    pub reward_timeout_secs: f64,
+    pub log_completions_steps: u64,
+}
+
+/// Built-in reward function names.
+pub const REWARD_FUNCS: &[&str] = &["exact_match", "format", "length", "json", "external"];
 
 /// The typed, validated job spec.
 #[derive(Debug, Clone)]
@@ -229,6 +299,7 @@ pub struct JobSpec {
     pub save_steps: u64,
     pub save_total_limit: usize,
     pub merge_adapter: bool,
+    pub grpo: GrpoSpec,
     /// Every parameter's final value as text, canonical names, for the summary.
     pub resolved: BTreeMap<String, String>,
 }
@@ -237,7 +308,11 @@ impl JobSpec {
     /// LoRA scale applied to B(A x).
     pub fn lora_scale(&self) -> f64 {
         let r = self.lora_r as f64;
-        if self.use_rslora { self.lora_alpha / r.sqrt() } else { self.lora_alpha / r }
+        if self.use_rslora {
+            self.lora_alpha / r.sqrt()
+        } else {
+            self.lora_alpha / r
+        }
     }
 
     /// Validate a SageMaker-style string map (what the launcher sends) exactly as the trainer reads it.
@@ -331,10 +406,11 @@ impl Sources {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path)
             .map_err(|e| SpecError::File { path: shown.clone(), problem: e.to_string() })?;
-        let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text).map_err(|e| SpecError::File {
-            path: shown.clone(),
-            problem: format!("not a JSON object of strings ({e}); SageMaker writes {{\"key\": \"value\", ...}}"),
-        })?;
+        let map: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&text).map_err(|e| SpecError::File {
+                path: shown.clone(),
+                problem: format!("not a JSON object of strings ({e}); SageMaker writes {{\"key\": \"value\", ...}}"),
+            })?;
         for (k, v) in map {
             let value = match v {
                 serde_json::Value::String(s) => s,
@@ -436,6 +512,8 @@ impl Sources {
             text_mode: if text("text_mode").eq_ignore_ascii_case("file") { TextMode::File } else { TextMode::Lines },
             prompt_only: method == Method::Grpo,
         };
+        let grpo =
+            self.grpo_spec(method, int("per_device_batch_size") as usize, int("gradient_accumulation_steps") as usize)?;
         Ok(JobSpec {
             base_model: text("base_model").trim().to_string(),
             method,
@@ -468,7 +546,122 @@ impl Sources {
             save_steps: int("save_steps") as u64,
             save_total_limit: int("save_total_limit") as usize,
             merge_adapter: boolean("merge_adapter"),
+            grpo,
             resolved,
+        })
+    }
+}
+
+impl Sources {
+    fn grpo_spec(&self, method: Method, batch: usize, accumulation: usize) -> Result<GrpoSpec, SpecError> {
+        let get = |n: &'static str| self.raw(n);
+        let text = |n: &'static str| get(n).0.trim().to_string();
+        let float = |n: &'static str| text(n).parse::<f64>().unwrap_or(0.0);
+        let int = |n: &'static str| text(n).parse::<f64>().map(|f| f as i64).unwrap_or(0);
+        let list = |n: &'static str| -> Result<Vec<String>, SpecError> {
+            let (v, origin) = get(n);
+            let v = v.trim();
+            if v.starts_with('[') {
+                return serde_json::from_str::<Vec<serde_json::Value>>(v)
+                    .map(|items| {
+                        items
+                            .into_iter()
+                            .map(|i| i.as_str().map(String::from).unwrap_or_else(|| i.to_string()))
+                            .collect()
+                    })
+                    .map_err(|e| bad(n, v, &origin, &format!("not a JSON list ({e})"), &Kind::List.describe()));
+            }
+            Ok(v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+        };
+        let reward_funcs = list("reward_funcs")?;
+        for f in &reward_funcs {
+            if !REWARD_FUNCS.contains(&f.as_str()) {
+                let (v, origin) = get("reward_funcs");
+                let close =
+                    REWARD_FUNCS.iter().min_by_key(|c| edit_distance(f, c)).filter(|c| edit_distance(f, c) <= 3);
+                let problem = match close {
+                    Some(c) => format!("unknown reward `{f}` — did you mean `{c}`?"),
+                    None => format!("unknown reward `{f}`"),
+                };
+                return Err(bad("reward_funcs", &v, &origin, &problem, &REWARD_FUNCS.join(", ")));
+            }
+        }
+        let weights_raw = list("reward_weights")?;
+        let reward_weights = if weights_raw.is_empty() {
+            vec![1.0; reward_funcs.len()]
+        } else {
+            let (v, origin) = get("reward_weights");
+            let w: Vec<f64> = weights_raw
+                .iter()
+                .map(|x| {
+                    x.parse::<f64>()
+                        .map_err(|_| bad("reward_weights", &v, &origin, &format!("`{x}` is not a number"), "numbers"))
+                })
+                .collect::<Result<_, _>>()?;
+            if w.len() != reward_funcs.len() {
+                return Err(bad(
+                    "reward_weights",
+                    &v,
+                    &origin,
+                    &format!("{} weights for {} reward functions", w.len(), reward_funcs.len()),
+                    "one weight per reward function",
+                ));
+            }
+            w
+        };
+        let format_regex = get("format_regex").0;
+        if let Err(e) = regex::Regex::new(&format_regex) {
+            return Err(bad(
+                "format_regex",
+                &format_regex,
+                &get("format_regex").1,
+                &format!("invalid regex: {e}"),
+                "a regular expression",
+            ));
+        }
+        let reward_program = text("reward_program");
+        if reward_funcs.iter().any(|f| f == "external") && reward_program.is_empty() {
+            return Err(SpecError::Conflict("reward_funcs includes `external` but reward_program is not set".into()));
+        }
+        let num_generations = int("num_generations") as usize;
+        if method == Method::Grpo && (batch * accumulation) % num_generations != 0 {
+            return Err(SpecError::Conflict(format!(
+                "method=grpo needs per_device_batch_size × gradient_accumulation_steps ({batch} × {accumulation}) to be a multiple of num_generations ({num_generations}): each step trains whole groups"
+            )));
+        }
+        let epsilon = float("epsilon");
+        let epsilon_high = if text("epsilon_high").is_empty() { epsilon } else { float("epsilon_high") };
+        Ok(GrpoSpec {
+            num_generations,
+            max_completion_length: int("max_completion_length") as usize,
+            max_prompt_length: int("max_prompt_length") as usize,
+            temperature: float("temperature"),
+            top_p: float("top_p"),
+            top_k: int("top_k") as usize,
+            stop_strings: list("stop_strings")?,
+            beta: float("beta"),
+            epsilon,
+            epsilon_high,
+            loss_type: match text("loss_type").to_ascii_lowercase().as_str() {
+                "grpo" => LossType::Grpo,
+                "bnpo" => LossType::Bnpo,
+                "dr_grpo" => LossType::DrGrpo,
+                _ => LossType::Dapo,
+            },
+            scale_rewards: match text("scale_rewards").to_ascii_lowercase().as_str() {
+                "batch" => ScaleRewards::Batch,
+                "none" | "false" => ScaleRewards::None,
+                _ => ScaleRewards::Group,
+            },
+            num_iterations: int("num_iterations") as usize,
+            mask_truncated_completions: parse_bool(&text("mask_truncated_completions")).unwrap_or(false),
+            reward_funcs,
+            reward_weights,
+            answer_field: text("answer_field"),
+            format_regex,
+            reward_program,
+            reward_timeout_secs: float("reward_timeout"),
+            log_completions_steps: int("log_completions_steps") as u64,
         })
     }
 }
@@ -493,6 +686,9 @@ pub fn parse_bool(v: &str) -> Option<bool> {
 
 fn check_kind(p: &ParamDef, v: &str, origin: &Origin) -> Result<(), SpecError> {
     let err = |problem: &str| bad(p.name, v, origin, problem, &p.kind.describe());
+    if p.default.is_empty() && v.trim().is_empty() {
+        return Ok(()); // optional and unset
+    }
     match p.kind {
         Kind::Int { min } => {
             let f: f64 = v.trim().parse().map_err(|_| err("not an integer"))?;
@@ -515,7 +711,8 @@ fn check_kind(p: &ParamDef, v: &str, origin: &Origin) -> Result<(), SpecError> {
         Kind::Choice(choices) => {
             let lower = v.trim().to_ascii_lowercase();
             if !choices.contains(&lower.as_str()) {
-                let close = choices.iter().min_by_key(|c| edit_distance(&lower, c)).filter(|c| edit_distance(&lower, c) <= 3);
+                let close =
+                    choices.iter().min_by_key(|c| edit_distance(&lower, c)).filter(|c| edit_distance(&lower, c) <= 3);
                 let problem = match close {
                     Some(c) => format!("not one of the choices — did you mean `{c}`?"),
                     None => "not one of the choices".into(),
@@ -534,8 +731,9 @@ pub const LINEAR_MODULES: &[&str] = &["q_proj", "k_proj", "v_proj", "o_proj", "g
 fn parse_targets(v: &str, origin: &Origin) -> Result<Targets, SpecError> {
     let v = v.trim();
     let names: Vec<String> = if v.starts_with('[') {
-        serde_json::from_str::<Vec<String>>(v)
-            .map_err(|e| bad("target_modules", v, origin, &format!("not a JSON list of strings ({e})"), &Kind::List.describe()))?
+        serde_json::from_str::<Vec<String>>(v).map_err(|e| {
+            bad("target_modules", v, origin, &format!("not a JSON list of strings ({e})"), &Kind::List.describe())
+        })?
     } else {
         v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
     };
@@ -552,7 +750,13 @@ fn parse_targets(v: &str, origin: &Origin) -> Result<Targets, SpecError> {
                 Some(c) => format!("unknown module `{n}` — did you mean `{c}`?"),
                 None => format!("unknown module `{n}`"),
             };
-            return Err(bad("target_modules", v, origin, &problem, &format!("{} or all-linear", LINEAR_MODULES.join(", "))));
+            return Err(bad(
+                "target_modules",
+                v,
+                origin,
+                &problem,
+                &format!("{} or all-linear", LINEAR_MODULES.join(", ")),
+            ));
         }
     }
     Ok(Targets::Names(names))

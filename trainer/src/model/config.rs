@@ -26,7 +26,11 @@ impl Family {
 
 /// The submodule holding a projection in HF checkpoints: `self_attn` or `mlp`.
 pub fn module_group(projection: &str) -> &'static str {
-    if matches!(projection, "gate_proj" | "up_proj" | "down_proj") { "mlp" } else { "self_attn" }
+    if matches!(projection, "gate_proj" | "up_proj" | "down_proj") {
+        "mlp"
+    } else {
+        "self_attn"
+    }
 }
 
 /// RoPE frequency scaling variants we implement.
@@ -34,9 +38,16 @@ pub fn module_group(projection: &str) -> &'static str {
 pub enum RopeScaling {
     None,
     /// Positions divided by `factor` (transformers "linear").
-    Linear { factor: f64 },
+    Linear {
+        factor: f64,
+    },
     /// Llama 3.1 frequency-band scaling.
-    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position_embeddings: f64 },
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: f64,
+    },
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -223,7 +234,12 @@ impl ModelConfig {
         let scaled = match self.rope()? {
             RopeScaling::None => base,
             RopeScaling::Linear { factor } => base.iter().map(|f| f / factor).collect(),
-            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings: orig } => {
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings: orig,
+            } => {
                 let low_wavelen = orig / low_freq_factor;
                 let high_wavelen = orig / high_freq_factor;
                 base.iter()
@@ -328,10 +344,9 @@ mod tests {
 
     #[test]
     fn rope_parameters_v5_form() {
-        let text = LLAMA_8B.replace("\"rope_theta\":500000.0,\"rope_scaling\"", "\"rope_parameters\"").replace(
-            "\"rope_type\":\"llama3\"}",
-            "\"rope_type\":\"llama3\",\"rope_theta\":500000.0}",
-        );
+        let text = LLAMA_8B
+            .replace("\"rope_theta\":500000.0,\"rope_scaling\"", "\"rope_parameters\"")
+            .replace("\"rope_type\":\"llama3\"}", "\"rope_type\":\"llama3\",\"rope_theta\":500000.0}");
         let c = ModelConfig::from_json_str(&text).unwrap();
         assert_eq!(c.rope_theta(), 500000.0);
         assert!(matches!(c.rope().unwrap(), RopeScaling::Llama3 { factor, .. } if factor == 8.0));

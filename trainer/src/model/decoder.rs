@@ -27,6 +27,35 @@ impl ForwardCtx {
     }
 }
 
+/// Keys and values of every layer for the tokens decoded so far: [b, kv_heads, t, head_dim] each.
+#[derive(Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    pub fn new() -> KvCache {
+        KvCache::default()
+    }
+
+    /// Tokens held per row.
+    pub fn len(&self) -> usize {
+        self.layers.first().and_then(|l| l.as_ref()).map(|(k, _)| k.dims()[2]).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Keep only the given batch rows (finished sequences leave the batch).
+    pub fn select_rows(&mut self, rows: &Tensor) -> Result<()> {
+        for l in self.layers.iter_mut().flatten() {
+            *l = (l.0.index_select(rows, 0)?, l.1.index_select(rows, 0)?);
+        }
+        Ok(())
+    }
+}
+
 struct Layer {
     input_norm: Tensor,
     q: Linear,
@@ -86,10 +115,18 @@ impl Decoder {
                 let wt = w.get(&format!("{name}.weight"), &[outf, inf], dtype, device)?;
                 let b = if bias { Some(w.get(&format!("{name}.bias"), &[outf], dtype, device)?) } else { None };
                 let adapter = match lora.as_mut() {
-                    Some((lcfg, rng)) if lcfg.targets_module(&name) => Some(LoraAdapter::init(inf, outf, lcfg, rng, device)?),
+                    Some((lcfg, rng)) if lcfg.targets_module(&name) => {
+                        Some(LoraAdapter::init(inf, outf, lcfg, rng, device)?)
+                    }
                     _ => None,
                 };
-                Ok(Linear { name, in_features: inf, out_features: outf, base: BaseWeight::Dense { w: wt, bias: b }, lora: adapter })
+                Ok(Linear {
+                    name,
+                    in_features: inf,
+                    out_features: outf,
+                    base: BaseWeight::Dense { w: wt, bias: b },
+                    lora: adapter,
+                })
             };
             let qkv_bias = cfg.qkv_bias();
             let q = proj("q_proj", qkv_bias)?;
@@ -111,12 +148,51 @@ impl Decoder {
                 down,
             });
         }
-        Ok(Decoder { cfg: cfg.clone(), dtype, device: device.clone(), embed, layers, norm, lm_head, inv_freq: cfg.inv_freq()? })
+        Ok(Decoder {
+            cfg: cfg.clone(),
+            dtype,
+            device: device.clone(),
+            embed,
+            layers,
+            norm,
+            lm_head,
+            inv_freq: cfg.inv_freq()?,
+        })
     }
 
     /// Final hidden states [b, t, hidden] for `input_ids` [b, t] (u32) at `positions` [b, t] (u32).
     /// `segment_ids` [b, t] separates packed samples (and padding, id 0); None = one causal sequence per row.
-    pub fn hidden(&self, input_ids: &Tensor, positions: &Tensor, segment_ids: Option<&Tensor>, ctx: &mut ForwardCtx) -> Result<Tensor> {
+    pub fn hidden(
+        &self,
+        input_ids: &Tensor,
+        positions: &Tensor,
+        segment_ids: Option<&Tensor>,
+        ctx: &mut ForwardCtx,
+    ) -> Result<Tensor> {
+        self.forward_layers(input_ids, positions, segment_ids, None, ctx)
+    }
+
+    /// Incremental decoding: `input_ids` [b, t_new] are appended after the tokens already in `cache`.
+    /// `segment_ids` covers all keys, cached and new: [b, t_cached + t_new].
+    pub fn hidden_cached(
+        &self,
+        input_ids: &Tensor,
+        positions: &Tensor,
+        segment_ids: &Tensor,
+        cache: &mut KvCache,
+        ctx: &mut ForwardCtx,
+    ) -> Result<Tensor> {
+        self.forward_layers(input_ids, positions, Some(segment_ids), Some(cache), ctx)
+    }
+
+    fn forward_layers(
+        &self,
+        input_ids: &Tensor,
+        positions: &Tensor,
+        segment_ids: Option<&Tensor>,
+        mut cache: Option<&mut KvCache>,
+        ctx: &mut ForwardCtx,
+    ) -> Result<Tensor> {
         let (b, t) = input_ids.dims2()?;
         let cfg = &self.cfg;
         let (hq, hkv, hd) = (cfg.num_attention_heads, cfg.num_kv_heads(), cfg.head_dim());
@@ -124,14 +200,29 @@ impl Decoder {
         let (cos, sin) = kernels::rope::rope_tables(&self.inv_freq, positions, self.dtype)?;
         let scale = 1.0 / (hd as f64).sqrt();
         let eps = cfg.rms_norm_eps;
-        for layer in &self.layers {
+        if let Some(c) = cache.as_deref_mut() {
+            c.layers.resize_with(self.layers.len(), || None);
+        }
+        for (li, layer) in self.layers.iter().enumerate() {
             let hn = kernels::rms_norm::rms_norm(&x, &layer.input_norm, eps)?;
-            let heads = |y: Tensor, n: usize| -> Result<Tensor> { y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous() };
+            let heads =
+                |y: Tensor, n: usize| -> Result<Tensor> { y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous() };
             let q = heads(layer.q.forward(&hn, ctx)?, hq)?;
             let k = heads(layer.k.forward(&hn, ctx)?, hkv)?;
             let v = heads(layer.v.forward(&hn, ctx)?, hkv)?;
             let q = kernels::rope::rope(&q, &cos, &sin)?;
             let k = kernels::rope::rope(&k, &cos, &sin)?;
+            let (k, v) = match cache.as_deref_mut() {
+                Some(c) => {
+                    let (k, v) = match c.layers[li].take() {
+                        Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+                        None => (k, v),
+                    };
+                    c.layers[li] = Some((k.clone(), v.clone()));
+                    (k, v)
+                }
+                None => (k, v),
+            };
             let attn = kernels::attention::causal_attention(&q, &k, &v, segment_ids, scale)?;
             let attn = attn.transpose(1, 2)?.contiguous()?.reshape((b, t, hq * hd))?;
             x = (x + layer.o.forward(&attn, ctx)?)?;
@@ -195,8 +286,10 @@ impl Decoder {
 
     /// Set adapter weights from a PEFT adapter file (resume, or loading a trained adapter).
     pub fn load_adapter_tensors(&self, path: &Path) -> std::result::Result<(), ModelError> {
-        let tensors = candle_core::safetensors::load(path, &self.device)
-            .map_err(|e| ModelError::Config { path: path.to_path_buf(), problem: format!("invalid safetensors: {e}") })?;
+        let tensors = candle_core::safetensors::load(path, &self.device).map_err(|e| ModelError::Config {
+            path: path.to_path_buf(),
+            problem: format!("invalid safetensors: {e}"),
+        })?;
         for (module, lora) in self.adapters() {
             for (which, var) in [('A', &lora.a), ('B', &lora.b)] {
                 let key = crate::lora::peft_key(module, which);

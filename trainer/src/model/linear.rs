@@ -28,8 +28,8 @@ impl Linear {
         };
         match &self.lora {
             Some(lora) if ctx.adapters => {
-                let delta = lora.forward(x, ctx.dropout_rng.as_mut())?;
-                y + delta.to_dtype(y.dtype())?
+                let delta = lora.forward(x, ctx.dropout_rng.as_mut())?.to_dtype(y.dtype())?;
+                y + delta
             }
             _ => Ok(y),
         }

@@ -18,8 +18,10 @@ impl Weights {
         let files = shard_files(dir)?;
         // SAFETY: the files are mapped read-only; a concurrent writer truncating them is outside our contract
         // (SageMaker channels are not modified during a job).
-        let st = unsafe { MmapedSafetensors::multi(&files) }
-            .map_err(|e| ModelError::Config { path: dir.to_path_buf(), problem: format!("invalid safetensors: {e}") })?;
+        let st = unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| ModelError::Config {
+            path: dir.to_path_buf(),
+            problem: format!("invalid safetensors: {e}"),
+        })?;
         Ok(Weights { dir: dir.to_path_buf(), st })
     }
 
@@ -57,10 +59,10 @@ pub fn shard_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
         let text = std::fs::read_to_string(&index).map_err(|source| ModelError::Io { path: index.clone(), source })?;
         let v: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| ModelError::Config { path: index.clone(), problem: format!("invalid JSON: {e}") })?;
-        let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| ModelError::Config {
-            path: index.clone(),
-            problem: "no `weight_map` object".into(),
-        })?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| ModelError::Config { path: index.clone(), problem: "no `weight_map` object".into() })?;
         let mut files: Vec<PathBuf> = map.values().filter_map(|f| f.as_str()).map(|f| dir.join(f)).collect();
         files.sort();
         files.dedup();

@@ -1,0 +1,160 @@
+//! Causal self-attention with GQA, packed-sample segments and a KV-cache offset.
+//!
+//! Shapes: q [b, hq, tq, d], k/v [b, hkv, tk, d], hq = g·hkv (query head h reads kv head h / g),
+//! tq ≤ tk; query i sits at absolute position p = tk − tq + i. segment_ids [b, tk] (optional).
+//! Mask: query p may read key j iff j ≤ p and (no segments or seg[j] == seg[p]). Key p always
+//! qualifies, so no row is empty; masked scores get −1e30 (finite, so even an all-masked row would
+//! give a uniform softmax rather than NaN).
+//! Forward (f32): S = scale·q kᵀ + mask, m = rowmax S, l = Σ exp(S − m), O = exp(S − m) v / l,
+//!           lse = m + ln l (saved, [b, hq, tq]).
+//! Backward: P = exp(S − lse) (recomputed), dV = Pᵀ dO, dP = dO vᵀ, δ = rowsum(P ⊙ dP),
+//!           dS = P ⊙ (dP − δ), dQ = scale · dS k, dK = scale · dSᵀ q.
+//! GQA without repeating k/v: q is viewed as [b, hkv, g·tq, d], so each kv head serves its g query
+//! heads in one matmul and dK/dV sum over the group inside the matmul.
+//! Memory traffic (CPU path): the score matrix [b, hq, tq, tk] in f32 is materialised a few times
+//! in each pass; the graph keeps q, k, v, segment_ids and lse — not P or the mask. The future flash
+//! kernel keeps the same saved state (lse) and never materialises S.
+
+use candle_core::{bail, DType, Device, Result, Tensor, D};
+
+use crate::{compute_dtype, custom_backward};
+
+/// Score added at masked positions.
+const MASKED: f64 = 1e30;
+
+pub fn causal_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    segment_ids: Option<&Tensor>,
+    scale: f64,
+) -> Result<Tensor> {
+    let geo = Geometry::new(q, k, v, segment_ids)?;
+    let segment_ids = segment_ids.map(Tensor::detach);
+    let attn = Attention { geo, segment_ids, scale, q: q.detach(), k: k.detach(), v: v.detach() };
+    // CUDA: fused kernel slots in here (issue: GPU path)
+    let (out, lse) = attn.forward()?;
+    let need = [q.track_op(), k.track_op(), v.track_op()];
+    custom_backward::ternary("causal_attention", q, k, v, out, move |dout| attn.backward(&lse, dout, need))
+}
+
+#[derive(Clone, Copy)]
+struct Geometry {
+    b: usize,
+    hq: usize,
+    hkv: usize,
+    tq: usize,
+    tk: usize,
+    d: usize,
+}
+
+impl Geometry {
+    fn new(q: &Tensor, k: &Tensor, v: &Tensor, seg: Option<&Tensor>) -> Result<Self> {
+        let (b, hq, tq, d) = q.dims4()?;
+        let (bk, hkv, tk, dk) = k.dims4()?;
+        if v.dims() != k.dims() || bk != b || dk != d {
+            bail!("causal_attention: q {:?}, k {:?}, v {:?} disagree", q.dims(), k.dims(), v.dims())
+        }
+        if hkv == 0 || hq % hkv != 0 || tq == 0 || tq > tk {
+            bail!("causal_attention: need hq % hkv == 0 and 0 < tq <= tk, got q {:?}, k {:?}", q.dims(), k.dims())
+        }
+        if let Some(seg) = seg {
+            if seg.dims() != [b, tk] || seg.dtype().is_float() {
+                bail!("causal_attention: segment_ids {:?} {:?}, want [{b}, {tk}] integer", seg.dims(), seg.dtype())
+            }
+        }
+        Ok(Self { b, hq, hkv, tq, tk, d })
+    }
+
+    /// Query heads per kv head.
+    fn g(&self) -> usize {
+        self.hq / self.hkv
+    }
+
+    /// Additive mask, 0 where allowed and −MASKED elsewhere: [b or 1, 1, 1, tq, tk], dtype `c`.
+    fn mask_bias(&self, seg: Option<&Tensor>, device: &Device, c: DType) -> Result<Tensor> {
+        let Self { b, tq, tk, .. } = *self;
+        let q_pos = Tensor::arange((tk - tq) as u32, tk as u32, device)?.reshape((tq, 1))?;
+        let k_pos = Tensor::arange(0u32, tk as u32, device)?.reshape((1, tk))?;
+        let causal = k_pos.broadcast_le(&q_pos)?; // [tq, tk] u8
+        let allowed = match seg {
+            None => causal.unsqueeze(0)?,
+            Some(seg) => {
+                let seg_q = seg.narrow(1, tk - tq, tq)?.reshape((b, tq, 1))?;
+                let seg_k = seg.reshape((b, 1, tk))?;
+                seg_q.broadcast_eq(&seg_k)?.broadcast_mul(&causal)?
+            }
+        };
+        let rows = allowed.dim(0)?;
+        allowed.to_dtype(c)?.affine(MASKED, -MASKED)?.reshape((rows, 1, 1, tq, tk))
+    }
+}
+
+/// Everything the backward needs: detached inputs, segment ids and the scale.
+struct Attention {
+    geo: Geometry,
+    // The mask is rebuilt from these in each pass rather than kept ([b, tq, tk] vs [b, tk]).
+    segment_ids: Option<Tensor>,
+    scale: f64,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+}
+
+impl Attention {
+    fn compute_dtype(&self) -> DType {
+        compute_dtype(self.q.dtype())
+    }
+
+    /// q as [b, hkv, g·tq, d] in the compute dtype (a reshape: query heads of one kv head are adjacent).
+    fn grouped(&self, t: &Tensor) -> Result<Tensor> {
+        let Geometry { b, hkv, tq, d, .. } = self.geo;
+        t.to_dtype(self.compute_dtype())?.reshape((b, hkv, self.geo.g() * tq, d))
+    }
+
+    fn ungrouped(&self, t: &Tensor) -> Result<Tensor> {
+        let Geometry { b, hq, tq, d, .. } = self.geo;
+        t.reshape((b, hq, tq, d))
+    }
+
+    /// Masked, scaled scores [b, hkv, g·tq, tk].
+    fn scores(&self, qg: &Tensor, k: &Tensor) -> Result<Tensor> {
+        let Geometry { b, hkv, tq, tk, .. } = self.geo;
+        let g = self.geo.g();
+        let bias = self.geo.mask_bias(self.segment_ids.as_ref(), qg.device(), self.compute_dtype())?;
+        let s = (qg.matmul(&k.t()?)? * self.scale)?;
+        s.reshape((b, hkv, g, tq, tk))?.broadcast_add(&bias)?.reshape((b, hkv, g * tq, tk))
+    }
+
+    /// (output [b, hq, tq, d] in q's dtype, lse [b, hkv, g·tq, 1] in the compute dtype).
+    fn forward(&self) -> Result<(Tensor, Tensor)> {
+        let c = self.compute_dtype();
+        let qg = self.grouped(&self.q)?;
+        let s = self.scores(&qg, &self.k.to_dtype(c)?)?;
+        let m = s.max_keepdim(D::Minus1)?;
+        let e = s.broadcast_sub(&m)?.exp()?;
+        drop(s);
+        let l = e.sum_keepdim(D::Minus1)?;
+        // Normalise after P·V: g·tq·d divisions instead of g·tq·tk.
+        let o = e.matmul(&self.v.to_dtype(c)?)?.broadcast_div(&l)?;
+        let lse = (l.log()? + m)?;
+        Ok((self.ungrouped(&o)?.to_dtype(self.q.dtype())?, lse))
+    }
+
+    fn backward(&self, lse: &Tensor, dout: &Tensor, need: [bool; 3]) -> Result<[Option<Tensor>; 3]> {
+        let c = self.compute_dtype();
+        let (qg, k, v) = (self.grouped(&self.q)?, self.k.to_dtype(c)?, self.v.to_dtype(c)?);
+        let dout = self.grouped(dout)?;
+        let p = self.scores(&qg, &k)?.broadcast_sub(lse)?.exp()?;
+        let dv = if need[2] { Some(p.t()?.matmul(&dout)?.to_dtype(self.v.dtype())?) } else { None };
+        if !need[0] && !need[1] {
+            return Ok([None, None, dv]);
+        }
+        let dp = dout.matmul(&v.t()?)?;
+        let delta = (&p * &dp)?.sum_keepdim(D::Minus1)?;
+        let ds = ((p * dp.broadcast_sub(&delta)?)? * self.scale)?;
+        let dq = if need[0] { Some(self.ungrouped(&ds.matmul(&k)?)?.to_dtype(self.q.dtype())?) } else { None };
+        let dk = if need[1] { Some(ds.t()?.matmul(&qg)?.to_dtype(self.k.dtype())?) } else { None };
+        Ok([dq, dk, dv])
+    }
+}

@@ -1,0 +1,45 @@
+//! RMS norm with a frozen weight (HF Llama semantics).
+//!
+//! Shapes: x [..., d], weight [d] → y [..., d] in x's dtype. Per row, in f32 (`c` = compute dtype):
+//! Forward:  r = 1 / sqrt(mean(x²) + eps), n = x·r, y = cast(n → dtype(x)) · weight.
+//! Backward: gn = dy · weight, dx = r · (gn − n · mean(gn · n)) (the cast is treated as identity).
+//!           No gradient for weight (frozen).
+//! Memory traffic: forward reads x, writes y (+ one copy of y); backward reads x and dy, writes dx.
+//! The graph keeps only x (it recomputes r and n), not the f32 intermediates autograd would keep.
+
+use candle_core::{bail, Result, Tensor, D};
+
+use crate::{compute_dtype, custom_backward};
+
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let d = x.dim(D::Minus1)?;
+    if weight.dims() != [d] {
+        bail!("rms_norm: weight {:?} != [{d}] for x {:?}", weight.dims(), x.dims())
+    }
+    let w = weight.detach().to_dtype(x.dtype())?;
+    let xd = x.detach();
+    // CUDA: fused kernel slots in here (issue: GPU path)
+    let y = forward(&xd, &w, eps)?;
+    custom_backward::unary("rms_norm", x, y, move |dy| backward(&xd, &w, eps, dy))
+}
+
+/// (n, r): the normalised rows and 1/rms, both in the compute dtype.
+fn normalise(x: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
+    let xf = x.to_dtype(compute_dtype(x.dtype()))?;
+    let r = (xf.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
+    Ok((xf.broadcast_mul(&r)?, r))
+}
+
+fn forward(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    let (n, _) = normalise(x, eps)?;
+    n.to_dtype(x.dtype())?.broadcast_mul(w)
+}
+
+fn backward(x: &Tensor, w: &Tensor, eps: f64, dy: &Tensor) -> Result<Tensor> {
+    let (n, r) = normalise(x, eps)?;
+    let c = n.dtype();
+    let gn = dy.to_dtype(c)?.broadcast_mul(&w.to_dtype(c)?)?;
+    let dot = (&gn * &n)?.mean_keepdim(D::Minus1)?;
+    let dx = (gn - n.broadcast_mul(&dot)?)?.broadcast_mul(&r)?;
+    dx.to_dtype(x.dtype())
+}

@@ -1,0 +1,51 @@
+//! Rotary position embeddings, HF "rotate_half" convention (halves, not interleaved pairs).
+//!
+//! Tables: angle[b, t, i] = pos[b, t] · inv_freq[i] (f32), cos/sin = cos/sin(angle) cast to `dtype`,
+//!         shape [b, t, d/2]. Positions are per batch row, so packed samples can restart at 0.
+//! Apply, x [b, h, t, d], x1 = x[..., :d/2], x2 = x[..., d/2:], c/s broadcast over h (math in f32):
+//! Forward:  y = cat(x1·c − x2·s, x2·c + x1·s)           (a rotation of each (x1_i, x2_i) pair)
+//! Backward: dx = cat(dy1·c + dy2·s, dy2·c − dy1·s)      (the transposed rotation)
+//! Memory traffic: forward reads x, cos, sin, writes y (+ one copy of y); backward reads dy, cos,
+//! sin, writes dx. The backward needs only the tables (the op is linear in x).
+
+use candle_core::{bail, DType, Result, Tensor, D};
+
+use crate::{compute_dtype, custom_backward};
+
+pub fn rope_tables(inv_freq: &[f32], positions: &Tensor, dtype: DType) -> Result<(Tensor, Tensor)> {
+    let (b, t) = positions.dims2()?;
+    if inv_freq.is_empty() || positions.dtype().is_float() {
+        bail!("rope_tables: need non-empty inv_freq and integer positions, got {:?}", positions.dtype())
+    }
+    let half = inv_freq.len();
+    let inv = Tensor::from_slice(inv_freq, (1, 1, half), positions.device())?;
+    let angle = positions.to_dtype(DType::F32)?.reshape((b, t, 1))?.broadcast_mul(&inv)?;
+    Ok((angle.cos()?.to_dtype(dtype)?, angle.sin()?.to_dtype(dtype)?))
+}
+
+/// `cos`/`sin`: [b, t, d/2] (or [1, t, d/2], broadcast over the batch).
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let (b, _h, t, d) = x.dims4()?;
+    let (cb, ct, half) = cos.dims3()?;
+    if d % 2 != 0 || half * 2 != d || ct != t || (cb != b && cb != 1) || sin.dims() != cos.dims() {
+        bail!("rope: x {:?} vs cos {:?} / sin {:?} (want [{b}, {t}, {}])", x.dims(), cos.dims(), sin.dims(), d / 2)
+    }
+    // [b, 1, t, d/2] in the compute dtype, broadcast over heads.
+    let c = compute_dtype(x.dtype());
+    let cos = cos.detach().to_dtype(c)?.unsqueeze(1)?;
+    let sin = sin.detach().to_dtype(c)?.unsqueeze(1)?;
+    // CUDA: fused kernel slots in here (issue: GPU path)
+    let y = rotate(&x.detach(), &cos, &sin, 1.0)?;
+    custom_backward::unary("rope", x, y, move |dy| rotate(dy, &cos, &sin, -1.0))
+}
+
+/// cat(x1·c − dir·x2·s, x2·c + dir·x1·s): dir = 1 rotates forward, −1 applies the transpose.
+fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor, dir: f64) -> Result<Tensor> {
+    let half = cos.dim(D::Minus1)?;
+    let xf = x.to_dtype(cos.dtype())?;
+    let (x1, x2) = (xf.narrow(D::Minus1, 0, half)?, xf.narrow(D::Minus1, half, half)?);
+    let sin = (sin * dir)?;
+    let y1 = (x1.broadcast_mul(cos)? - x2.broadcast_mul(&sin)?)?;
+    let y2 = (x2.broadcast_mul(cos)? + x1.broadcast_mul(&sin)?)?;
+    Tensor::cat(&[y1, y2], D::Minus1)?.to_dtype(x.dtype())
+}

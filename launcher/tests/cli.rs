@@ -1,0 +1,486 @@
+//! The `oxtune` binary: dry-run snapshot, every limit violation rejected before any network
+//! call, estimate/prices/prepare-data output, and clear credential errors.
+//!
+//! "No network" is proven by pointing every endpoint at 127.0.0.1:1 (nothing listens there) and
+//! clearing AWS credentials: a command that reached the network would fail with exit code 1 and a
+//! connection or credentials message; validation failures exit with 2 before that.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const DEAD_ENDPOINT: &str = "http://127.0.0.1:1";
+const FAKE_TOKEN: &str = "hf_TESTtokenDoNotPrintAbCdEfGhIjKlMnOpQrStUv";
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// The binary with a scrubbed environment: no AWS credentials or profile, no config files.
+fn oxtune(home: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_oxtune"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AWS_") || k == "HF_TOKEN" || k.starts_with("OXTUNE_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("HOME", home)
+        .env("AWS_CONFIG_FILE", home.join("nonexistent-config"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", home.join("nonexistent-credentials"))
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("OXTUNE_CACHE_DIR", home.join("cache"));
+    c
+}
+
+fn text(o: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&o.stdout).to_string(), String::from_utf8_lossy(&o.stderr).to_string())
+}
+
+#[test]
+fn dry_run_prints_the_exact_request() {
+    let home = tempfile::tempdir().unwrap();
+    let out = oxtune(home.path())
+        .args(["submit", "--dry-run", "--exact-name", "--endpoint-url", DEAD_ENDPOINT])
+        .arg(fixtures().join("job.toml"))
+        .env("HF_TOKEN", FAKE_TOKEN)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(!stdout.contains(FAKE_TOKEN) && !stderr.contains(FAKE_TOKEN), "the token leaked");
+    let got: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let want: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("dry_run_expected.json")).unwrap()).unwrap();
+    assert_eq!(
+        got, want,
+        "dry-run request changed; if intended, update tests/fixtures/dry_run_expected.json:\n{stdout}"
+    );
+    assert_eq!(got["Environment"]["HF_TOKEN"], "***REDACTED***");
+    assert!(stderr.contains("estimate:") && stderr.contains("nothing was uploaded or created"), "{stderr}");
+}
+
+/// The dry-run request's MetricDefinitions match the trainer's real metric line.
+#[test]
+fn metric_definitions_match_the_trainer_line() {
+    let want: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("dry_run_expected.json")).unwrap()).unwrap();
+    let line = trainer::report::MetricRecord {
+        step: 120,
+        epoch: 0.4,
+        loss: Some(1.8123),
+        lr: Some(1.9e-4),
+        grad_norm: Some(0.74),
+        tokens_per_sec: Some(15210.0),
+        eval_loss: None,
+    }
+    .line();
+    let defs = want["AlgorithmSpecification"]["MetricDefinitions"].as_array().unwrap();
+    let mut seen = std::collections::BTreeMap::new();
+    for d in defs {
+        let re = regex::Regex::new(d["Regex"].as_str().unwrap()).unwrap();
+        if let Some(c) = re.captures(&line) {
+            seen.insert(d["Name"].as_str().unwrap().to_string(), c[1].to_string());
+        }
+    }
+    assert_eq!(seen.get("train:loss").map(String::as_str), Some("1.8123"), "{line} / {seen:?}");
+    assert_eq!(seen.get("train:step").map(String::as_str), Some("120"));
+    assert!(!seen.contains_key("validation:loss"), "eval_loss must not match a train line");
+}
+
+/// A job file with one thing changed, submitted for real against a dead endpoint.
+fn submit_variant(edit: impl FnOnce(&mut toml::Table), extra_args: &[&str]) -> (Option<i32>, String) {
+    let home = tempfile::tempdir().unwrap();
+    let mut job: toml::Table = toml::from_str(&std::fs::read_to_string(fixtures().join("job.toml")).unwrap()).unwrap();
+    edit(&mut job);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    std::fs::copy(fixtures().join("data/train.jsonl"), dir.path().join("data/train.jsonl")).unwrap();
+    let path = dir.path().join("job.toml");
+    std::fs::write(&path, toml::to_string(&job).unwrap()).unwrap();
+    let out = oxtune(home.path())
+        .args(["submit", "--endpoint-url", DEAD_ENDPOINT])
+        .args(extra_args)
+        .arg(&path)
+        .env("AWS_ENDPOINT_URL", DEAD_ENDPOINT)
+        .env("HF_TOKEN", FAKE_TOKEN)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(!stdout.contains(FAKE_TOKEN) && !stderr.contains(FAKE_TOKEN));
+    (out.status.code(), format!("{stdout}{stderr}"))
+}
+
+fn table(job: &mut toml::Table, key: &str) -> toml::Table {
+    job.get(key).and_then(|v| v.as_table()).cloned().unwrap_or_default()
+}
+
+fn set(job: &mut toml::Table, section: &str, key: &str, v: toml::Value) {
+    let mut t = table(job, section);
+    t.insert(key.into(), v);
+    job.insert(section.into(), toml::Value::Table(t));
+}
+
+#[test]
+fn every_limit_violation_is_rejected_before_any_network_call() {
+    use toml::Value as V;
+    type Edit = Box<dyn FnOnce(&mut toml::Table)>;
+    let many = |n: usize, prefix: &str, value: &str| -> toml::Table {
+        (0..n).map(|i| (format!("{prefix}{i}"), V::String(value.into()))).collect()
+    };
+    let cases: Vec<(&str, Edit, Vec<&str>, &str)> = vec![
+        ("name > 63", Box::new(|_| {}), vec!["--exact-name", "--name", &"a".repeat(64)], "the limit is 1–63"),
+        (
+            "name pattern",
+            Box::new(|j| {
+                j.insert("name".into(), V::String("llama_sft".into()));
+            }),
+            vec![],
+            "contains `_`",
+        ),
+        (
+            "101 hyperparameters",
+            Box::new(move |j| {
+                j.insert("hyperparameters".into(), V::Table(many(101, "k", "1")));
+            }),
+            vec![],
+            "101 hyperparameters; SageMaker allows at most 100",
+        ),
+        (
+            "hyperparameter key > 256",
+            Box::new(|j| set(j, "hyperparameters", &"k".repeat(257), V::String("1".into()))),
+            vec![],
+            "the limit is 256",
+        ),
+        (
+            "hyperparameter value > 2500",
+            Box::new(|j| set(j, "hyperparameters", "base_model", V::String("m".repeat(2501)))),
+            vec![],
+            "value is 2501 characters; the limit is 2500",
+        ),
+        (
+            "HF_TOKEN as hyperparameter",
+            Box::new(|j| set(j, "hyperparameters", "hf_token", V::String("x".into()))),
+            vec![],
+            "looks like a secret",
+        ),
+        (
+            "101 environment variables",
+            Box::new(move |j| {
+                j.insert("environment".into(), V::Table(many(101, "VAR_", "1")));
+            }),
+            vec![],
+            "environment variables; the limit is 100",
+        ),
+        (
+            "environment value > 512",
+            Box::new(|j| set(j, "environment", "BIG", V::String("v".repeat(513)))),
+            vec![],
+            "value is 513 characters; the limit is 512",
+        ),
+        (
+            "environment key pattern",
+            Box::new(|j| set(j, "environment", "1BAD-KEY", V::String("v".into()))),
+            vec![],
+            "must match [a-zA-Z_][a-zA-Z0-9_]*",
+        ),
+        (
+            "21 channels",
+            Box::new(|j| {
+                let mut t = table(j, "channels");
+                for i in 0..20 {
+                    t.insert(format!("extra{i}"), V::String(format!("s3://b/c{i}/")));
+                }
+                j.insert("channels".into(), V::Table(t));
+            }),
+            vec![],
+            "channels; the limit is 20",
+        ),
+        (
+            "channel name pattern",
+            Box::new(|j| set(j, "channels", "bad/name", V::String("s3://b/x/".into()))),
+            vec![],
+            "channel name `bad/name`",
+        ),
+        (
+            "channel S3 URI",
+            Box::new(|j| set(j, "channels", "extra", V::String("s3:///nobucket".into()))),
+            vec![],
+            "is not an S3 URI",
+        ),
+        (
+            "51 tags",
+            Box::new(move |j| set(j, "sagemaker", "tags", V::Table(many(51, "t", "v")))),
+            vec![],
+            "51 tags; the limit is 50",
+        ),
+        (
+            "tag key reserved",
+            Box::new(|j| {
+                let mut t = toml::Table::new();
+                t.insert("aws:team".into(), V::String("x".into()));
+                set(j, "sagemaker", "tags", V::Table(t));
+            }),
+            vec![],
+            "reserved prefix aws:",
+        ),
+        (
+            "max_wait < max_runtime",
+            Box::new(|j| set(j, "sagemaker", "max_wait", V::String("1h".into()))),
+            vec![],
+            "MaxWaitTimeInSeconds 3600 is less than MaxRuntimeInSeconds 7200",
+        ),
+        (
+            "max_wait without spot",
+            Box::new(|j| set(j, "sagemaker", "spot", V::Boolean(false))),
+            vec![],
+            "max_wait is only valid with spot = true",
+        ),
+        (
+            "keep-alive > 6h",
+            Box::new(|j| set(j, "sagemaker", "keep_alive", V::String("7h".into()))),
+            vec![],
+            "KeepAlivePeriodInSeconds 25200 is out of range 0–21600",
+        ),
+        (
+            "max runtime > 28 days",
+            Box::new(|j| {
+                set(j, "sagemaker", "max_runtime", V::String("29d".into()));
+                set(j, "sagemaker", "max_wait", V::String("60d".into()));
+            }),
+            vec![],
+            "out of range 1–2419200",
+        ),
+        (
+            "role ARN",
+            Box::new(|j| set(j, "sagemaker", "role", V::String("SageMakerTraining".into()))),
+            vec![],
+            "RoleArn `SageMakerTraining`",
+        ),
+        (
+            "user ARN",
+            Box::new(|j| set(j, "sagemaker", "role", V::String("arn:aws:iam::123456789012:user/dev".into()))),
+            vec![],
+            "is not a role ARN",
+        ),
+        (
+            "image URI",
+            Box::new(|j| set(j, "sagemaker", "image", V::String("oxtune:latest".into()))),
+            vec![],
+            "TrainingImage `oxtune:latest`",
+        ),
+        (
+            "image without tag",
+            Box::new(|j| {
+                set(j, "sagemaker", "image", V::String("123456789012.dkr.ecr.us-east-1.amazonaws.com/oxtune".into()))
+            }),
+            vec![],
+            "has no tag",
+        ),
+        (
+            "image in another region",
+            Box::new(|j| {
+                set(
+                    j,
+                    "sagemaker",
+                    "image",
+                    V::String("123456789012.dkr.ecr.eu-west-1.amazonaws.com/oxtune:0.1.0".into()),
+                )
+            }),
+            vec![],
+            "the image is in eu-west-1 but the job runs in us-east-1",
+        ),
+        (
+            "unknown hyperparameter",
+            Box::new(|j| set(j, "hyperparameters", "learning_rat", V::String("1e-4".into()))),
+            vec![],
+            "did you mean `learning_rate`",
+        ),
+        (
+            "bad hyperparameter value",
+            Box::new(|j| set(j, "hyperparameters", "lora_r", V::String("abc".into()))),
+            vec![],
+            "`lora_r`",
+        ),
+        (
+            "missing train data",
+            Box::new(|j| set(j, "channels", "train", V::String("data/missing.jsonl".into()))),
+            vec![],
+            "does not exist",
+        ),
+        (
+            "p3 has no bf16",
+            Box::new(|j| set(j, "sagemaker", "instance_type", V::String("ml.p3.2xlarge".into()))),
+            vec![],
+            "no bfloat16",
+        ),
+        (
+            "pipe mode",
+            Box::new(|j| set(j, "sagemaker", "input_mode", V::String("Pipe".into()))),
+            vec![],
+            "Pipe is not read by the oxtune trainer",
+        ),
+        ("max cost", Box::new(|_| {}), vec!["--max-cost", "0.01"], "exceeds --max-cost"),
+        (
+            "does not fit",
+            Box::new(|j| {
+                set(j, "hyperparameters", "base_model", V::String("meta-llama/Llama-3.3-70B-Instruct".into()));
+            }),
+            vec![],
+            "will not fit this job",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (what, edit, args, want) in cases {
+        let (code, out) = submit_variant(edit, &args);
+        if code != Some(2) || !out.contains(want) || out.contains("could not reach") || out.contains("credentials") {
+            failures.push(format!("--- {what}: exit {code:?}, wanted `{want}`:\n{out}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn missing_credentials_are_explained() {
+    let home = tempfile::tempdir().unwrap();
+    let out = oxtune(home.path())
+        .args(["status", "some-job", "--region", "us-east-1", "--endpoint-url", DEAD_ENDPOINT])
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no AWS credentials found")
+            && stderr.contains("aws configure")
+            && stderr.contains("aws sso login"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn unreachable_endpoint_is_explained() {
+    let home = tempfile::tempdir().unwrap();
+    let out = oxtune(home.path())
+        .args(["stop", "some-job", "--region", "us-east-1", "--endpoint-url", DEAD_ENDPOINT])
+        .env("AWS_ACCESS_KEY_ID", "AKIDTEST")
+        .env("AWS_SECRET_ACCESS_KEY", "secret")
+        .env("AWS_MAX_ATTEMPTS", "1")
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("could not reach the SageMaker endpoint"), "{stderr}");
+}
+
+#[test]
+fn estimate_json_and_table() {
+    let home = tempfile::tempdir().unwrap();
+    let out = oxtune(home.path())
+        .args([
+            "estimate",
+            "--model",
+            "llama-3.1-8b",
+            "--tokens",
+            "5000000",
+            "--max-seq-length",
+            "2048",
+            "--batch",
+            "2",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    assert!(rows.len() >= 29);
+    assert_eq!(rows.iter().filter(|r| r["cheapest"] == true).count(), 1);
+    let p3 = rows.iter().find(|r| r["instance_type"] == "ml.p3.2xlarge").unwrap();
+    assert_eq!(p3["supported"], false);
+
+    let out = oxtune(home.path())
+        .args([
+            "estimate",
+            "--model",
+            "qwen2.5-7b",
+            "--method",
+            "qlora",
+            "--tokens",
+            "1000000",
+            "--instance",
+            "ml.g5.xlarge",
+            "--instance",
+            "ml.g6e.xlarge",
+            "--region",
+            "eu-west-1",
+        ])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stdout.contains("◀ cheapest that fits") && stdout.contains("~1.577"), "{stdout}");
+    assert!(stdout.contains("prices marked ~ are estimates"), "{stdout}");
+
+    let out =
+        oxtune(home.path()).args(["estimate", "--model", "google/flan-t5-xl", "--tokens", "1000"]).output().unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr.contains("encoder-decoder"), "{stderr}");
+}
+
+#[test]
+fn estimate_from_job_file_estimates_tokens_from_bytes() {
+    let home = tempfile::tempdir().unwrap();
+    let out = oxtune(home.path()).arg("estimate").arg(fixtures().join("job.toml")).output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    // 2715 bytes / 4 bytes per token → 679 tokens; not exact, and said so.
+    assert!(stdout.contains("679 tokens/epoch") && stdout.contains("estimated from"), "{stdout}");
+    assert!(stdout.contains("meta-llama/Llama-3.2-1B"), "{stdout}");
+}
+
+const PRICE_CSV: &str = "\"FormatVersion\",\"v1.0\"\n\"Disclaimer\",\"x\"\n\"Publication Date\",\"2026-11-01T00:00:00Z\"\n\"Version\",\"1\"\n\"OfferCode\",\"AmazonSageMaker\"\n\"SKU\",\"TermType\",\"Unit\",\"PricePerUnit\",\"Instance Name\",\"Component\",\"usageType\"\n\"A\",\"OnDemand\",\"Hrs\",\"1.5\",\"ml.g5.xlarge\",\"Training\",\"USE1-Train:ml.g5.xlarge\"\n";
+
+#[test]
+fn prices_show_sources_and_refresh_caches() {
+    let home = tempfile::tempdir().unwrap();
+    let out = oxtune(home.path()).args(["prices", "--region", "us-west-2"]).output().unwrap();
+    let (stdout, _) = text(&out);
+    assert!(
+        stdout.contains("ml.p3.2xlarge") && stdout.contains("not offered") && stdout.contains("no bf16 (unsupported)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("API3P:"), "{stdout}");
+
+    let csv = home.path().join("index.csv");
+    std::fs::write(&csv, PRICE_CSV).unwrap();
+    let out =
+        oxtune(home.path()).args(["prices", "refresh", "--region", "us-east-1", "--file"]).arg(&csv).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    assert!(home.path().join("cache/prices/us-east-1.toml").is_file());
+    let out = oxtune(home.path()).args(["prices", "--region", "us-east-1", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["prices"]["ml.g5.xlarge"]["usd_per_hour"], 1.5);
+    assert!(v["origin"].as_str().unwrap().contains("2026-11-01"));
+
+    let out = oxtune(home.path())
+        .args(["prices", "refresh", "--region", "eu-west-1", "--url", "http://127.0.0.1:1/index.csv"])
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("cannot download the AWS price list") && stderr.contains("offline"), "{stderr}");
+}
+
+#[test]
+fn prepare_data_converts_and_reports() {
+    let home = tempfile::tempdir().unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let input = d.path().join("alpaca.json");
+    std::fs::write(&input, r#"[{"instruction":"Say hi","input":"","output":"hi"},{"instruction":"Add","input":"1+1","output":""},{"instruction":"x"}]"#).unwrap();
+    let out = oxtune(home.path()).args(["prepare-data", "--to", "messages"]).arg(&input).output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stdout.contains("3 read, 1 written, 2 dropped"), "{stdout}");
+    let written = std::fs::read_to_string(d.path().join("alpaca.messages.jsonl")).unwrap();
+    assert_eq!(written.lines().count(), 1);
+}

@@ -1,0 +1,363 @@
+//! What moto does not emulate — StopTrainingJob, status transitions, billable time, failure
+//! reasons, throttling, AccessDenied / ResourceLimitExceeded — through the AWS SDK's own test
+//! utility (aws-smithy-mocks) with recorded response bodies from tests/fixtures/recorded/.
+//! The clients are real SDK clients with oxtune's retry configuration; only the HTTP layer is
+//! replaced by the mock interceptor.
+
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_sagemaker::config::Credentials;
+use aws_smithy_mocks::{create_mock_http_client, mock, MockResponseInterceptor, Rule, RuleMode};
+use launcher::aws::{advice, classify, explain, Clients, ErrorContext, ErrorKind};
+use launcher::catalogue::embedded_prices;
+use launcher::jobs::{self, StopOutcome, WaitOptions};
+use launcher::util::Redactor;
+
+const JOB: &str = "llama-sft-20261123-120000";
+
+fn recorded(name: &str) -> String {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/recorded").join(name);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn interceptor(rules: &[&Rule]) -> MockResponseInterceptor {
+    let mut i = MockResponseInterceptor::new().rule_mode(RuleMode::MatchAny);
+    for r in rules {
+        i = i.with_rule(r);
+    }
+    i
+}
+
+/// Real clients (oxtune's retry policy, 1 ms backoff) whose HTTP layer is the mock.
+fn clients(sm_rules: &[&Rule], log_rules: &[&Rule]) -> Clients {
+    let retry = RetryConfig::standard().with_max_attempts(3).with_initial_backoff(Duration::from_millis(1));
+    let creds = Credentials::new("AKIDTEST", "secret", None, None, "test");
+    let sm = aws_sdk_sagemaker::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(creds.clone())
+        .retry_config(retry.clone())
+        .http_client(create_mock_http_client())
+        .interceptor(interceptor(sm_rules))
+        .build();
+    let logs = aws_sdk_cloudwatchlogs::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(creds.clone())
+        .retry_config(retry.clone())
+        .http_client(create_mock_http_client())
+        .interceptor(interceptor(log_rules))
+        .build();
+    let s3 = aws_sdk_s3::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(creds)
+        .http_client(create_mock_http_client())
+        .build();
+    Clients {
+        region: "us-east-1".into(),
+        sagemaker: aws_sdk_sagemaker::Client::from_conf(sm),
+        s3: aws_sdk_s3::Client::from_conf(s3),
+        logs: aws_sdk_cloudwatchlogs::Client::from_conf(logs),
+    }
+}
+
+/// No log group yet: CloudWatch answers ResourceNotFoundException.
+fn no_logs() -> Rule {
+    mock!(aws_sdk_cloudwatchlogs::Client::describe_log_streams)
+        .sequence()
+        .http_status(
+            400,
+            Some(
+                r#"{"__type":"ResourceNotFoundException","message":"The specified log group does not exist."}"#.into(),
+            ),
+        )
+        .repeatedly()
+        .build()
+}
+
+fn describe_sequence(files: &[&str]) -> Rule {
+    let mut seq = mock!(aws_sdk_sagemaker::Client::describe_training_job).sequence();
+    for f in files {
+        seq = seq.http_status(200, Some(recorded(f)));
+    }
+    seq.repeatedly().build()
+}
+
+async fn run_wait(c: &Clients, timeout: Option<Duration>) -> (i32, String) {
+    let mut out = Vec::new();
+    let opts = WaitOptions { poll: Duration::from_millis(1), timeout, show_logs: true };
+    let (code, _) = jobs::wait(c, JOB, &opts, &embedded_prices("us-east-1").unwrap(), &mut out, &Redactor::default())
+        .await
+        .unwrap();
+    (code, String::from_utf8(out).unwrap())
+}
+
+#[tokio::test]
+async fn stop_running_job_is_requested() {
+    let stop =
+        mock!(aws_sdk_sagemaker::Client::stop_training_job).sequence().http_status(200, Some("{}".into())).build();
+    let c = clients(&[&stop], &[]);
+    assert_eq!(jobs::stop(&c, JOB).await.unwrap(), StopOutcome::Requested);
+    assert_eq!(stop.num_calls(), 1);
+}
+
+#[tokio::test]
+async fn stop_is_idempotent_for_a_stopped_job() {
+    let stop = mock!(aws_sdk_sagemaker::Client::stop_training_job)
+        .sequence()
+        .http_status(400, Some(recorded("error_stop_not_in_progress.json")))
+        .build();
+    let describe = describe_sequence(&["describe_stopped.json"]);
+    let c = clients(&[&stop, &describe], &[]);
+    let outcome = jobs::stop(&c, JOB).await.unwrap();
+    assert_eq!(outcome, StopOutcome::AlreadyFinished("Stopped / Stopped".into()));
+    // A ValidationException is not retried.
+    assert_eq!(stop.num_calls(), 1);
+}
+
+#[tokio::test]
+async fn stop_unknown_job_is_an_error() {
+    let stop = mock!(aws_sdk_sagemaker::Client::stop_training_job)
+        .sequence()
+        .http_status(400, Some(recorded("error_not_found.json")))
+        .build();
+    let c = clients(&[&stop], &[]);
+    let (kind, msg) = jobs::stop(&c, "nope").await.unwrap_err();
+    assert_eq!(kind, ErrorKind::NotFound);
+    assert!(msg.contains("no training job named `nope` in us-east-1"), "{msg}");
+}
+
+#[tokio::test]
+async fn wait_follows_transitions_through_stopping_to_stopped() {
+    let describe = describe_sequence(&[
+        "describe_starting.json",
+        "describe_training.json",
+        "describe_stopping.json",
+        "describe_stopping.json",
+        "describe_stopped_max_runtime.json",
+    ]);
+    let logs = no_logs();
+    let c = clients(&[&describe], &[&logs]);
+    let (code, out) = run_wait(&c, Some(Duration::from_secs(30))).await;
+    assert_eq!(code, jobs::WAIT_STOPPED, "{out}");
+    assert_eq!(describe.num_calls(), 5, "Stopping is polled until Stopped, then the loop ends");
+    for want in [
+        "Starting Launching requested ML instances",
+        "Downloading Downloading input data",
+        "Stopping Stopping the training job",
+        "MaxRuntimeExceeded",
+        "max runtime exceeded",
+    ] {
+        assert!(out.contains(want), "missing `{want}` in:\n{out}");
+    }
+    // 3720 billable s × 1 × $1.408/h = $1.45
+    assert!(out.contains("cost: $1.45"), "{out}");
+}
+
+#[tokio::test]
+async fn wait_completed_spot_reports_cost_and_savings() {
+    let describe = describe_sequence(&["describe_training.json", "describe_completed_spot.json"]);
+    let logs = no_logs();
+    let c = clients(&[&describe], &[&logs]);
+    let (code, out) = run_wait(&c, None).await;
+    assert_eq!(code, jobs::WAIT_COMPLETED, "{out}");
+    // Cost = BillableTimeInSeconds × InstanceCount × rate = 1200 × 2 × 1.408 / 3600 = $0.94;
+    // spot savings = 1 − 1200/3600 = 67%.
+    assert!(out.contains("training seconds: 3600, billable seconds: 1200"), "{out}");
+    assert!(out.contains("cost: $0.94 (managed spot saved 67%)"), "{out}");
+}
+
+#[tokio::test]
+async fn wait_failed_prints_the_failure_reason() {
+    let describe = describe_sequence(&["describe_failed_algorithm.json"]);
+    let logs = no_logs();
+    let c = clients(&[&describe], &[&logs]);
+    let (code, out) = run_wait(&c, None).await;
+    assert_eq!(code, jobs::WAIT_FAILED);
+    assert!(out.contains("failure reason: AlgorithmError: CUDA OOM at step 12"), "{out}");
+}
+
+#[tokio::test]
+async fn wait_times_out_with_exit_3() {
+    let describe = describe_sequence(&["describe_training.json"]);
+    let logs = no_logs();
+    let c = clients(&[&describe], &[&logs]);
+    let (code, out) = run_wait(&c, Some(Duration::from_millis(20))).await;
+    assert_eq!(code, jobs::WAIT_TIMEOUT, "{out}");
+    assert!(out.contains("timed out"), "{out}");
+}
+
+#[tokio::test]
+async fn wait_shows_progress_from_metric_lines() {
+    let describe =
+        describe_sequence(&["describe_training.json", "describe_training.json", "describe_completed_spot.json"]);
+    let streams = mock!(aws_sdk_cloudwatchlogs::Client::describe_log_streams)
+        .sequence()
+        .http_status(200, Some(format!(r#"{{"logStreams":[{{"logStreamName":"{JOB}/algo-1-1795435440"}}]}}"#)))
+        .repeatedly()
+        .build();
+    let events = mock!(aws_sdk_cloudwatchlogs::Client::get_log_events)
+        .sequence()
+        .http_status(200, Some(r#"{"events":[{"timestamp":1795435500000,"message":"loading model","ingestionTime":1795435500001},{"timestamp":1795435600000,"message":"METRIC step=10 epoch=0.10 loss=2.5000 lr=2.0e-4","ingestionTime":1795435600001}],"nextForwardToken":"f/1","nextBackwardToken":"b/0"}"#.into()))
+        .http_status(200, Some(r#"{"events":[],"nextForwardToken":"f/1","nextBackwardToken":"b/0"}"#.into()))
+        .http_status(200, Some(r#"{"events":[{"timestamp":1795435700000,"message":"METRIC step=20 epoch=0.20 loss=2.0000 lr=2.0e-4","ingestionTime":1795435700001}],"nextForwardToken":"f/2","nextBackwardToken":"b/0"}"#.into()))
+        .http_status(200, Some(r#"{"events":[],"nextForwardToken":"f/2","nextBackwardToken":"b/0"}"#.into()))
+        .repeatedly()
+        .build();
+    let c = clients(&[&describe], &[&streams, &events]);
+    let (code, out) = run_wait(&c, None).await;
+    assert_eq!(code, jobs::WAIT_COMPLETED, "{out}");
+    // epochs=2 and step 10 at epoch 0.10 → 200 steps in total.
+    assert!(out.contains("progress: step 10/200 loss 2.5000 (5%)"), "{out}");
+    assert!(out.contains("progress: step 20/200 loss 2.0000"), "{out}");
+    assert!(out.contains("loading model"), "{out}");
+}
+
+#[tokio::test]
+async fn status_of_a_capacity_failure_says_what_to_do() {
+    let describe = describe_sequence(&["describe_failed_capacity.json"]);
+    let c = clients(&[&describe], &[]);
+    let info = jobs::describe(&c, JOB).await.unwrap();
+    let text = jobs::render_status(&info, jobs::job_cost(&info, &embedded_prices("us-east-1").unwrap(), 0.0).as_ref());
+    assert!(text.contains("failure:    CapacityError"), "{text}");
+    assert!(text.contains("no capacity for this instance type"), "{text}");
+}
+
+#[tokio::test]
+async fn status_of_a_completed_spot_job_has_billable_cost_and_artifacts() {
+    let describe = describe_sequence(&["describe_completed_spot.json"]);
+    let c = clients(&[&describe], &[]);
+    let info = jobs::describe(&c, JOB).await.unwrap();
+    let cost = jobs::job_cost(&info, &embedded_prices("us-east-1").unwrap(), 0.0).unwrap();
+    assert!((cost.usd - 1200.0 * 2.0 * 1.408 / 3600.0).abs() < 1e-9);
+    assert!(cost.is_final);
+    assert!((cost.spot_savings.unwrap() - (1.0 - 1200.0 / 3600.0)).abs() < 1e-12);
+    let text = jobs::render_status(&info, Some(&cost));
+    for want in [
+        "billable:   20m 00s (1200 s × 2 instance(s))",
+        "cost:       $0.94 final",
+        "spot:       67% saved",
+        "model:       s3://bucket/oxtune/llama-sft-20261123-120000/output/model.tar.gz",
+        "output:      s3://bucket/oxtune/llama-sft-20261123-120000/output/output.tar.gz",
+        "train:loss",
+        "Uploading",
+    ] {
+        assert!(text.contains(want), "missing `{want}` in:\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn throttling_is_retried_with_backoff() {
+    let describe = mock!(aws_sdk_sagemaker::Client::describe_training_job)
+        .sequence()
+        .http_status(400, Some(recorded("error_throttling.json")))
+        .times(2)
+        .http_status(200, Some(recorded("describe_training.json")))
+        .build();
+    let c = clients(&[&describe], &[]);
+    let info = jobs::describe(&c, JOB).await.unwrap();
+    assert_eq!(info.secondary_status, "Training");
+    assert_eq!(describe.num_calls(), 3, "two throttled attempts, then success");
+}
+
+#[tokio::test]
+async fn throttling_that_never_ends_is_explained() {
+    let describe = mock!(aws_sdk_sagemaker::Client::describe_training_job)
+        .sequence()
+        .http_status(400, Some(recorded("error_throttling.json")))
+        .repeatedly()
+        .build();
+    let c = clients(&[&describe], &[]);
+    let (kind, msg) = jobs::describe(&c, JOB).await.unwrap_err();
+    assert_eq!(kind, ErrorKind::Throttled);
+    assert!(msg.contains("throttled by AWS after retries"), "{msg}");
+    assert_eq!(describe.num_calls(), 3, "max_attempts = 3");
+}
+
+fn create_request() -> launcher::request::CreateTrainingJobRequest {
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dry_run_expected.json"),
+    )
+    .unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+async fn create_error(file: &str) -> (ErrorKind, String) {
+    let create =
+        mock!(aws_sdk_sagemaker::Client::create_training_job).sequence().http_status(400, Some(recorded(file))).build();
+    let c = clients(&[&create], &[]);
+    let req = create_request();
+    let err = req.send(&c.sagemaker).await.unwrap_err();
+    let ctx = ErrorContext {
+        operation: "CreateTrainingJob".into(),
+        region: "us-east-1".into(),
+        instance_type: Some("ml.g5.xlarge".into()),
+        spot: true,
+        role: Some(req.role_arn.clone()),
+        job: Some(req.training_job_name.clone()),
+    };
+    explain(&err, &ctx)
+}
+
+#[tokio::test]
+async fn access_denied_names_the_permission() {
+    let (kind, msg) = create_error("error_access_denied.json").await;
+    assert_eq!(kind, ErrorKind::AccessDenied);
+    assert!(
+        msg.contains("access denied") && msg.contains("iam:PassRole") && msg.contains("sagemaker:CreateTrainingJob"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn resource_limit_names_the_quota() {
+    let (kind, msg) = create_error("error_resource_limit.json").await;
+    assert_eq!(kind, ErrorKind::ResourceLimit);
+    assert!(msg.contains("Service Quotas") && msg.contains("'ml.g5.xlarge for spot training job usage'"), "{msg}");
+}
+
+#[tokio::test]
+async fn unknown_role_is_explained() {
+    let (kind, msg) = create_error("error_unknown_role.json").await;
+    assert_eq!(kind, ErrorKind::UnknownRole);
+    assert!(msg.contains("cannot use the execution role") && msg.contains("sagemaker.amazonaws.com"), "{msg}");
+}
+
+#[test]
+fn quota_advice_without_a_quoted_name_uses_the_instance() {
+    let ctx = ErrorContext {
+        operation: "CreateTrainingJob".into(),
+        region: "eu-west-1".into(),
+        instance_type: Some("ml.p5.48xlarge".into()),
+        ..Default::default()
+    };
+    let msg = advice(
+        &classify(Some("ResourceLimitExceeded"), "limit exceeded"),
+        "ResourceLimitExceeded",
+        "limit exceeded",
+        &ctx,
+    );
+    assert!(msg.contains("'ml.p5.48xlarge for training job usage'") && msg.contains("eu-west-1"), "{msg}");
+}
+
+#[tokio::test]
+async fn list_shows_instance_duration_and_cost() {
+    let list = mock!(aws_sdk_sagemaker::Client::list_training_jobs)
+        .sequence()
+        .http_status(200, Some(format!(
+            r#"{{"TrainingJobSummaries":[{{"TrainingJobName":"{JOB}","TrainingJobArn":"arn:aws:sagemaker:us-east-1:123456789012:training-job/{JOB}","CreationTime":1795435200.0,"TrainingEndTime":1795438980.0,"LastModifiedTime":1795438980.0,"TrainingJobStatus":"Completed"}}]}}"#
+        )))
+        .build();
+    let describe = describe_sequence(&["describe_completed_spot.json"]);
+    let c = clients(&[&list, &describe], &[]);
+    let f = jobs::ListFilter { max: 10, details: true, ..Default::default() };
+    let rows = jobs::list(&c, &f, &embedded_prices("us-east-1").unwrap()).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].instance, "2×ml.g5.xlarge");
+    assert_eq!(rows[0].duration_seconds, Some(3600.0));
+    let table = jobs::render_list(&rows);
+    assert!(table.contains("$0.94") && table.contains("1h 00m"), "{table}");
+}

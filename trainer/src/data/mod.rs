@@ -1,0 +1,374 @@
+//! Training data: reading files in the supported formats, the tokenizer and chat
+//! template, token masks (TRL rules), batching and the validation split.
+//!
+//! * [`read_path`] turns a file or a SageMaker channel directory into [`Record`]s.
+//! * [`TokenizerBundle`] loads `tokenizer.json` (+ `tokenizer_config.json`,
+//!   `chat_template.jinja`, `special_tokens_map.json`) and renders chat templates.
+//! * [`tokenize`] turns records into [`Example`]s with a loss mask.
+//! * [`make_batches`] shifts, packs or pads examples into [`Batch`]es.
+//!
+//! The rules follow transformers/TRL (see `formats.md` §4 and §5 in the shared
+//! reference): plain text and prompt/completion are tokenised with the special
+//! tokens of the tokenizer's post-processor and get an EOS appended when missing;
+//! chat data goes through the chat template and is tokenised without special tokens.
+
+mod batch;
+mod formats;
+mod read;
+mod template;
+mod tokenize;
+mod tokenizer;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+pub use batch::{make_batches, split_validation, Batch, BatchSpec};
+pub use read::read_path;
+pub use tokenize::{
+    tokenize, Example, TokenizeReport, MASK_ALL, MASK_GENERATION_TAGS, MASK_PREFIX_DIFF, MASK_PROMPT_PREFIX, MASK_TEXT,
+};
+pub use tokenizer::TokenizerBundle;
+
+/// Errors of the data pipeline. Every variant names the file (and the row for row
+/// errors) and says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("cannot read {}: {source}; check that the file exists, is readable and is UTF-8 text", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{}: {problem}", location(path, *line))]
+    BadRow { path: PathBuf, line: usize, problem: String },
+    #[error("{}: the dataset is empty (no usable rows{}); add training rows or check that the files are in the expected format", path.display(), skipped_text(*skipped))]
+    EmptyDataset { path: PathBuf, skipped: usize },
+    #[error("no data files in {}{}: put *.jsonl, *.json, *.csv, *.tsv or *.txt files there (or point the channel at the S3 prefix that holds them){}", dir.display(), if dir.exists() { "" } else { " (it does not exist)" }, ignored_text(ignored))]
+    NoDataFiles { dir: PathBuf, ignored: Vec<String> },
+    #[error("{}: cannot tell the data format from the keys of the first record ({}); accepted shapes: {ACCEPTED_SHAPES}; or set `format` and the `*_field` hyperparameters to map your keys", path.display(), keys_text(keys_seen))]
+    UnknownFormat { path: PathBuf, keys_seen: Vec<String> },
+    #[error("{}: {problem}", path.display())]
+    UnsupportedFile { path: PathBuf, problem: String },
+    #[error("tokenizer {}: {problem}", path.display())]
+    Tokenizer { path: PathBuf, problem: String },
+    #[error("the tokenizer ({}) can produce token id {max_token_id} (vocabulary {tokenizer_vocab}), but the model ({}) has only {model_vocab} embeddings; use the tokenizer that belongs to this model", tokenizer_path.display(), config_path.display())]
+    TokenizerModelMismatch {
+        tokenizer_path: PathBuf,
+        tokenizer_vocab: usize,
+        max_token_id: u32,
+        config_path: PathBuf,
+        model_vocab: usize,
+    },
+    #[error("chat template: {problem}")]
+    ChatTemplate { problem: String },
+    #[error("{}: missing field `{field}` (available: {}); rename the key/column or set the matching `*_field` hyperparameter", location(path, *line), keys_text(available))]
+    MissingField { path: PathBuf, line: usize, field: String, available: Vec<String> },
+    /// A bug in oxtune, not in the input.
+    #[error("internal error in the data pipeline: {problem}")]
+    Internal { problem: String },
+}
+
+impl DataError {
+    /// True when the error is caused by the input data, the tokenizer files or the
+    /// configuration (the user can fix it); false for internal bugs.
+    pub fn is_user_error(&self) -> bool {
+        !matches!(self, DataError::Internal { .. })
+    }
+
+    /// The row problem without the location prefix, for skip reports.
+    fn row_problem(&self) -> String {
+        match self {
+            DataError::BadRow { problem, .. } => problem.clone(),
+            DataError::MissingField { field, available, .. } => {
+                format!("missing field `{field}` (available: {})", keys_text(available))
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
+const ACCEPTED_SHAPES: &str = "{\"messages\": [{\"role\", \"content\"}]} (OpenAI / Bedrock conversation), \
+{\"conversations\": [{\"from\", \"value\"}]} (ShareGPT), {\"instruction\", \"input\"?, \"output\"} (Alpaca), \
+{\"prompt\", \"completion\"}, {\"text\"}";
+
+/// `file:line` for line-oriented files, `file (element N)` for JSON arrays.
+pub(crate) fn location(path: &Path, line: usize) -> String {
+    if path.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("json")) {
+        format!("{} (record {line})", path.display())
+    } else {
+        format!("{}:{line}", path.display())
+    }
+}
+
+fn keys_text(keys: &[String]) -> String {
+    if keys.is_empty() {
+        "no keys".into()
+    } else {
+        keys.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+    }
+}
+
+fn skipped_text(skipped: usize) -> String {
+    if skipped > 0 {
+        format!("; {skipped} bad row(s) were skipped, see the skip report above")
+    } else {
+        String::new()
+    }
+}
+
+fn ignored_text(ignored: &[String]) -> String {
+    if ignored.is_empty() {
+        String::new()
+    } else {
+        let shown: Vec<_> = ignored.iter().take(5).cloned().collect();
+        format!("; ignored: {}{}", shown.join(", "), if ignored.len() > 5 { ", …" } else { "" })
+    }
+}
+
+/// The shape of the training data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DataFormat {
+    /// Detect per file from the keys of its first record.
+    #[default]
+    Auto,
+    /// `{"instruction", "input"?, "output"}` rendered with the Stanford Alpaca prompt.
+    Alpaca,
+    /// `{"prompt", "completion"}` (also Bedrock's non-conversational JSONL).
+    PromptCompletion,
+    /// OpenAI `{"messages": [...]}` and Bedrock `bedrock-conversation-2024`.
+    Messages,
+    /// `{"conversations": [{"from", "value"}]}`.
+    ShareGpt,
+    /// `{"text"}` rows or plain `.txt` files.
+    Text,
+}
+
+impl DataFormat {
+    pub fn name(&self) -> &'static str {
+        match self {
+            DataFormat::Auto => "auto",
+            DataFormat::Alpaca => "alpaca",
+            DataFormat::PromptCompletion => "prompt_completion",
+            DataFormat::Messages => "messages",
+            DataFormat::ShareGpt => "sharegpt",
+            DataFormat::Text => "text",
+        }
+    }
+}
+
+impl fmt::Display for DataFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for DataFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().replace('-', "_").as_str() {
+            "auto" | "" => Ok(DataFormat::Auto),
+            "alpaca" => Ok(DataFormat::Alpaca),
+            "prompt_completion" => Ok(DataFormat::PromptCompletion),
+            "messages" | "chat" | "openai" => Ok(DataFormat::Messages),
+            "sharegpt" => Ok(DataFormat::ShareGpt),
+            "text" => Ok(DataFormat::Text),
+            _ => Err(format!(
+                "unknown data format `{s}`; use one of auto, alpaca, prompt_completion, messages (or chat, openai), sharegpt, text"
+            )),
+        }
+    }
+}
+
+/// Which tokens carry the loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TrainOn {
+    /// Only completion tokens (prompt/completion) or assistant turns (chat); all tokens for text.
+    #[default]
+    Completion,
+    /// Every token.
+    All,
+}
+
+impl FromStr for TrainOn {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "completion" | "completion_only" | "assistant" | "assistant_only" => Ok(TrainOn::Completion),
+            "all" => Ok(TrainOn::All),
+            _ => Err(format!("unknown train_on `{s}`; use completion or all")),
+        }
+    }
+}
+
+/// How `.txt` files are split into samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TextMode {
+    /// One sample per non-empty line.
+    #[default]
+    Lines,
+    /// The whole file is one document (continued pretraining); documents longer than
+    /// `max_seq_length` are cut into consecutive windows instead of truncated.
+    File,
+}
+
+impl FromStr for TextMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "lines" | "line" => Ok(TextMode::Lines),
+            "file" | "document" => Ok(TextMode::File),
+            _ => Err(format!("unknown text_mode `{s}`; use lines or file")),
+        }
+    }
+}
+
+/// Key (JSON) or column (CSV/TSV) names of the fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldMap {
+    pub prompt: String,
+    pub completion: String,
+    pub messages: String,
+    pub text: String,
+    pub instruction: String,
+    pub input: String,
+    pub output: String,
+    pub system: String,
+    pub conversations: String,
+}
+
+impl Default for FieldMap {
+    fn default() -> Self {
+        FieldMap {
+            prompt: "prompt".into(),
+            completion: "completion".into(),
+            messages: "messages".into(),
+            text: "text".into(),
+            instruction: "instruction".into(),
+            input: "input".into(),
+            output: "output".into(),
+            system: "system".into(),
+            conversations: "conversations".into(),
+        }
+    }
+}
+
+/// How to read and tokenise the data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DataSpec {
+    pub format: DataFormat,
+    pub fields: FieldMap,
+    pub train_on: TrainOn,
+    pub max_seq_length: usize,
+    /// false: the first bad row is an error naming file:line; true: skip, count and report them.
+    pub skip_bad_rows: bool,
+    pub text_mode: TextMode,
+    /// Accept rows with only a prompt (GRPO): they become prompt/completion with an empty completion.
+    pub prompt_only: bool,
+}
+
+impl Default for DataSpec {
+    fn default() -> Self {
+        DataSpec {
+            format: DataFormat::Auto,
+            fields: FieldMap::default(),
+            train_on: TrainOn::Completion,
+            max_seq_length: 1024,
+            skip_bad_rows: false,
+            text_mode: TextMode::Lines,
+            prompt_only: false,
+        }
+    }
+}
+
+/// Where a record came from. `line` is 1-based: the JSONL line, the CSV record's
+/// first line, the JSON array element index + 1, or the TXT line.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RowRef {
+    pub file: PathBuf,
+    pub line: usize,
+}
+
+impl fmt::Display for RowRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&location(&self.file, self.line))
+    }
+}
+
+/// One chat message.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Message {
+        Message { role: role.into(), content: content.into() }
+    }
+}
+
+/// What a record holds after format conversion.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Content {
+    PromptCompletion { prompt: String, completion: String },
+    Messages(Vec<Message>),
+    Text(String),
+}
+
+/// One row of training data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub content: Content,
+    /// Every key/column not consumed by the format (GRPO passes them to reward functions).
+    pub extra: serde_json::Map<String, serde_json::Value>,
+    pub source: RowRef,
+}
+
+/// The result of [`read_path`].
+#[derive(Debug, Clone, Default)]
+pub struct ReadReport {
+    pub records: Vec<Record>,
+    /// The forced format, or the detected format of the first file.
+    pub format: DataFormat,
+    pub files: Vec<PathBuf>,
+    /// Rows skipped with `skip_bad_rows`, with the reason.
+    pub skipped: Vec<(RowRef, String)>,
+    /// The format of every file (files may differ when `format` is auto).
+    pub file_formats: Vec<(PathBuf, DataFormat)>,
+}
+
+/// Read and tokenise exactly as the job will; used by the launcher's estimate.
+pub fn count_tokens(path: &Path, model_dir: &Path, spec: &DataSpec) -> Result<TokenizeReport, DataError> {
+    let tok = TokenizerBundle::load(model_dir)?;
+    let read = read_path(path, spec)?;
+    tokenize(&read.records, &tok, spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_case_insensitively() {
+        for f in [
+            DataFormat::Auto,
+            DataFormat::Alpaca,
+            DataFormat::PromptCompletion,
+            DataFormat::Messages,
+            DataFormat::ShareGpt,
+            DataFormat::Text,
+        ] {
+            assert_eq!(f.name().to_uppercase().parse::<DataFormat>().unwrap(), f);
+        }
+        assert_eq!("Chat".parse::<DataFormat>().unwrap(), DataFormat::Messages);
+        assert_eq!("OPENAI".parse::<DataFormat>().unwrap(), DataFormat::Messages);
+        assert!("parquet".parse::<DataFormat>().unwrap_err().contains("sharegpt"));
+        assert_eq!("ALL".parse::<TrainOn>().unwrap(), TrainOn::All);
+        assert_eq!("Completion".parse::<TrainOn>().unwrap(), TrainOn::Completion);
+        assert_eq!("File".parse::<TextMode>().unwrap(), TextMode::File);
+        assert_eq!("lines".parse::<TextMode>().unwrap(), TextMode::Lines);
+    }
+
+    #[test]
+    fn locations() {
+        assert_eq!(location(Path::new("/d/a.jsonl"), 3), "/d/a.jsonl:3");
+        assert_eq!(location(Path::new("/d/a.json"), 3), "/d/a.json (record 3)");
+    }
+}
