@@ -197,7 +197,7 @@ mod tests {
 
     #[test]
     fn metric_line_format_and_regexes_agree() {
-        let r = MetricRecord {
+        let mut r = MetricRecord {
             step: 120,
             epoch: 0.4,
             loss: Some(1.81234),
@@ -206,16 +206,26 @@ mod tests {
             tokens_per_sec: Some(15210.4),
             ..Default::default()
         };
+        assert_eq!(r.line(), "METRIC step=120 epoch=0.40 loss=1.8123 lr=1.9e-4 grad_norm=0.74 tokens_per_sec=15210");
+        r.extra.insert("reward".into(), 0.625);
+        r.extra.insert("kl".into(), 0.0123);
         let line = r.line();
-        assert_eq!(line, "METRIC step=120 epoch=0.40 loss=1.8123 lr=1.9e-4 grad_norm=0.74 tokens_per_sec=15210");
-        for (name, re) in metric_definitions() {
-            let key = re.split("\\b").nth(1).unwrap().split('=').next().unwrap().to_string();
-            if key == "eval_loss" {
-                continue;
-            }
-            // The value after `key=` in the line is what the regex's group captures.
-            let want = line.split(' ').find_map(|kv| kv.strip_prefix(&format!("{key}="))).unwrap();
-            assert!(want.chars().all(|c| "-+0123456789.eE".contains(c)), "{name}: {want}");
+        let defs = metric_definitions();
+        assert!(defs.len() <= 40, "SageMaker allows at most 40 metric definitions");
+        for (name, re) in &defs {
+            let re = regex::Regex::new(re).unwrap();
+            let key = name.rsplit(':').next().unwrap();
+            let key = if key == "loss" && name.starts_with("validation") { "eval_loss" } else { key };
+            let want = line.split(' ').find_map(|kv| kv.strip_prefix(&format!("{key}=")));
+            let got = re.captures(&line).map(|c| c[1].to_string());
+            assert_eq!(got.as_deref(), want, "{name}: {re}");
         }
+        let eval = MetricRecord { step: 5, epoch: 1.0, eval_loss: Some(2.5), ..Default::default() }.line();
+        let (_, re) = defs.iter().find(|(n, _)| n == "validation:loss").unwrap();
+        assert_eq!(&regex::Regex::new(re).unwrap().captures(&eval).unwrap()[1], "2.5000");
+        assert!(regex::Regex::new(&defs.iter().find(|(n, _)| n == "train:loss").unwrap().1)
+            .unwrap()
+            .captures(&eval)
+            .is_none());
     }
 }

@@ -175,7 +175,7 @@ fn grpo_learning_raises_mean_reward() {
         ("num_generations", "8"),
         ("per_device_batch_size", "16"),
         ("max_completion_length", "4"),
-        ("max_steps", "24"),
+        ("max_steps", "30"),
         ("learning_rate", "2e-2"),
         ("lora_r", "8"),
         ("lora_dropout", "0"),
@@ -185,16 +185,18 @@ fn grpo_learning_raises_mean_reward() {
         ("save_steps", "0"),
     ];
     let job = common::Job::new(hp, &prompts);
+    // The 2-layer test model is too small to learn this in a few steps; use the demo's size.
+    common::write_model(&job.channel("model"), &common::tiny_config_json(4, 128), 7);
     let out = job.run(&[]);
     assert!(out.status.success(), "{}", common::text(&out));
     let summary = job.summary();
     let rewards: Vec<f64> =
         summary["history"].as_array().unwrap().iter().filter_map(|r| r["reward"].as_f64()).collect();
-    assert_eq!(rewards.len(), 24);
-    let first: f64 = rewards[..4].iter().sum::<f64>() / 4.0;
-    let last: f64 = rewards[20..].iter().sum::<f64>() / 4.0;
+    assert_eq!(rewards.len(), 30);
+    let first: f64 = rewards[..5].iter().sum::<f64>() / 5.0;
+    let last: f64 = rewards[25..].iter().sum::<f64>() / 5.0;
     assert!(
-        last > first + 0.25,
+        last > first + 0.2 && last > 0.9,
         "mean reward should rise clearly: first steps {first:.3}, last steps {last:.3} ({rewards:?})"
     );
     let stdout = String::from_utf8_lossy(&out.stdout);

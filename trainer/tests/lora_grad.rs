@@ -94,7 +94,7 @@ fn lora_gradients_match_finite_differences() {
         for _ in 0..3 {
             let i = rng.below(base.len());
             let eps = 1e-2f32;
-            let mut eval = |delta: f32| {
+            let eval = |delta: f32| {
                 let mut v = base.clone();
                 v[i] += delta;
                 var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap()).unwrap();

@@ -39,13 +39,13 @@ fn same_seed_gives_identical_loss_sequence() {
     assert_eq!(la, lb);
 }
 
-#[test]
-fn sigterm_checkpoints_and_resume_is_bit_exact() {
-    let reference = Job::new(HP, &rows(20));
+/// Runs `hp` uninterrupted, then again with a SIGTERM after step 4 and a restart; both must agree bit for bit.
+fn sigterm_then_resume_matches_uninterrupted(hp: &[(&str, &str)], data: &str, max_steps: u64) {
+    let reference = Job::new(hp, data);
     let out = reference.run(&[]);
     assert!(out.status.success(), "{}", text(&out));
 
-    let job = Job::new(HP, &rows(20));
+    let job = Job::new(hp, data);
     let mut child = job.command(&[]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
@@ -68,14 +68,45 @@ fn sigterm_checkpoints_and_resume_is_bit_exact() {
     assert_eq!(ckpts.len(), 1, "one complete checkpoint, no temporaries");
     let name = ckpts[0].file_name().to_string_lossy().to_string();
     let step: u64 = name.strip_prefix("checkpoint-").unwrap().parse().unwrap();
-    assert!((4..160).contains(&step), "{name}");
+    assert!((4..max_steps).contains(&step), "{name}");
 
     let out = job.run(&[]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("Resuming from checkpoint")), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Resuming from checkpoint"), "{}", text(&out));
     assert!(job.failure().is_none(), "the stale failure file is gone after a successful resume");
 
     assert_eq!(loss_bits(&job.summary()), loss_bits(&reference.summary()));
     let adapter = |j: &Job| std::fs::read(j.root().join("model/adapter_model.safetensors")).unwrap();
     assert!(adapter(&job) == adapter(&reference), "adapters differ after resume");
+}
+
+#[test]
+fn sigterm_checkpoints_and_resume_is_bit_exact() {
+    sigterm_then_resume_matches_uninterrupted(HP, &rows(20), 160);
+}
+
+#[test]
+fn grpo_resume_restores_the_sampling_rng_bit_exact() {
+    let prompts: String = (0..12)
+        .map(|i| serde_json::json!({"prompt": format!("Item {i}:"), "answer": "7"}).to_string() + "\n")
+        .collect();
+    let hp: &[(&str, &str)] = &[
+        ("method", "grpo"),
+        ("reward_funcs", "format,length"),
+        ("reward_weights", "1.0,0.5"),
+        ("format_regex", "e"),
+        ("num_generations", "4"),
+        ("per_device_batch_size", "4"),
+        ("gradient_accumulation_steps", "2"),
+        ("max_completion_length", "6"),
+        ("max_steps", "120"),
+        ("beta", "0.05"),
+        ("lora_r", "4"),
+        ("learning_rate", "5e-3"),
+        ("logging_steps", "1"),
+        ("save_steps", "0"),
+        ("log_completions_steps", "0"),
+        ("seed", "9"),
+    ];
+    sigterm_then_resume_matches_uninterrupted(hp, &prompts, 120);
 }
