@@ -52,6 +52,11 @@ pub struct JobInfo {
     pub environment_keys: Vec<String>,
 }
 
+/// SageMaker metric values are f32: widen through their shortest decimal form so 1.2345 stays 1.2345.
+fn f32_to_f64_shortest(v: f32) -> f64 {
+    v.to_string().parse().unwrap_or(v as f64)
+}
+
 fn secs(d: Option<&aws_sdk_sagemaker::primitives::DateTime>) -> Option<f64> {
     d.map(|d| d.as_secs_f64())
 }
@@ -87,7 +92,7 @@ impl JobInfo {
             final_metrics: d
                 .final_metric_data_list()
                 .iter()
-                .filter_map(|m| Some((m.metric_name()?.to_string(), m.value()? as f64)))
+                .filter_map(|m| Some((m.metric_name()?.to_string(), f32_to_f64_shortest(m.value()?))))
                 .collect(),
             hyperparameters: d
                 .hyper_parameters()

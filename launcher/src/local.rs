@@ -600,6 +600,6 @@ mod tests {
         let mut names: Vec<String> =
             ar.entries().unwrap().map(|e| e.unwrap().path().unwrap().display().to_string()).collect();
         names.sort();
-        assert_eq!(names, ["adapter_config.json", "sub", "sub/x.bin"]);
+        assert_eq!(names, ["adapter_config.json", "sub/", "sub/x.bin"]);
     }
 }

@@ -476,7 +476,7 @@ mod tests {
     }
 
     #[test]
-    fn jsonl_messages_to_bedrock_conversation_and_bad_json_is_reported() {
+    fn jsonl_messages_to_bedrock_conversation_and_bad_rows_are_reported() {
         let d = tempfile::tempdir().unwrap();
         let input = d.path().join("chat.jsonl");
         std::fs::write(
@@ -489,8 +489,15 @@ mod tests {
         )
         .unwrap();
         let r = prepare(&opts(input, Target::BedrockConversation)).unwrap();
-        assert_eq!(r.rows_written, 2, "{r:?}");
-        assert_eq!(r.dropped.values().map(Vec::len).sum::<usize>(), 1, "{r:?}");
+        // The trainer decides the format per file from the first record (messages), so the
+        // prompt/completion row is reported as missing `messages`, like in a training job.
+        assert_eq!(r.rows_written, 1, "{r:?}");
+        assert_eq!(r.dropped.len(), 2, "{r:?}");
+        assert!(r.dropped.keys().any(|k| k.starts_with("invalid JSON")), "{r:?}");
+        assert_eq!(
+            r.dropped.iter().find(|(k, _)| k.contains("missing field `messages`")).map(|(_, v)| v.clone()),
+            Some(vec![3])
+        );
         let out = std::fs::read_to_string(d.path().join("chat.bedrock-conversation.jsonl")).unwrap();
         let first: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
         assert_eq!(first["system"], json!([{"text": "Be brief."}]));

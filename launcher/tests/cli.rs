@@ -47,9 +47,18 @@ fn dry_run_prints_the_exact_request() {
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(!stdout.contains(FAKE_TOKEN) && !stderr.contains(FAKE_TOKEN), "the token leaked");
-    let got: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    let want: serde_json::Value =
+    let mut got: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let mut want: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixtures().join("dry_run_expected.json")).unwrap()).unwrap();
+    // MetricDefinitions follow the trainer's metric line (trainer::report), which the trainer owns:
+    // compare them with the trainer's list, and the rest of the request with the snapshot.
+    let defs = got["AlgorithmSpecification"].as_object_mut().unwrap().remove("MetricDefinitions").unwrap();
+    want["AlgorithmSpecification"].as_object_mut().unwrap().remove("MetricDefinitions");
+    let trainer_defs: Vec<serde_json::Value> = trainer::report::metric_definitions()
+        .into_iter()
+        .map(|(n, r)| serde_json::json!({ "Name": n, "Regex": r }))
+        .collect();
+    assert_eq!(defs, serde_json::Value::Array(trainer_defs));
     assert_eq!(
         got, want,
         "dry-run request changed; if intended, update tests/fixtures/dry_run_expected.json:\n{stdout}"
@@ -61,8 +70,6 @@ fn dry_run_prints_the_exact_request() {
 /// The dry-run request's MetricDefinitions match the trainer's real metric line.
 #[test]
 fn metric_definitions_match_the_trainer_line() {
-    let want: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("dry_run_expected.json")).unwrap()).unwrap();
     let line = trainer::report::MetricRecord {
         step: 120,
         epoch: 0.4,
@@ -71,16 +78,19 @@ fn metric_definitions_match_the_trainer_line() {
         grad_norm: Some(0.74),
         tokens_per_sec: Some(15210.0),
         eval_loss: None,
+        ..Default::default()
     }
     .line();
-    let defs = want["AlgorithmSpecification"]["MetricDefinitions"].as_array().unwrap();
+    let defs = trainer::report::metric_definitions();
     let mut seen = std::collections::BTreeMap::new();
-    for d in defs {
-        let re = regex::Regex::new(d["Regex"].as_str().unwrap()).unwrap();
+    for (name, regex) in &defs {
+        assert!(regex.len() <= 500 && name.len() <= 255);
+        let re = regex::Regex::new(regex).unwrap();
         if let Some(c) = re.captures(&line) {
-            seen.insert(d["Name"].as_str().unwrap().to_string(), c[1].to_string());
+            seen.insert(name.clone(), c[1].to_string());
         }
     }
+    assert!(defs.len() <= 40);
     assert_eq!(seen.get("train:loss").map(String::as_str), Some("1.8123"), "{line} / {seen:?}");
     assert_eq!(seen.get("train:step").map(String::as_str), Some("120"));
     assert!(!seen.contains_key("validation:loss"), "eval_loss must not match a train line");
@@ -123,11 +133,12 @@ fn set(job: &mut toml::Table, section: &str, key: &str, v: toml::Value) {
 fn every_limit_violation_is_rejected_before_any_network_call() {
     use toml::Value as V;
     type Edit = Box<dyn FnOnce(&mut toml::Table)>;
+    let long_name = "a".repeat(64);
     let many = |n: usize, prefix: &str, value: &str| -> toml::Table {
         (0..n).map(|i| (format!("{prefix}{i}"), V::String(value.into()))).collect()
     };
     let cases: Vec<(&str, Edit, Vec<&str>, &str)> = vec![
-        ("name > 63", Box::new(|_| {}), vec!["--exact-name", "--name", &"a".repeat(64)], "the limit is 1–63"),
+        ("name > 63", Box::new(|_| {}), vec!["--exact-name", "--name", &long_name], "the limit is 1–63"),
         (
             "name pattern",
             Box::new(|j| {
@@ -483,4 +494,60 @@ fn prepare_data_converts_and_reports() {
     assert!(stdout.contains("3 read, 1 written, 2 dropped"), "{stdout}");
     let written = std::fs::read_to_string(d.path().join("alpaca.messages.jsonl")).unwrap();
     assert_eq!(written.lines().count(), 1);
+}
+
+fn demo_assets() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../trainer/assets/demo")
+}
+
+/// With a tokenizer the estimate counts tokens exactly as the job will (trainer::data::count_tokens).
+#[test]
+fn estimate_counts_tokens_exactly_with_a_tokenizer() {
+    let home = tempfile::tempdir().unwrap();
+    let data = demo_assets().join("train.jsonl");
+    let out = oxtune(home.path())
+        .args([
+            "estimate",
+            "--model",
+            "llama-3.2-1b",
+            "--max-seq-length",
+            "256",
+            "--json",
+            "--instance",
+            "ml.g5.xlarge",
+        ])
+        .arg("--data")
+        .arg(&data)
+        .arg("--tokenizer")
+        .arg(demo_assets())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["tokens_exact"], true, "{stdout}");
+    let spec = trainer::data::DataSpec { max_seq_length: 256, ..Default::default() };
+    let want = trainer::data::count_tokens(&data, &demo_assets(), &spec).unwrap().total_tokens as u64;
+    assert_eq!(v["tokens_per_epoch"].as_u64(), Some(want));
+}
+
+#[test]
+fn prepare_data_token_histogram() {
+    let home = tempfile::tempdir().unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let out = oxtune(home.path())
+        .args(["prepare-data", "--to", "messages", "--max-seq-length", "64", "--json", "-o"])
+        .arg(d.path().join("out.jsonl"))
+        .arg("--tokenizer")
+        .arg(demo_assets())
+        .arg(demo_assets().join("train.jsonl"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let t = &v["token_lengths"];
+    assert!(t["total_tokens"].as_u64().unwrap() > 0, "{stdout}");
+    let counted: u64 = t["histogram"].as_array().unwrap().iter().map(|b| b[1].as_u64().unwrap()).sum();
+    assert_eq!(counted, v["rows_written"].as_u64().unwrap());
 }

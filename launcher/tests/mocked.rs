@@ -361,3 +361,23 @@ async fn list_shows_instance_duration_and_cost() {
     let table = jobs::render_list(&rows);
     assert!(table.contains("$0.94") && table.contains("1h 00m"), "{table}");
 }
+
+#[tokio::test]
+async fn compare_marks_differences() {
+    let describe = describe_sequence(&["describe_completed_spot.json", "describe_failed_algorithm.json"]);
+    let c = clients(&[&describe], &[]);
+    let a = jobs::describe(&c, JOB).await.unwrap();
+    let mut b = jobs::describe(&c, JOB).await.unwrap();
+    b.name = "other-job".into();
+    b.hyperparameters.insert("lora_r".into(), "64".into());
+    let cmp = jobs::compare(&[a, b], &embedded_prices("us-east-1").unwrap());
+    let row = |k: &str| cmp.rows.iter().find(|r| r.key == k).unwrap_or_else(|| panic!("no row {k}"));
+    assert!(row("lora_r").differs);
+    assert_eq!(row("lora_r").values, vec![Some("16".to_string()), Some("64".to_string())]);
+    assert!(!row("epochs").differs);
+    assert!(row("status").differs);
+    assert_eq!(row("train:loss").values, vec![Some("1.2345".to_string()), None]);
+    let text = jobs::render_comparison(&cmp);
+    assert!(text.lines().any(|l| l.starts_with('≠') && l.contains("hyperparameter.lora_r")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with(' ') && l.contains("hyperparameter.epochs")), "{text}");
+}

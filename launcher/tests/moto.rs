@@ -190,8 +190,11 @@ async fn submit_then_describe_list_and_status() {
     );
     assert_eq!(d.output_data_config().and_then(|o| o.s3_output_path()), Some(output_path.as_str()));
     let tags = c.sagemaker.list_tags().resource_arn(d.training_job_arn().unwrap()).send().await.unwrap();
-    let mut tags: Vec<(String, String)> =
-        tags.tags().iter().map(|t| (t.key().to_string(), t.value().to_string())).collect();
+    let mut tags: Vec<(String, String)> = tags
+        .tags()
+        .iter()
+        .map(|t| (t.key().unwrap_or_default().to_string(), t.value().unwrap_or_default().to_string()))
+        .collect();
     tags.sort();
     assert_eq!(tags, vec![("project".into(), "oxtune-tests".into()), ("team".into(), "nlp".into())]);
 

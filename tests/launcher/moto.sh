@@ -8,7 +8,7 @@
 # `start` creates tests/launcher/.venv (once), installs the pinned moto with its
 # server extra from PyPI, picks a free loopback port, starts `moto_server` in the
 # background, waits until it answers, and writes the endpoint to
-# tests/launcher/.moto/endpoint (pid in .moto/pid, log in .moto/server.log).
+# tests/launcher/.moto-endpoint and .moto/endpoint (pid in .moto/pid, log in .moto/server.log).
 # The caller exports it for cargo:  export OXTUNE_MOTO_ENDPOINT=$(tests/launcher/moto.sh start)
 set -euo pipefail
 
@@ -55,6 +55,7 @@ start() {
     for _ in $(seq 1 100); do
         if "$VENV/bin/python" -c "import urllib.request,sys; urllib.request.urlopen('$endpoint/moto-api/data.json', timeout=1)" 2>/dev/null; then
             echo "$endpoint" >"$STATE/endpoint"
+            echo "$endpoint" >"$HERE/.moto-endpoint"
             log "moto_server $MOTO_VERSION listening on $endpoint (pid $(cat "$STATE/pid"))"
             echo "$endpoint"
             return
@@ -77,7 +78,7 @@ stop() {
             kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
             log "stopped moto_server (pid $pid)"
         fi
-        rm -f "$STATE/pid" "$STATE/endpoint"
+        rm -f "$STATE/pid" "$STATE/endpoint" "$HERE/.moto-endpoint"
     fi
 }
 

@@ -14,6 +14,7 @@ pub mod optim;
 pub mod output;
 pub mod report;
 pub mod rng;
+pub mod run_state;
 pub mod sagemaker;
 pub mod sft;
 pub mod spec;

@@ -56,6 +56,22 @@ impl AdamW {
     }
 }
 
+/// Add this backward pass's gradients of `vars` to `acc` (a parameter that got none adds zeros).
+pub fn accumulate(acc: &mut Vec<Tensor>, store: &candle_core::backprop::GradStore, vars: &[Var]) -> Result<()> {
+    for (i, v) in vars.iter().enumerate() {
+        let g = match store.get(v.as_tensor()) {
+            Some(g) => g.clone(),
+            None => v.zeros_like()?,
+        };
+        if acc.len() <= i {
+            acc.push(g);
+        } else {
+            acc[i] = (&acc[i] + g)?;
+        }
+    }
+    Ok(())
+}
+
 /// √Σ‖g‖² over all gradients, in f64.
 pub fn global_norm(grads: &[Tensor]) -> Result<f64> {
     let mut total = 0f64;

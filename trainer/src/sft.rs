@@ -11,13 +11,14 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::checkpoint::{self, TrainerState};
+use crate::checkpoint::TrainerState;
 use crate::data::{make_batches, Batch, BatchSpec, Example};
 use crate::error::TrainError;
 use crate::model::{Decoder, ForwardCtx};
-use crate::optim::{clip_grad_norm, lr_at, AdamW, AdamWConfig};
+use crate::optim::{accumulate, clip_grad_norm, lr_at};
 use crate::report::{MetricRecord, Progress};
 use crate::rng::Rng;
+use crate::run_state::{self, RunState};
 use crate::sagemaker::StopFlag;
 use crate::spec::JobSpec;
 
@@ -141,49 +142,9 @@ pub fn train(inp: SftInputs) -> Result<SftOutcome, TrainError> {
     let total_steps = spec.max_steps.unwrap_or_else(|| ((spec.epochs * steps_per_epoch as f64).ceil() as u64).max(1));
     let warmup =
         if spec.warmup_steps > 0 { spec.warmup_steps } else { (spec.warmup_ratio * total_steps as f64).ceil() as u64 };
-    let fp = fingerprint(spec, model);
 
     let vars = model.trainable_vars();
-    let mut opt = AdamW::new(
-        vars.clone(),
-        AdamWConfig {
-            beta1: spec.adam_beta1,
-            beta2: spec.adam_beta2,
-            eps: spec.adam_epsilon,
-            weight_decay: spec.weight_decay,
-        },
-    )?;
-    let mut state = TrainerState {
-        step: 0,
-        epoch: 0,
-        batch_in_epoch: 0,
-        tokens_seen: 0,
-        dropout_rng: Rng::derive(spec.seed, "dropout"),
-        generation_rng: None,
-        history: vec![],
-        elapsed_secs: 0.0,
-        fingerprint: fp.clone(),
-    };
-
-    checkpoint::clean_partial(inp.checkpoint_dir);
-    let mut resumed_from = None;
-    if let Some(loaded) = checkpoint::load_latest(inp.checkpoint_dir, vars.len(), &model.device)? {
-        checkpoint::check_fingerprint(&loaded, &fp)?;
-        model.load_adapter_tensors(&loaded.dir.join(checkpoint::ADAPTER_FILE))?;
-        opt.m = loaded.moments.0;
-        opt.v = loaded.moments.1;
-        opt.step = loaded.state.step;
-        tracing::info!(
-            "resuming from checkpoint {} (step {}, epoch {}, micro-batch {})",
-            loaded.dir.display(),
-            loaded.state.step,
-            loaded.state.epoch,
-            loaded.state.batch_in_epoch
-        );
-        println!("Resuming from checkpoint {} at step {}", loaded.dir.display(), loaded.state.step);
-        resumed_from = Some(loaded.dir.clone());
-        state = loaded.state;
-    }
+    let RunState { mut opt, mut state, resumed_from } = run_state::start(spec, model, inp.checkpoint_dir, false)?;
 
     println!(
         "Training: {} examples, {} micro-batches/epoch, gradient accumulation {}, {} optimizer steps (warmup {}), {} trainable parameters",
@@ -194,16 +155,6 @@ pub fn train(inp: SftInputs) -> Result<SftOutcome, TrainError> {
     let mut progress = Progress::new(total_steps, state.step);
     let mut plan = epoch_plan(&inp, state.epoch);
     let (mut log_loss, mut log_steps, mut log_tokens, mut log_t0) = (0f64, 0u64, 0u64, Instant::now());
-    let save = |state: &TrainerState, opt: &AdamW| -> Result<PathBuf, TrainError> {
-        let adapters = model.adapters();
-        Ok(checkpoint::save(
-            inp.checkpoint_dir,
-            state,
-            (&opt.m, &opt.v),
-            |p| crate::lora::save_adapter_tensors(p, &adapters),
-            spec.save_total_limit,
-        )?)
-    };
 
     while state.step < total_steps {
         if state.batch_in_epoch >= plan.len() {
@@ -222,7 +173,7 @@ pub fn train(inp: SftInputs) -> Result<SftOutcome, TrainError> {
             if inp.stop.is_set() {
                 // Drop the partial step: the checkpoint holds the state after the last complete one.
                 state.elapsed_secs = base_elapsed + started.elapsed().as_secs_f64();
-                let dir = save(&state, &opt)?;
+                let dir = run_state::save(spec, model, inp.checkpoint_dir, &state, &opt)?;
                 return Err(TrainError::Interrupted { step: state.step, checkpoint: dir.display().to_string() });
             }
             if b.target_tokens == 0 || step_targets == 0 {
@@ -234,18 +185,7 @@ pub fn train(inp: SftInputs) -> Result<SftOutcome, TrainError> {
             rng = ctx.dropout_rng.take().unwrap_or_else(|| Rng::new(0));
             let loss = (nll / step_targets as f64)?;
             step_loss += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            let store = loss.backward()?;
-            for (i, v) in vars.iter().enumerate() {
-                let g = match store.get(v.as_tensor()) {
-                    Some(g) => g.clone(),
-                    None => v.zeros_like()?,
-                };
-                if grads.len() <= i {
-                    grads.push(g);
-                } else {
-                    grads[i] = (&grads[i] + g)?;
-                }
-            }
+            accumulate(&mut grads, &loss.backward()?, &vars)?;
             step_tokens += b.segment_ids.iter().filter(|s| **s != 0).count() as u64;
         }
         if !step_loss.is_finite() {
@@ -297,7 +237,7 @@ pub fn train(inp: SftInputs) -> Result<SftOutcome, TrainError> {
         }
         state.elapsed_secs = base_elapsed + started.elapsed().as_secs_f64();
         if spec.save_steps > 0 && state.step % spec.save_steps == 0 && state.step < total_steps {
-            let dir = save(&state, &opt)?;
+            let dir = run_state::save(spec, model, inp.checkpoint_dir, &state, &opt)?;
             tracing::info!("checkpoint saved: {}", dir.display());
         }
     }

@@ -13,15 +13,15 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Tensor};
 use serde_json::{Map, Value};
 
-use crate::checkpoint::{self, TrainerState};
 use crate::data::{Content, Record, TokenizerBundle};
 use crate::error::{io_err, TrainError};
 use crate::model::{Decoder, ForwardCtx};
-use crate::optim::{clip_grad_norm, lr_at, AdamW, AdamWConfig};
+use crate::optim::{accumulate, clip_grad_norm, lr_at};
 use crate::report::{MetricRecord, Progress};
 use crate::rng::Rng;
+use crate::run_state::{self, RunState};
 use crate::sagemaker::StopFlag;
-use crate::sft::{epoch_order, fingerprint, SftOutcome};
+use crate::sft::{epoch_order, SftOutcome};
 use crate::spec::JobSpec;
 use generate::{generate, Completion, Finish, SamplingConfig};
 use loss::{advantages, grpo_loss, LossConfig, LossStats};
@@ -191,39 +191,7 @@ pub fn train(inp: GrpoInputs) -> Result<SftOutcome, TrainError> {
     let warmup =
         if spec.warmup_steps > 0 { spec.warmup_steps } else { (spec.warmup_ratio * total_steps as f64).ceil() as u64 };
     let vars = model.trainable_vars();
-    let mut opt = AdamW::new(
-        vars.clone(),
-        AdamWConfig {
-            beta1: spec.adam_beta1,
-            beta2: spec.adam_beta2,
-            eps: spec.adam_epsilon,
-            weight_decay: spec.weight_decay,
-        },
-    )?;
-    let fp = fingerprint(spec, model);
-    let mut state = TrainerState {
-        step: 0,
-        epoch: 0,
-        batch_in_epoch: 0,
-        tokens_seen: 0,
-        dropout_rng: Rng::derive(spec.seed, "dropout"),
-        generation_rng: Some(Rng::derive(spec.seed, "generation")),
-        history: vec![],
-        elapsed_secs: 0.0,
-        fingerprint: fp.clone(),
-    };
-    checkpoint::clean_partial(inp.checkpoint_dir);
-    let mut resumed_from = None;
-    if let Some(loaded) = checkpoint::load_latest(inp.checkpoint_dir, vars.len(), &model.device)? {
-        checkpoint::check_fingerprint(&loaded, &fp)?;
-        model.load_adapter_tensors(&loaded.dir.join(checkpoint::ADAPTER_FILE))?;
-        opt.m = loaded.moments.0;
-        opt.v = loaded.moments.1;
-        opt.step = loaded.state.step;
-        println!("Resuming from checkpoint {} at step {}", loaded.dir.display(), loaded.state.step);
-        resumed_from = Some(loaded.dir.clone());
-        state = loaded.state;
-    }
+    let RunState { mut opt, mut state, resumed_from } = run_state::start(spec, model, inp.checkpoint_dir, true)?;
     println!(
         "GRPO: {} prompts, {} per step × {} generations, {} optimizer steps, rewards {:?} (weights {:?}), loss {:?}, beta {}",
         inp.prompts.len(), per_round, group, total_steps, g.reward_funcs, g.reward_weights, g.loss_type, g.beta
@@ -236,16 +204,6 @@ pub fn train(inp: GrpoInputs) -> Result<SftOutcome, TrainError> {
         eos_ids: inp.eos_ids.clone(),
         stop_strings: g.stop_strings.clone(),
     };
-    let save = |state: &TrainerState, opt: &AdamW| -> Result<PathBuf, TrainError> {
-        let adapters = model.adapters();
-        Ok(checkpoint::save(
-            inp.checkpoint_dir,
-            state,
-            (&opt.m, &opt.v),
-            |p| crate::lora::save_adapter_tensors(p, &adapters),
-            spec.save_total_limit,
-        )?)
-    };
     let started = Instant::now();
     let base_elapsed = state.elapsed_secs;
     let mut progress = Progress::new(total_steps, state.step);
@@ -254,7 +212,7 @@ pub fn train(inp: GrpoInputs) -> Result<SftOutcome, TrainError> {
     while state.step < total_steps {
         if inp.stop.is_set() {
             state.elapsed_secs = base_elapsed + started.elapsed().as_secs_f64();
-            let dir = save(&state, &opt)?;
+            let dir = run_state::save(spec, model, inp.checkpoint_dir, &state, &opt)?;
             return Err(TrainError::Interrupted { step: state.step, checkpoint: dir.display().to_string() });
         }
         if state.batch_in_epoch >= order.len() {
@@ -356,15 +314,7 @@ pub fn train(inp: GrpoInputs) -> Result<SftOutcome, TrainError> {
                 stats.kl += s.kl * s.tokens;
                 stats.clip_fraction += s.clip_fraction * s.tokens;
                 stats.tokens += s.tokens;
-                let store = loss.backward()?;
-                for (i, v) in vars.iter().enumerate() {
-                    let gi = store.get(v.as_tensor()).cloned().map_or_else(|| v.zeros_like(), Ok)?;
-                    if grads.len() <= i {
-                        grads.push(gi);
-                    } else {
-                        grads[i] = (&grads[i] + gi)?;
-                    }
-                }
+                accumulate(&mut grads, &loss.backward()?, &vars)?;
             }
             if !loss_sum.is_finite() {
                 return Err(TrainError::Diverged(format!("GRPO loss is {loss_sum} at step {}", state.step + 1)));
@@ -414,7 +364,7 @@ pub fn train(inp: GrpoInputs) -> Result<SftOutcome, TrainError> {
         state.generation_rng = Some(gen_rng);
         state.elapsed_secs = base_elapsed + started.elapsed().as_secs_f64();
         if spec.save_steps > 0 && state.step % spec.save_steps == 0 && state.step < total_steps {
-            save(&state, &opt)?;
+            run_state::save(spec, model, inp.checkpoint_dir, &state, &opt)?;
         }
     }
     Ok(SftOutcome { state, total_steps, resumed_from })

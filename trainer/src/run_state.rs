@@ -1,0 +1,81 @@
+//! What a training loop starts from and saves: the optimizer and the loop state,
+//! fresh or restored from the newest checkpoint (adapter, moments, data position, RNGs).
+
+use std::path::{Path, PathBuf};
+
+use crate::checkpoint::{self, TrainerState};
+use crate::error::TrainError;
+use crate::model::Decoder;
+use crate::optim::{AdamW, AdamWConfig};
+use crate::rng::Rng;
+use crate::sft::fingerprint;
+use crate::spec::JobSpec;
+
+pub struct RunState {
+    pub opt: AdamW,
+    pub state: TrainerState,
+    pub resumed_from: Option<PathBuf>,
+}
+
+/// Fresh state, or the newest checkpoint in `checkpoint_dir` (refused when its settings differ).
+/// `generation` adds GRPO's sampling RNG to a fresh state.
+pub fn start(spec: &JobSpec, model: &Decoder, checkpoint_dir: &Path, generation: bool) -> Result<RunState, TrainError> {
+    let vars = model.trainable_vars();
+    let mut opt = AdamW::new(
+        vars.clone(),
+        AdamWConfig {
+            beta1: spec.adam_beta1,
+            beta2: spec.adam_beta2,
+            eps: spec.adam_epsilon,
+            weight_decay: spec.weight_decay,
+        },
+    )?;
+    let fp = fingerprint(spec, model);
+    checkpoint::clean_partial(checkpoint_dir);
+    if let Some(loaded) = checkpoint::load_latest(checkpoint_dir, vars.len(), &model.device)? {
+        checkpoint::check_fingerprint(&loaded, &fp)?;
+        model.load_adapter_tensors(&loaded.dir.join(checkpoint::ADAPTER_FILE))?;
+        opt.m = loaded.moments.0;
+        opt.v = loaded.moments.1;
+        opt.step = loaded.state.step;
+        tracing::info!(
+            "resuming from {} (step {}, epoch {}, position {})",
+            loaded.dir.display(),
+            loaded.state.step,
+            loaded.state.epoch,
+            loaded.state.batch_in_epoch
+        );
+        println!("Resuming from checkpoint {} at step {}", loaded.dir.display(), loaded.state.step);
+        return Ok(RunState { opt, state: loaded.state, resumed_from: Some(loaded.dir) });
+    }
+    let state = TrainerState {
+        step: 0,
+        epoch: 0,
+        batch_in_epoch: 0,
+        tokens_seen: 0,
+        dropout_rng: Rng::derive(spec.seed, "dropout"),
+        generation_rng: generation.then(|| Rng::derive(spec.seed, "generation")),
+        history: vec![],
+        elapsed_secs: 0.0,
+        fingerprint: fp,
+    };
+    Ok(RunState { opt, state, resumed_from: None })
+}
+
+/// Write a checkpoint of the current adapter, moments and state; keeps `save_total_limit`.
+pub fn save(
+    spec: &JobSpec,
+    model: &Decoder,
+    checkpoint_dir: &Path,
+    state: &TrainerState,
+    opt: &AdamW,
+) -> Result<PathBuf, TrainError> {
+    let adapters = model.adapters();
+    Ok(checkpoint::save(
+        checkpoint_dir,
+        state,
+        (&opt.m, &opt.v),
+        |p| crate::lora::save_adapter_tensors(p, &adapters),
+        spec.save_total_limit,
+    )?)
+}
