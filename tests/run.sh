@@ -8,9 +8,8 @@ cd "$(dirname "$0")/.."
 
 echo "== toolchain: $(cargo --version), $(rustc --version)"
 if [ -f tests/launcher/moto.sh ]; then
-  bash tests/launcher/moto.sh start
   trap 'bash tests/launcher/moto.sh stop' EXIT
-  OXTUNE_MOTO_ENDPOINT="$(cat tests/launcher/.moto-endpoint)"
+  OXTUNE_MOTO_ENDPOINT="$(bash tests/launcher/moto.sh start)"
   export OXTUNE_MOTO_ENDPOINT
   echo "== moto server at $OXTUNE_MOTO_ENDPOINT"
 fi

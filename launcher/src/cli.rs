@@ -292,9 +292,10 @@ pub struct LocalArgs {
     /// The `train` binary (default: next to oxtune, $OXTUNE_TRAIN_BIN, or PATH).
     #[arg(long)]
     pub train_bin: Option<PathBuf>,
-    /// Run this image with Docker instead of the binary.
+    /// Run the job's image (`image` in the job file, or --image) with Docker instead of the
+    /// binary; giving --image on the command line implies it.
     #[arg(long)]
-    pub image: Option<String>,
+    pub docker: bool,
     /// `docker run --gpus` value (`none` for CPU images).
     #[arg(long, default_value = "all")]
     pub gpus: String,
@@ -304,6 +305,9 @@ pub struct LocalArgs {
     /// Simulate a spot interruption: SIGTERM after this long, then restart once.
     #[arg(long)]
     pub interrupt_after: Option<String>,
+    /// Simulate the spot interruption once the trainer logged this step (instead of a time).
+    #[arg(long)]
+    pub interrupt_after_step: Option<u64>,
     /// Start without the checkpoints of earlier runs.
     #[arg(long)]
     pub fresh: bool,
@@ -1087,17 +1091,25 @@ fn cmd_local(_cli: &Cli, a: &LocalArgs) -> Res {
         .map(parse_duration)
         .transpose()
         .map_err(|e| Failure::invalid(format!("--interrupt-after: {e}")))?;
-    let opts = crate::local::LocalOptions {
-        work_dir: a.work_dir.clone().unwrap_or_else(|| PathBuf::from("oxtune-local").join(&job.base_name)),
-        train_bin: a.train_bin.clone(),
-        image: a.image.clone(),
-        gpus: a.gpus.clone(),
-        max_runtime: job.max_runtime(),
-        stop_grace: grace,
-        interrupt_after,
-        fresh: a.fresh,
-        copy_channels: a.copy_channels,
-    };
+    let opts =
+        crate::local::LocalOptions {
+            work_dir: a.work_dir.clone().unwrap_or_else(|| PathBuf::from("oxtune-local").join(&job.base_name)),
+            train_bin: a.train_bin.clone(),
+            image: if a.docker || a.overrides.image.is_some() {
+                Some(job.image.clone().ok_or_else(|| {
+                    Failure::invalid("--docker needs an image: --image IMAGE or `image` in [sagemaker]")
+                })?)
+            } else {
+                None
+            },
+            gpus: a.gpus.clone(),
+            max_runtime: job.max_runtime(),
+            stop_grace: grace,
+            interrupt_after,
+            interrupt_after_step: a.interrupt_after_step,
+            fresh: a.fresh,
+            copy_channels: a.copy_channels,
+        };
     let mut out = std::io::stdout();
     let outcome = crate::local::run(&job, &opts, &redactor_for(&job), &mut out).map_err(Failure::error)?;
     let _ = out.flush();

@@ -34,6 +34,9 @@ pub struct LocalOptions {
     pub max_runtime: Duration,
     pub stop_grace: Duration,
     pub interrupt_after: Option<Duration>,
+    /// Simulate the interruption once the trainer has logged `METRIC step=N` (N or later) instead
+    /// of after a fixed time (deterministic for tests and slow machines).
+    pub interrupt_after_step: Option<u64>,
     /// Delete checkpoints from earlier runs first.
     pub fresh: bool,
     pub copy_channels: bool,
@@ -338,6 +341,7 @@ fn supervise(
     container: &str,
     deadline: Instant,
     interrupt_at: Option<Instant>,
+    interrupt_step: Option<u64>,
     grace: Duration,
     redactor: &Redactor,
     out: &mut dyn Write,
@@ -364,9 +368,13 @@ fn supervise(
     let mut why = Why::None;
     let mut term_sent: Option<Instant> = None;
     let mut killed = false;
+    let mut step_reached = false;
     loop {
         match rx.recv_timeout(Duration::from_millis(50)) {
             Ok(line) => {
+                if let (Some(n), Some(m)) = (interrupt_step, crate::jobs::parse_metric_line(&line)) {
+                    step_reached |= m.get("step").is_some_and(|s| *s >= n as f64);
+                }
                 let _ = writeln!(out, "{}", redactor.redact(&line));
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -386,7 +394,7 @@ fn supervise(
         if term_sent.is_none() {
             if now >= deadline {
                 why = Why::MaxRuntime;
-            } else if interrupt_at.is_some_and(|t| now >= t) {
+            } else if interrupt_at.is_some_and(|t| now >= t) || step_reached {
                 why = Why::Interrupt;
             }
             if why != Why::None {
@@ -461,6 +469,7 @@ pub fn run(job: &Job, opts: &LocalOptions, redactor: &Redactor, out: &mut dyn Wr
     let deadline = started + opts.max_runtime;
     let mut attempts = 0u32;
     let mut interrupt_pending = opts.interrupt_after;
+    let mut interrupt_step = opts.interrupt_after_step;
     let mut checkpoints_before_restart = Vec::new();
     let _ = writeln!(
         out,
@@ -483,8 +492,17 @@ pub fn run(job: &Job, opts: &LocalOptions, redactor: &Redactor, out: &mut dyn Wr
         let attempt_start = Instant::now();
         let child = spawn(&runner, job, &tree, &container)?;
         let interrupt_at = interrupt_pending.map(|d| attempt_start + d);
-        let (AttemptEnd::Exited(status), why) =
-            supervise(child, &runner, &container, deadline, interrupt_at, opts.stop_grace, redactor, out)?;
+        let (AttemptEnd::Exited(status), why) = supervise(
+            child,
+            &runner,
+            &container,
+            deadline,
+            interrupt_at,
+            interrupt_step,
+            opts.stop_grace,
+            redactor,
+            out,
+        )?;
         let code = status.code();
         let _ = writeln!(
             out,
@@ -497,6 +515,7 @@ pub fn run(job: &Job, opts: &LocalOptions, redactor: &Redactor, out: &mut dyn Wr
         );
         if why == Why::Interrupt {
             interrupt_pending = None;
+            interrupt_step = None;
             checkpoints_before_restart = list_dir(&tree.checkpoints());
             let _ = writeln!(
                 out,

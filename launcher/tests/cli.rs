@@ -551,3 +551,17 @@ fn prepare_data_token_histogram() {
     let counted: u64 = t["histogram"].as_array().unwrap().iter().map(|b| b[1].as_u64().unwrap()).sum();
     assert_eq!(counted, v["rows_written"].as_u64().unwrap());
 }
+
+/// Every subcommand's arguments are consistent (clap checks them when --help is built).
+#[test]
+fn every_command_parses() {
+    let home = tempfile::tempdir().unwrap();
+    for cmd in
+        ["estimate", "prices", "submit", "status", "list", "stop", "logs", "wait", "compare", "prepare-data", "local"]
+    {
+        let out = oxtune(home.path()).args([cmd, "--help"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let out = oxtune(home.path()).args(["prices", "refresh", "--help"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+}

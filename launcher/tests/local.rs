@@ -36,6 +36,7 @@ fn opts(dir: &Path, job: &Job) -> LocalOptions {
         max_runtime: job.max_runtime(),
         stop_grace: Duration::from_millis(500),
         interrupt_after: None,
+        interrupt_after_step: None,
         fresh: false,
         copy_channels: false,
     }
@@ -90,6 +91,21 @@ fn injected_interruption_restarts_and_resumes_from_the_checkpoint() {
     let second = log.split("resuming from checkpoint").nth(1).unwrap();
     assert!(!second.contains("METRIC step=1 "), "{log}");
     assert!(second.contains("METRIC step=20"), "{log}");
+}
+
+#[test]
+fn interruption_after_a_logged_step() {
+    let d = tempfile::tempdir().unwrap();
+    let j = job(d.path(), &[("FAKE_TRAIN_STEPS", "8"), ("FAKE_TRAIN_SLEEP", "0.05")], "1h");
+    let mut o = opts(d.path(), &j);
+    o.interrupt_after_step = Some(3);
+    let mut log = Vec::new();
+    let out = run(&j, &o, &Redactor::default(), &mut log).unwrap();
+    let log = String::from_utf8(log).unwrap();
+    assert_eq!((out.status, out.attempts), (LocalStatus::Completed, 2), "{log}");
+    let first = log.split("simulated spot interruption").next().unwrap();
+    assert!(first.contains("METRIC step=3 "), "{log}");
+    assert!(log.contains("resuming from checkpoint at step"), "{log}");
 }
 
 #[test]

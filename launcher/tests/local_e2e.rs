@@ -53,7 +53,7 @@ fn local_run_with_interruption_resumes_and_packs_outputs() {
     let data = demo.join("input/data");
 
     // 2. A job file over those channels, with the demo's hyperparameters.
-    let steps: u64 = std::env::var("OXTUNE_E2E_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
+    let steps: u64 = std::env::var("OXTUNE_E2E_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
     let mut hp = trainer::demo::demo_hyperparameters(Some(steps));
     hp.insert("logging_steps".into(), "1".into());
     hp.insert("save_steps".into(), "0".into()); // only the SIGTERM checkpoint
@@ -70,10 +70,10 @@ fn local_run_with_interruption_resumes_and_packs_outputs() {
     std::fs::write(&job_file, job).unwrap();
 
     // 3. Run it with an injected interruption.
-    let interrupt = std::env::var("OXTUNE_E2E_INTERRUPT").unwrap_or_else(|_| "3s".into());
+    // Interrupt once step 2 is logged (deterministic, whatever the machine's speed).
     let work = d.path().join("work");
     let out = Command::new(env!("CARGO_BIN_EXE_oxtune"))
-        .args(["local", "--exact-name", "--stop-grace", "60s", "--interrupt-after", &interrupt, "--train-bin"])
+        .args(["local", "--exact-name", "--stop-grace", "60s", "--interrupt-after-step", "2", "--train-bin"])
         .arg(&train)
         .arg("--work-dir")
         .arg(&work)

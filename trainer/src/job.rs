@@ -22,7 +22,7 @@ pub struct JobOptions {
     pub paths: MlPaths,
     /// `--key value` pairs from the command line (highest precedence).
     pub cli: Vec<(String, String)>,
-    /// Process environment (`OXTUNE_<KEY>` overrides).
+    /// Process environment (`OXTUNE_HP_<KEY>` overrides).
     pub env: Vec<(String, String)>,
     pub stop: StopFlag,
 }

@@ -20,7 +20,7 @@ Usage:
 Reads /opt/ml (or --ml-root, OXTUNE_ML_ROOT, SAGEMAKER_BASE_DIR): input/config/hyperparameters.json,
 channels input/data/{train|training,validation,model}; writes model/, output/data/, checkpoints/;
 on failure output/failure and a non-zero exit (2 bad input, 1 internal error, 143 stopped by SIGTERM
-after checkpointing). Hyperparameters: CLI > OXTUNE_<NAME> environment > hyperparameters.json > defaults.
+after checkpointing). Hyperparameters: CLI > OXTUNE_HP_<NAME> environment > hyperparameters.json > defaults.
 ";
 
 enum Command {

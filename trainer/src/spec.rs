@@ -1,5 +1,5 @@
 //! The job spec: one typed schema, resolved from CLI flags > environment
-//! (`OXTUNE_<KEY>`) > `hyperparameters.json` > defaults.
+//! (`OXTUNE_HP_<KEY>`) > `hyperparameters.json` > defaults.
 //!
 //! The schema is the table [`PARAMS`]; parsing, aliases, "did you mean"
 //! suggestions, the README reference table and the launcher's validation all
@@ -10,6 +10,9 @@ use std::fmt;
 
 use crate::data::{DataFormat, DataSpec, FieldMap, TextMode, TrainOn};
 use crate::grpo::loss::{LossType, ScaleRewards};
+
+/// Prefix of environment variables that set hyperparameters.
+pub const ENV_PREFIX: &str = "OXTUNE_HP_";
 
 /// Where a raw value came from; shown in errors so users know which file or flag to fix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -422,14 +425,13 @@ impl Sources {
         Ok(())
     }
 
-    /// Environment overrides: `OXTUNE_<CANONICAL_NAME>` (upper case), e.g. `OXTUNE_LEARNING_RATE=1e-4`.
+    /// Environment overrides: `OXTUNE_HP_<NAME>` (upper case), e.g. `OXTUNE_HP_LEARNING_RATE=1e-4`.
+    /// A dedicated prefix, so other `OXTUNE_*` settings (root, log level, device) never read as hyperparameters.
     pub fn push_env(&mut self, vars: impl IntoIterator<Item = (String, String)>) -> Result<(), SpecError> {
         for (k, v) in vars {
-            let Some(rest) = k.strip_prefix("OXTUNE_") else { continue };
-            if matches!(rest, "ML_ROOT" | "LOG" | "DEVICE" | "DEMO_STEPS") {
-                continue; // process settings, not hyperparameters
+            if let Some(rest) = k.strip_prefix(ENV_PREFIX) {
+                self.push(rest, &v, Origin::Env(k.clone()))?;
             }
-            self.push(rest, &v, Origin::Env(k.clone()))?;
         }
         Ok(())
     }
@@ -834,7 +836,11 @@ mod tests {
     fn precedence_cli_over_env_over_file() {
         let mut s = Sources::default();
         s.push("lora_r", "4", Origin::Hyperparameters("hp.json".into())).unwrap();
-        s.push_env([("OXTUNE_LORA_R".to_string(), "8".to_string())]).unwrap();
+        s.push_env([
+            ("OXTUNE_HP_LORA_R".to_string(), "8".to_string()),
+            ("OXTUNE_ML_ROOT".to_string(), "/x".to_string()),
+        ])
+        .unwrap();
         assert_eq!(s.resolve().unwrap().lora_r, 8);
         s.push("--lora-r", "2", Origin::Cli).unwrap();
         assert_eq!(s.resolve().unwrap().lora_r, 2);

@@ -70,10 +70,10 @@ fn training_channel_alias_env_and_cli_precedence() {
     let job = Job::new(SMALL, &rows(16));
     std::fs::rename(job.channel("train"), job.channel("training")).unwrap();
     // hyperparameters.json says 3 steps, the environment 2, the command line 1: CLI wins.
-    let out = job.command(&["--max-steps", "1"]).env("OXTUNE_MAX_STEPS", "2").output().unwrap();
+    let out = job.command(&["--max-steps", "1"]).env("OXTUNE_HP_MAX_STEPS", "2").output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(job.summary()["steps"], 1);
-    let out = job.command(&[]).env("OXTUNE_MAX_STEPS", "2").output().unwrap();
+    let out = job.command(&[]).env("OXTUNE_HP_MAX_STEPS", "2").output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(job.summary()["steps"], 2);
 }
