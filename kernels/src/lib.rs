@@ -10,6 +10,7 @@ pub mod attention;
 pub mod cross_entropy;
 pub mod custom_backward;
 pub mod frozen_linear;
+pub mod nf4_linear;
 pub mod reference;
 pub mod rms_norm;
 pub mod rope;

@@ -10,8 +10,9 @@ use crate::data::{self, TokenizerBundle};
 use crate::error::{io_err, TrainError};
 use crate::grpo::{self, GrpoInputs};
 use crate::lora::LoraConfig;
-use crate::model::{Decoder, ModelConfig};
+use crate::model::{Decoder, LoadOptions, ModelConfig};
 use crate::output;
+use crate::quant::Nf4Options;
 use crate::rng::Rng;
 use crate::sagemaker::{self, MlPaths, StopFlag};
 use crate::sft::{self, SftInputs};
@@ -142,9 +143,6 @@ pub fn run(opts: JobOptions) -> Result<JobResult, TrainError> {
     let paths = &opts.paths;
     paths.clear_stale_failure();
     let spec = resolve_spec(paths, &opts.env, &opts.cli)?;
-    if spec.method == Method::Qlora {
-        return Err(TrainError::Unsupported("method=qlora is not available in this build yet; use method=lora".into()));
-    }
     let channels = sagemaker::read_input_data_config(paths)?;
     let resources = sagemaker::read_resource_config(paths)?;
     if resources.hosts.len() > 1 {
@@ -240,7 +238,20 @@ pub fn run(opts: JobOptions) -> Result<JobResult, TrainError> {
     // Model + adapters.
     let lora_cfg = LoraConfig::from_spec(&spec);
     let mut init_rng = Rng::derive(spec.seed, "lora-init");
-    let model = Decoder::load(&base_dir, &cfg, dtype, &device, Some((&lora_cfg, &mut init_rng)))?;
+    // QLoRA: NF4 base quantised while loading (a bitsandbytes 4-bit checkpoint loads as NF4 regardless).
+    let load_opts = LoadOptions {
+        quantize_nf4: spec
+            .load_in_4bit
+            .then_some(Nf4Options { double_quant: spec.bnb_4bit_use_double_quant, ..Nf4Options::default() }),
+    };
+    let model = Decoder::load_with(&base_dir, &cfg, dtype, &device, Some((&lora_cfg, &mut init_rng)), &load_opts)?;
+    if model.is_quantized() {
+        println!(
+            "QLoRA: decoder projections are NF4 (blocksize 64, double quant {}), compute dtype {:?}",
+            spec.bnb_4bit_use_double_quant || cfg.quantization_config.is_some(),
+            dtype
+        );
+    }
     println!(
         "LoRA r={} alpha={} scale={:.4} dropout={} on {:?}: {} trainable parameters",
         lora_cfg.r,

@@ -12,6 +12,7 @@ pub mod lora;
 pub mod model;
 pub mod optim;
 pub mod output;
+pub mod quant;
 pub mod report;
 pub mod rng;
 pub mod run_state;

@@ -48,7 +48,7 @@ pub fn copy_tokenizer_files(base_dir: &Path, out: &Path) -> Result<Vec<String>, 
 }
 
 /// Merged model (W + scale·B·A) as HF safetensors + config.json (+ tokenizer files), in the base's dtype
-/// (bf16 unless the base config says float32). Large models are sharded with an index.
+/// (bf16 unless the base config says float32; always bf16 for an NF4 base). Large models are sharded with an index.
 pub fn write_merged(dir: &Path, model: &Decoder, base_dir: &Path) -> Result<PathBuf, TrainError> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let config_text =
@@ -57,7 +57,12 @@ pub fn write_merged(dir: &Path, model: &Decoder, base_dir: &Path) -> Result<Path
         serde_json::from_str(&config_text).map_err(|e| TrainError::BadInput(e.to_string()))?;
     let declared =
         config.get("torch_dtype").or_else(|| config.get("dtype")).and_then(|v| v.as_str()).unwrap_or("bfloat16");
-    let (dtype, dtype_name) = if declared == "float32" { (DType::F32, "float32") } else { (DType::BF16, "bfloat16") };
+    // An NF4 (QLoRA) base is dequantised and always written in bf16.
+    let (dtype, dtype_name) = if declared == "float32" && !model.is_quantized() {
+        (DType::F32, "float32")
+    } else {
+        (DType::BF16, "bfloat16")
+    };
     if let Some(obj) = config.as_object_mut() {
         obj.remove("quantization_config");
         obj.insert("torch_dtype".into(), dtype_name.into());

@@ -96,7 +96,13 @@ pub const PARAMS: &[ParamDef] = &[
     ParamDef { name: "base_model", aliases: &["model_id", "model_name_or_path", "base-model"], kind: Kind::Str, default: "",
         help: "Base model: empty = the `model` channel; a local directory; or a Hugging Face Hub id (downloaded when online, token from HF_TOKEN)." },
     ParamDef { name: "method", aliases: &[], kind: Kind::Choice(&["lora", "qlora", "grpo"]), default: "lora",
-        help: "Fine-tuning method. This build trains `lora`; `qlora` and `grpo` are refused with a clear error until they land." },
+        help: "Fine-tuning method: `lora`, `qlora` (LoRA on an NF4 4-bit base, bitsandbytes-compatible) or `grpo`." },
+    ParamDef { name: "load_in_4bit", aliases: &["load-in-4bit"], kind: Kind::Bool, default: "false",
+        help: "QLoRA switch: quantise the base to NF4 while loading; true turns method=lora into qlora (grpo trains on the 4-bit base)." },
+    ParamDef { name: "bnb_4bit_use_double_quant", aliases: &["bnb-4bit-use-double-quant"], kind: Kind::Bool, default: "true",
+        help: "QLoRA: double quantisation of the NF4 absmax (8-bit, blocks of 256), as bitsandbytes." },
+    ParamDef { name: "bnb_4bit_quant_type", aliases: &["bnb-4bit-quant-type"], kind: Kind::Choice(&["nf4", "fp4"]), default: "nf4",
+        help: "QLoRA 4-bit type: `nf4`; `fp4` is refused (not implemented)." },
     ParamDef { name: "lora_r", aliases: &["lora-rank", "lora_rank", "lora-r", "r"], kind: Kind::Int { min: 1 }, default: "16",
         help: "LoRA rank." },
     ParamDef { name: "lora_alpha", aliases: &["lora-alpha"], kind: Kind::Float { min: 0.0, max: F }, default: "32",
@@ -301,6 +307,10 @@ pub struct JobSpec {
     pub eval_steps: u64,
     pub save_steps: u64,
     pub save_total_limit: usize,
+    /// QLoRA: NF4 base (method=qlora, or load_in_4bit).
+    pub load_in_4bit: bool,
+    /// QLoRA: double-quantise the absmax.
+    pub bnb_4bit_use_double_quant: bool,
     pub merge_adapter: bool,
     pub grpo: GrpoSpec,
     /// Every parameter's final value as text, canonical names, for the summary.
@@ -460,11 +470,30 @@ impl Sources {
         let boolean = |n: &'static str| -> bool { parse_bool(&get(n).0).unwrap_or(false) };
         let text = |n: &'static str| -> String { get(n).0 };
 
-        let method = match text("method").to_ascii_lowercase().as_str() {
+        let mut method = match text("method").to_ascii_lowercase().as_str() {
             "qlora" => Method::Qlora,
             "grpo" => Method::Grpo,
             _ => Method::Lora,
         };
+        // QLoRA switches: load_in_4bit turns lora into qlora; fp4 is not implemented.
+        if text("bnb_4bit_quant_type").trim().eq_ignore_ascii_case("fp4") {
+            let (v, origin) = get("bnb_4bit_quant_type");
+            return Err(bad(
+                "bnb_4bit_quant_type",
+                &v,
+                &origin,
+                "fp4 is not implemented in oxtune (only NF4, the QLoRA default)",
+                "nf4",
+            ));
+        }
+        let load_in_4bit = boolean("load_in_4bit") || method == Method::Qlora;
+        if load_in_4bit && method == Method::Lora {
+            method = Method::Qlora;
+            resolved.insert("method".to_string(), "qlora".to_string());
+        }
+        if load_in_4bit {
+            resolved.insert("load_in_4bit".to_string(), "true".to_string());
+        }
         let lr_scheduler = match text("lr_scheduler").to_ascii_lowercase().as_str() {
             "constant" => Scheduler::Constant,
             "cosine" => Scheduler::Cosine,
@@ -548,6 +577,8 @@ impl Sources {
             save_steps: int("save_steps") as u64,
             save_total_limit: int("save_total_limit") as usize,
             merge_adapter: boolean("merge_adapter"),
+            load_in_4bit,
+            bnb_4bit_use_double_quant: boolean("bnb_4bit_use_double_quant"),
             grpo,
             resolved,
         })

@@ -11,6 +11,7 @@ use super::linear::{BaseWeight, Linear};
 use super::weights::Weights;
 use super::ModelError;
 use crate::lora::{LoraAdapter, LoraConfig};
+use crate::quant::nf4::{self, BnbQuantState, Nf4Options};
 use crate::rng::Rng;
 
 /// Per-forward switches.
@@ -80,6 +81,14 @@ pub struct Decoder {
     inv_freq: Vec<f32>,
 }
 
+/// How [`Decoder::load_with`] treats the base weights.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoadOptions {
+    /// QLoRA: quantise every decoder projection to NF4 while loading (embeddings, norms and lm_head
+    /// stay dense). A checkpoint saved by bitsandbytes in 4-bit is loaded as NF4 either way.
+    pub quantize_nf4: Option<Nf4Options>,
+}
+
 impl Decoder {
     /// Load a HF checkpoint directory; adapters are created for the targeted modules when `lora` is given.
     pub fn load(
@@ -89,7 +98,30 @@ impl Decoder {
         device: &Device,
         lora: Option<(&LoraConfig, &mut Rng)>,
     ) -> std::result::Result<Decoder, ModelError> {
+        Decoder::load_with(dir, cfg, dtype, device, lora, &LoadOptions::default())
+    }
+
+    /// [`Decoder::load`] with options (QLoRA quantise-while-loading).
+    pub fn load_with(
+        dir: &Path,
+        cfg: &ModelConfig,
+        dtype: DType,
+        device: &Device,
+        lora: Option<(&LoraConfig, &mut Rng)>,
+        opts: &LoadOptions,
+    ) -> std::result::Result<Decoder, ModelError> {
         let w = Weights::open(dir)?;
+        if let Some(qc) = &cfg.quantization_config {
+            let method = qc.get("quant_method").and_then(|v| v.as_str()).unwrap_or("");
+            let four = qc.get("load_in_4bit").and_then(|v| v.as_bool()).unwrap_or(false);
+            let qtype = qc.get("bnb_4bit_quant_type").and_then(|v| v.as_str()).unwrap_or("nf4");
+            if method != "bitsandbytes" || !four || qtype != "nf4" {
+                return Err(ModelError::Unsupported(format!(
+                    "{}: quantization_config {method} (load_in_4bit={four}, quant_type={qtype}); only bitsandbytes 4-bit nf4 checkpoints (or unquantised ones) can be loaded",
+                    dir.display()
+                )));
+            }
+        }
         let h = cfg.hidden_size;
         let embed = w.get("model.embed_tokens.weight", &[cfg.vocab_size, h], dtype, device)?;
         let lm_head = if w.contains("lm_head.weight") {
@@ -112,21 +144,15 @@ impl Decoder {
             let mut proj = |module: &str, bias: bool| -> std::result::Result<Linear, ModelError> {
                 let (_, inf, outf) = *shapes.iter().find(|(n, _, _)| *n == module).expect("known projection");
                 let name = format!("{p}.{}.{module}", super::config::module_group(module));
-                let wt = w.get(&format!("{name}.weight"), &[outf, inf], dtype, device)?;
                 let b = if bias { Some(w.get(&format!("{name}.bias"), &[outf], dtype, device)?) } else { None };
+                let base = load_base(&w, dir, &name, [outf, inf], dtype, device, b, opts)?;
                 let adapter = match lora.as_mut() {
                     Some((lcfg, rng)) if lcfg.targets_module(&name) => {
                         Some(LoraAdapter::init(inf, outf, lcfg, rng, device)?)
                     }
                     _ => None,
                 };
-                Ok(Linear {
-                    name,
-                    in_features: inf,
-                    out_features: outf,
-                    base: BaseWeight::Dense { w: wt, bias: b },
-                    lora: adapter,
-                })
+                Ok(Linear { name, in_features: inf, out_features: outf, base, lora: adapter })
             };
             let qkv_bias = cfg.qkv_bias();
             let q = proj("q_proj", qkv_bias)?;
@@ -245,6 +271,11 @@ impl Decoder {
         kernels::cross_entropy::linear_log_probs(&h2, &self.lm_head, &targets.flatten_all()?, chunk)
     }
 
+    /// True when the decoder projections are NF4 (QLoRA).
+    pub fn is_quantized(&self) -> bool {
+        self.linears().any(|l| l.is_nf4())
+    }
+
     fn linears(&self) -> impl Iterator<Item = &Linear> {
         self.layers.iter().flat_map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down])
     }
@@ -311,4 +342,87 @@ impl Decoder {
         }
         Ok(())
     }
+}
+
+/// One projection's frozen base weight: a bitsandbytes 4-bit tensor set when the checkpoint has one,
+/// NF4-quantised while loading when asked (one matrix dense on the host at a time), else dense.
+#[allow(clippy::too_many_arguments)]
+fn load_base(
+    w: &Weights,
+    dir: &Path,
+    name: &str,
+    shape: [usize; 2],
+    dtype: DType,
+    device: &Device,
+    bias: Option<Tensor>,
+    opts: &LoadOptions,
+) -> std::result::Result<BaseWeight, ModelError> {
+    let wname = format!("{name}.weight");
+    let state_name = format!("{wname}.quant_state.bitsandbytes__nf4");
+    if w.contains(&state_name) {
+        return Ok(BaseWeight::Nf4 { w: load_bnb(w, dir, &wname, shape, device)?, bias, compute: dtype });
+    }
+    match opts.quantize_nf4 {
+        Some(q) => {
+            let dense = w.get(&wname, &shape, DType::F32, &Device::Cpu)?;
+            let stored = w.get_raw(&wname, &Device::Cpu)?.dtype();
+            let values = dense.flatten_all()?.to_vec1::<f32>()?;
+            drop(dense);
+            let nf = nf4::Nf4Weight::quantize(&values, shape, stored, q);
+            Ok(BaseWeight::Nf4 { w: nf.to_packed(device)?, bias, compute: dtype })
+        }
+        None => Ok(BaseWeight::Dense { w: w.get(&wname, &shape, dtype, device)?, bias }),
+    }
+}
+
+/// A bitsandbytes-saved 4-bit weight (`P.weight` + `.absmax`, `.quant_map`, `.nested_*`, `.quant_state.*`).
+fn load_bnb(
+    w: &Weights,
+    dir: &Path,
+    wname: &str,
+    shape: [usize; 2],
+    device: &Device,
+) -> std::result::Result<kernels::nf4_linear::Nf4Packed, ModelError> {
+    let bad = |problem: String| ModelError::Config { path: dir.to_path_buf(), problem: format!("{wname}: {problem}") };
+    let state_bytes = w.get_raw(&format!("{wname}.quant_state.bitsandbytes__nf4"), &Device::Cpu)?.flatten_all()?;
+    let state = BnbQuantState::parse(&state_bytes.to_vec1::<u8>()?).map_err(bad)?;
+    if state.quant_type != "nf4" {
+        return Err(ModelError::Unsupported(format!(
+            "{wname}: bitsandbytes quant_type `{}`; only nf4 is supported",
+            state.quant_type
+        )));
+    }
+    if state.shape != shape {
+        return Err(ModelError::BadShape {
+            dir: dir.to_path_buf(),
+            name: wname.to_string(),
+            found: state.shape.to_vec(),
+            expected: shape.to_vec(),
+        });
+    }
+    let packed = w.get_raw(wname, device)?.flatten_all()?;
+    let code = w.get_raw(&format!("{wname}.quant_map"), device)?.flatten_all()?.to_dtype(DType::F32)?;
+    let absmax_t = w.get_raw(&format!("{wname}.absmax"), device)?.flatten_all()?;
+    let absmax = if absmax_t.dtype() == DType::U8 {
+        let offset = state.nested_offset.ok_or_else(|| bad("double-quantised absmax but no nested_offset".into()))?;
+        kernels::nf4_linear::Nf4Absmax::Double {
+            q: absmax_t,
+            nested: w.get_raw(&format!("{wname}.nested_absmax"), device)?.flatten_all()?.to_dtype(DType::F32)?,
+            map: w.get_raw(&format!("{wname}.nested_quant_map"), device)?.flatten_all()?.to_dtype(DType::F32)?,
+            offset,
+            nested_blocksize: state.nested_blocksize.unwrap_or(nf4::NESTED_BLOCKSIZE),
+        }
+    } else {
+        kernels::nf4_linear::Nf4Absmax::F32(absmax_t.to_dtype(DType::F32)?)
+    };
+    let p = kernels::nf4_linear::Nf4Packed {
+        packed,
+        absmax,
+        code,
+        blocksize: state.blocksize,
+        shape: (shape[0], shape[1]),
+        store_dtype: state.dtype,
+    };
+    p.validate().map_err(|e| bad(e.to_string()))?;
+    Ok(p)
 }

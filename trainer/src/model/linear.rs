@@ -9,6 +9,8 @@ use crate::lora::LoraAdapter;
 pub enum BaseWeight {
     /// `w` [out, in] in the compute dtype, `bias` [out].
     Dense { w: Tensor, bias: Option<Tensor> },
+    /// QLoRA: NF4 weight dequantised on the fly into `compute` dtype; `bias` [out] in `compute`.
+    Nf4 { w: kernels::nf4_linear::Nf4Packed, bias: Option<Tensor>, compute: DType },
 }
 
 pub struct Linear {
@@ -25,6 +27,7 @@ impl Linear {
     pub fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
         let y = match &self.base {
             BaseWeight::Dense { w, bias } => kernels::frozen_linear::frozen_linear(x, w, bias.as_ref())?,
+            BaseWeight::Nf4 { w, bias, compute } => kernels::nf4_linear::nf4_linear(x, w, bias.as_ref(), *compute)?,
         };
         match &self.lora {
             Some(lora) if ctx.adapters => {
@@ -39,13 +42,18 @@ impl Linear {
     pub fn base_weight_f32(&self) -> Result<Tensor> {
         match &self.base {
             BaseWeight::Dense { w, .. } => w.to_dtype(DType::F32),
+            BaseWeight::Nf4 { w, .. } => w.dequantize(DType::F32),
         }
     }
 
     pub fn bias(&self) -> Option<&Tensor> {
         match &self.base {
-            BaseWeight::Dense { bias, .. } => bias.as_ref(),
+            BaseWeight::Dense { bias, .. } | BaseWeight::Nf4 { bias, .. } => bias.as_ref(),
         }
+    }
+
+    pub fn is_nf4(&self) -> bool {
+        matches!(self.base, BaseWeight::Nf4 { .. })
     }
 
     /// W + scale·B·A in f32 (the base weight alone without an adapter).

@@ -9,7 +9,7 @@ pub mod weights;
 use std::path::PathBuf;
 
 pub use config::{Family, ModelConfig};
-pub use decoder::{Decoder, ForwardCtx, KvCache};
+pub use decoder::{Decoder, ForwardCtx, KvCache, LoadOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {

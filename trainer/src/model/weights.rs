@@ -33,6 +33,18 @@ impl Weights {
         self.st.tensors().into_iter().map(|(n, _)| n).collect()
     }
 
+    /// Load one tensor as stored (no dtype conversion, no shape check), e.g. U8 NF4 codes. (QLoRA)
+    pub fn get_raw(&self, name: &str, device: &Device) -> Result<Tensor, ModelError> {
+        if !self.contains(name) {
+            return Err(ModelError::MissingTensor {
+                dir: self.dir.clone(),
+                name: name.to_string(),
+                hint: "incomplete bitsandbytes 4-bit checkpoint?".into(),
+            });
+        }
+        Ok(self.st.load(name, device)?)
+    }
+
     /// Load one tensor, converted to `dtype`, checking its shape.
     pub fn get(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor, ModelError> {
         let view = self.st.get(name).map_err(|_| ModelError::MissingTensor {
