@@ -7,7 +7,7 @@ use std::time::Instant;
 use candle_core::{DType, Device};
 
 use crate::data::{self, TokenizerBundle};
-use crate::error::{io_err, TrainError};
+use crate::error::TrainError;
 use crate::grpo::{self, GrpoInputs};
 use crate::lora::LoraConfig;
 use crate::model::{Decoder, LoadOptions, ModelConfig};
@@ -372,12 +372,4 @@ pub fn device_name(device: &Device) -> String {
         Device::Cuda(_) => "cuda:0".into(),
         other => format!("{other:?}"),
     }
-}
-
-/// Write a file the way the failure and summary files need: parent directories created.
-pub fn write_file(path: &Path, text: &str) -> Result<(), TrainError> {
-    if let Some(p) = path.parent() {
-        std::fs::create_dir_all(p).map_err(io_err(p))?;
-    }
-    std::fs::write(path, text).map_err(io_err(path))
 }

@@ -119,7 +119,7 @@ mod tests {
         let cfg = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1 };
         let mut opt = AdamW::new(vec![p.clone()], cfg).unwrap();
         let g = Tensor::new(&[0.5f32, -1.0], &Device::Cpu).unwrap();
-        opt.step(&[g.clone()], 0.01).unwrap();
+        opt.step(std::slice::from_ref(&g), 0.01).unwrap();
         // Step 1: m̂ = g, v̂ = g², update = sign(g) (up to ε); p = p(1 − 0.001) − 0.01·sign(g).
         let got = p.as_tensor().to_vec1::<f32>().unwrap();
         assert!((got[0] - (1.0 * 0.999 - 0.01)).abs() < 1e-6, "{got:?}");

@@ -38,12 +38,23 @@ impl fmt::Display for Origin {
 pub enum SpecError {
     #[error("unknown hyperparameter `{key}` (from {origin}){}; see the hyperparameter table in the README", suggestion_text(.suggestion))]
     UnknownKey { key: String, origin: Origin, suggestion: Option<String> },
-    #[error("bad value `{value}` for `{key}` (from {origin}): {problem}; allowed: {allowed}")]
-    BadValue { key: String, value: String, origin: Origin, problem: String, allowed: String },
+    /// Boxed: the payload is large and every `Result` carrying a SpecError would pay for it.
+    #[error(transparent)]
+    BadValue(Box<BadValue>),
     #[error("conflicting hyperparameters: {0}")]
     Conflict(String),
     #[error("cannot read {path}: {problem}")]
     File { path: String, problem: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("bad value `{value}` for `{key}` (from {origin}): {problem}; allowed: {allowed}")]
+pub struct BadValue {
+    pub key: String,
+    pub value: String,
+    pub origin: Origin,
+    pub problem: String,
+    pub allowed: String,
 }
 
 fn suggestion_text(s: &Option<String>) -> String {
@@ -657,7 +668,7 @@ impl Sources {
             return Err(SpecError::Conflict("reward_funcs includes `external` but reward_program is not set".into()));
         }
         let num_generations = int("num_generations") as usize;
-        if method == Method::Grpo && (batch * accumulation) % num_generations != 0 {
+        if method == Method::Grpo && !(batch * accumulation).is_multiple_of(num_generations) {
             return Err(SpecError::Conflict(format!(
                 "method=grpo needs per_device_batch_size × gradient_accumulation_steps ({batch} × {accumulation}) to be a multiple of num_generations ({num_generations}): each step trains whole groups"
             )));
@@ -700,13 +711,13 @@ impl Sources {
 }
 
 fn bad(key: &str, value: &str, origin: &Origin, problem: &str, allowed: &str) -> SpecError {
-    SpecError::BadValue {
+    SpecError::BadValue(Box::new(BadValue {
         key: key.to_string(),
         value: value.to_string(),
         origin: origin.clone(),
         problem: problem.to_string(),
         allowed: allowed.to_string(),
-    }
+    }))
 }
 
 pub fn parse_bool(v: &str) -> Option<bool> {

@@ -127,14 +127,14 @@ impl ModelConfig {
                 return Err(err(format!("hidden_act `{act}` is not supported (only silu / SwiGLU)")));
             }
         }
-        if self.num_attention_heads == 0 || self.num_attention_heads % self.num_kv_heads() != 0 {
+        if self.num_attention_heads == 0 || !self.num_attention_heads.is_multiple_of(self.num_kv_heads()) {
             return Err(err(format!(
                 "num_attention_heads {} is not a multiple of num_key_value_heads {}",
                 self.num_attention_heads,
                 self.num_kv_heads()
             )));
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return Err(err(format!("head_dim {} must be even for RoPE", self.head_dim())));
         }
         self.rope()?;

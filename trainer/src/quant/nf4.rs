@@ -6,6 +6,8 @@ use candle_core::{DType, Device, Result, Tensor};
 use kernels::nf4_linear::{Nf4Absmax, Nf4Packed};
 
 /// The 16 NF4 code values (`get_4bit_type("nf4")`), index = nibble. All exact in f32.
+// Written as bitsandbytes prints them (f64 digits of exact f32 values); each rounds to the same f32.
+#[allow(clippy::excessive_precision)]
 pub const NF4_CODE: [f32; 16] = [
     -1.0,
     -0.696_192_800_998_687_7,
@@ -87,7 +89,7 @@ fn bucket(s: f32, mids: &[f32]) -> u8 {
 /// bitsandbytes CPU backend does) and the f32 absmax of each block (the tail block takes its own).
 /// Scaling is `x * (1/absmax)` (reciprocal first); an all-zero block gets code 7 everywhere.
 pub fn quantize(values: &[f32], blocksize: usize) -> (Vec<u8>, Vec<f32>) {
-    assert!(blocksize > 0 && blocksize % 2 == 0, "blocksize must be even");
+    assert!(blocksize > 0 && blocksize.is_multiple_of(2), "blocksize must be even");
     let mids = midpoints(&NF4_CODE);
     let mut codes = Vec::with_capacity(values.len() + 1);
     let mut absmax = Vec::with_capacity(values.len().div_ceil(blocksize));
