@@ -218,3 +218,60 @@ fn grpo_learning_raises_mean_reward() {
     let samples = job.root().join("output/data/completions");
     assert!(std::fs::read_dir(&samples).unwrap().count() >= 2, "sample completions are written");
 }
+
+/// GRPO on a QLoRA (NF4) base with chat-message prompts: the prompt reaches the reward program
+/// rendered through the chat template (with the generation prompt), every other column comes with
+/// it, and the run trains and saves an adapter like any other.
+#[test]
+fn grpo_on_qlora_base_with_chat_prompts() {
+    let rows: String = (0..4)
+        .map(|i| {
+            let messages = serde_json::json!([
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": format!("Count to {i}.")}
+            ]);
+            serde_json::json!({"prompt": messages, "level": "easy"}).to_string() + "\n"
+        })
+        .collect();
+    let hp: &[(&str, &str)] = &[
+        ("method", "grpo"),
+        ("load_in_4bit", "true"),
+        ("reward_funcs", "external"),
+        ("reward_program", "scorer/score.sh"),
+        ("num_generations", "4"),
+        ("per_device_batch_size", "4"),
+        ("max_completion_length", "3"),
+        ("max_steps", "2"),
+        ("logging_steps", "1"),
+        ("save_steps", "0"),
+    ];
+    let job = common::Job::new(hp, &rows);
+    std::fs::create_dir_all(job.channel("scorer")).unwrap();
+    // Pays 1 only when the templated prompt (system + user turns, assistant header) and the extra
+    // column both arrive; anything else scores 0, so the mean reward says exactly what arrived.
+    script(
+        &job.channel("scorer"),
+        "score.sh",
+        r#"while IFS= read -r line; do
+  ok=1
+  case "$line" in *'<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nCount to'*) ;; *) ok=0;; esac
+  case "$line" in *'<|im_start|>assistant\n"'*) ;; *) ok=0;; esac
+  case "$line" in *'"level":"easy"'*) ;; *) ok=0;; esac
+  echo $ok
+done"#,
+    );
+    let out = job.run(&[]);
+    let log = common::text(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("QLoRA: decoder projections are NF4"), "{log}");
+    let summary = job.summary();
+    assert_eq!(summary["method"], "grpo");
+    let rewards: Vec<f64> =
+        summary["history"].as_array().unwrap().iter().filter_map(|r| r["reward"].as_f64()).collect();
+    assert_eq!(rewards, vec![1.0, 1.0], "templated prompt or column missing at the scorer: {log}");
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(job.root().join("model/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(cfg["base_model_name_or_path"].as_str().unwrap().ends_with("model"), "{cfg}");
+}
