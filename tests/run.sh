@@ -18,4 +18,16 @@ echo "== formatting"
 cargo fmt --all -- --check
 
 echo "== tests"
-cargo test --workspace --no-fail-fast "$@"
+status=0
+cargo test --workspace --no-fail-fast "$@" || status=$?
+
+# The CUDA code must keep compiling without a GPU: nvcc builds every kernel to PTX and ptxas
+# checks it for sm_80/sm_90 (kernels/build.rs); the Rust glue is type-checked against candle's CUDA backend.
+echo "== CUDA build check (no GPU needed)"
+kernels/scripts/cuda-toolchain.sh
+(
+  # shellcheck disable=SC1090
+  source <(kernels/scripts/cuda-toolchain.sh --env)
+  CARGO_TARGET_DIR=target/cuda cargo check --features cuda -p kernels -p trainer --tests
+) || status=$?
+exit "$status"

@@ -45,10 +45,6 @@ PKGS=(
   "nvidia-cublas==13.0.2.14"
   "nvidia-curand==10.4.0.35"
 )
-if [ "${1:-}" = "--check-only" ]; then
-  # cargo check needs nvcc + headers only (nothing is linked): skip the 500 MB cuBLAS wheel.
-  PKGS=("${PKGS[@]:0:6}")
-fi
 
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/pip" install --quiet --disable-pip-version-check "${PKGS[@]}"

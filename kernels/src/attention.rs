@@ -32,9 +32,16 @@ pub fn causal_attention(
     let geo = Geometry::new(q, k, v, segment_ids)?;
     let segment_ids = segment_ids.map(Tensor::detach);
     let attn = Attention { geo, segment_ids, scale, q: q.detach(), k: k.detach(), v: v.detach() };
-    // CUDA: fused kernel slots in here (issue: GPU path)
-    let (out, lse) = attn.forward()?;
     let need = [q.track_op(), k.track_op(), v.track_op()];
+    #[cfg(feature = "cuda")]
+    if let Some(dev) = gpu::eligible(&attn) {
+        let attn = gpu::Flash { dev, attn: attn.contiguous()? };
+        let (out, lse) = attn.forward()?;
+        return custom_backward::ternary("causal_attention", q, k, v, out.clone(), move |dout| {
+            attn.backward(&out, &lse, dout, need)
+        });
+    }
+    let (out, lse) = attn.forward()?;
     custom_backward::ternary("causal_attention", q, k, v, out, move |dout| attn.backward(&lse, dout, need))
 }
 
@@ -156,5 +163,133 @@ impl Attention {
         let dq = if need[0] { Some(self.ungrouped(&ds.matmul(&k)?)?.to_dtype(self.q.dtype())?) } else { None };
         let dk = if need[1] { Some(ds.t()?.matmul(&qg)?.to_dtype(self.k.dtype())?) } else { None };
         Ok([dq, dk, dv])
+    }
+}
+
+/// Flash-style kernels (`cuda/attention.cu`): bf16, head dim 64 or 128, tensor cores. The forward
+/// saves lse [b, hq, tq] (f32); the backward recomputes P tile by tile.
+#[cfg(feature = "cuda")]
+mod gpu {
+    use candle_core::cuda::CudaDevice;
+    use candle_core::{DType, Result, Tensor};
+
+    use super::{Attention, Geometry};
+    use crate::cuda::{self, Arg};
+
+    /// Rows of query tiles per forward block; keys per backward block for d = 64 / 128.
+    const FWD_ROWS: usize = 64;
+    const BWD_KEYS_D64: usize = 64;
+    const BWD_KEYS_D128: usize = 32;
+    const DELTA_ROWS_PER_BLOCK: usize = 8;
+
+    pub fn eligible(a: &Attention) -> Option<CudaDevice> {
+        let Geometry { b, hq, hkv, d, .. } = a.geo;
+        let shapes_ok = (d == 64 || d == 128) && b <= 65535 && hq <= 65535 && hkv <= 65535;
+        cuda::device_of(&a.q).filter(|_| shapes_ok && a.q.dtype() == DType::BF16)
+    }
+
+    impl Attention {
+        pub(super) fn contiguous(self) -> Result<Self> {
+            let seg = self.segment_ids.map(|s| s.to_dtype(DType::U32)?.contiguous()).transpose()?;
+            Ok(Self {
+                q: self.q.contiguous()?,
+                k: self.k.to_dtype(DType::BF16)?.contiguous()?,
+                v: self.v.to_dtype(DType::BF16)?.contiguous()?,
+                segment_ids: seg,
+                ..self
+            })
+        }
+    }
+
+    pub struct Flash {
+        pub dev: CudaDevice,
+        pub attn: Attention,
+    }
+
+    impl Flash {
+        fn seg_ptr(&self) -> Result<u64> {
+            self.attn.segment_ids.as_ref().map(cuda::ptr).transpose().map(|p| p.unwrap_or(0))
+        }
+
+        fn dims(&self) -> [Arg; 6] {
+            let Geometry { b, hq, hkv, tq, tk, .. } = self.attn.geo;
+            [
+                Arg::I32(b as i32),
+                Arg::I32(hq as i32),
+                Arg::I32(hkv as i32),
+                Arg::I32(tq as i32),
+                Arg::I32(tk as i32),
+                Arg::F32(self.attn.scale as f32),
+            ]
+        }
+
+        /// (out [b, hq, tq, d] bf16, lse [b, hq, tq] f32).
+        pub fn forward(&self) -> Result<(Tensor, Tensor)> {
+            let a = &self.attn;
+            let Geometry { b, hq, tq, d, .. } = a.geo;
+            let out = cuda::output((b, hq, tq, d), DType::BF16, &self.dev)?;
+            let lse = cuda::output((b, hq, tq), DType::F32, &self.dev)?;
+            let mut args = vec![
+                Arg::Ptr(cuda::ptr(&a.q)?),
+                Arg::Ptr(cuda::ptr(&a.k)?),
+                Arg::Ptr(cuda::ptr(&a.v)?),
+                Arg::Ptr(self.seg_ptr()?),
+                Arg::Ptr(cuda::ptr(&out)?),
+                Arg::Ptr(cuda::ptr(&lse)?),
+            ];
+            args.extend(self.dims());
+            let grid = (tq.div_ceil(FWD_ROWS) as u32, hq as u32, b as u32);
+            let func = if d == 64 { "oxt_attn_fwd_bf16_d64" } else { "oxt_attn_fwd_bf16_d128" };
+            cuda::launch(&self.dev, &cuda::ATTENTION, func, grid, (128, 1, 1), 0, &args)?;
+            Ok((out, lse))
+        }
+
+        pub fn backward(
+            &self,
+            out: &Tensor,
+            lse: &Tensor,
+            dout: &Tensor,
+            need: [bool; 3],
+        ) -> Result<[Option<Tensor>; 3]> {
+            let a = &self.attn;
+            let Geometry { b, hq, hkv, tq, tk, d } = a.geo;
+            let dout = dout.to_dtype(DType::BF16)?.contiguous()?;
+            let rows = b * hq * tq;
+            let delta = cuda::output(rows, DType::F32, &self.dev)?;
+            let args = [
+                Arg::Ptr(cuda::ptr(out)?),
+                Arg::Ptr(cuda::ptr(&dout)?),
+                Arg::Ptr(cuda::ptr(&delta)?),
+                Arg::I64(rows as i64),
+                Arg::I32(d as i32),
+            ];
+            let grid = cuda::blocks(rows, DELTA_ROWS_PER_BLOCK, i32::MAX as usize);
+            cuda::launch(&self.dev, &cuda::ATTENTION, "oxt_attn_bwd_delta_bf16", (grid, 1, 1), (256, 1, 1), 0, &args)?;
+            let dq_acc = cuda::zeros((b, hq, tq, d), DType::F32, &self.dev)?;
+            let dk = cuda::output((b, hkv, tk, d), DType::BF16, &self.dev)?;
+            let dv = cuda::output((b, hkv, tk, d), DType::BF16, &self.dev)?;
+            let mut args = vec![
+                Arg::Ptr(cuda::ptr(&a.q)?),
+                Arg::Ptr(cuda::ptr(&a.k)?),
+                Arg::Ptr(cuda::ptr(&a.v)?),
+                Arg::Ptr(self.seg_ptr()?),
+                Arg::Ptr(cuda::ptr(&dout)?),
+                Arg::Ptr(cuda::ptr(lse)?),
+                Arg::Ptr(cuda::ptr(&delta)?),
+                Arg::Ptr(cuda::ptr(&dq_acc)?),
+                Arg::Ptr(cuda::ptr(&dk)?),
+                Arg::Ptr(cuda::ptr(&dv)?),
+            ];
+            args.extend(self.dims());
+            let (keys, func) = if d == 64 {
+                (BWD_KEYS_D64, "oxt_attn_bwd_bf16_d64")
+            } else {
+                (BWD_KEYS_D128, "oxt_attn_bwd_bf16_d128")
+            };
+            let grid = (tk.div_ceil(keys) as u32, hkv as u32, b as u32);
+            cuda::launch(&self.dev, &cuda::ATTENTION, func, grid, (128, 1, 1), 0, &args)?;
+            let dq = dq_acc.to_dtype(a.q.dtype())?;
+            Ok([need[0].then_some(dq), need[1].then_some(dk), need[2].then_some(dv)])
+        }
     }
 }

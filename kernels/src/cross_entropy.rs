@@ -30,6 +30,12 @@ pub fn linear_log_probs(h: &Tensor, w: &Tensor, targets: &Tensor, chunk_rows: us
     }
     let h = if h.dtype() == w.dtype() { h.clone() } else { h.to_dtype(w.dtype())? };
     let head = ChunkedHead { h: h.detach(), w: w.detach(), targets: targets.detach(), chunk_rows };
+    #[cfg(feature = "cuda")]
+    if let Some(dev) = gpu::eligible(&head) {
+        let head = gpu::Head { dev, head: head.contiguous()? };
+        let (logp, lse) = head.forward()?;
+        return custom_backward::unary("linear_log_probs", &h, logp, move |g| head.backward(&lse, g));
+    }
     let (logp, lse) = head.forward()?;
     custom_backward::unary("linear_log_probs", &h, logp, move |g| head.backward(&lse, g))
 }
@@ -90,5 +96,109 @@ impl ChunkedHead {
             dh.push(dz.to_dtype(self.w.dtype())?.matmul(&self.w)?);
         }
         Tensor::cat(&dh, 0)
+    }
+}
+
+/// Fused softmax-CE over each cuBLAS-computed logits chunk (`cuda/cross_entropy.cu`): bf16 on CUDA.
+/// The logits chunk is the only [rows, v] buffer; the backward overwrites it with dz in place.
+#[cfg(feature = "cuda")]
+mod gpu {
+    use candle_core::cuda::CudaDevice;
+    use candle_core::{DType, Result, Tensor};
+
+    use super::ChunkedHead;
+    use crate::cuda::{self, Arg};
+
+    pub fn eligible(head: &ChunkedHead) -> Option<CudaDevice> {
+        cuda::device_of(&head.h).filter(|_| head.w.dtype() == DType::BF16)
+    }
+
+    impl ChunkedHead {
+        pub(super) fn contiguous(self) -> Result<Self> {
+            Ok(Self {
+                h: self.h.contiguous()?,
+                w: self.w.contiguous()?,
+                targets: self.targets.to_dtype(DType::U32)?.contiguous()?,
+                chunk_rows: self.chunk_rows,
+            })
+        }
+    }
+
+    pub struct Head {
+        pub dev: CudaDevice,
+        pub head: ChunkedHead,
+    }
+
+    impl Head {
+        /// bf16 logits [len, v] of one row chunk (cuBLAS).
+        fn logits(&self, start: usize, len: usize) -> Result<Tensor> {
+            self.head.h.narrow(0, start, len)?.matmul(&self.head.w.t()?)?.contiguous()
+        }
+
+        fn targets(&self, start: usize, len: usize) -> Result<Tensor> {
+            self.head.targets.narrow(0, start, len)?.contiguous()
+        }
+
+        /// (logp [n] f32, lse [n] f32).
+        pub fn forward(&self) -> Result<(Tensor, Tensor)> {
+            let (mut logps, mut lses) = (Vec::new(), Vec::new());
+            for (start, len) in self.head.chunks()? {
+                let z = self.logits(start, len)?;
+                let v = z.dim(1)?;
+                let (logp, lse) =
+                    (cuda::output(len, DType::F32, &self.dev)?, cuda::output(len, DType::F32, &self.dev)?);
+                let t = self.targets(start, len)?;
+                let args = [
+                    Arg::Ptr(cuda::ptr(&z)?),
+                    Arg::Ptr(cuda::ptr(&t)?),
+                    Arg::Ptr(cuda::ptr(&logp)?),
+                    Arg::Ptr(cuda::ptr(&lse)?),
+                    Arg::I32(len as i32),
+                    Arg::I32(v as i32),
+                ];
+                cuda::launch(
+                    &self.dev,
+                    &cuda::CROSS_ENTROPY,
+                    "oxt_ce_fwd_bf16",
+                    (len as u32, 1, 1),
+                    (256, 1, 1),
+                    0,
+                    &args,
+                )?;
+                logps.push(logp);
+                lses.push(lse);
+            }
+            Ok((Tensor::cat(&logps, 0)?, Tensor::cat(&lses, 0)?))
+        }
+
+        pub fn backward(&self, lse: &Tensor, g: &Tensor) -> Result<Tensor> {
+            let g = g.to_dtype(DType::F32)?.contiguous()?;
+            let mut dh = Vec::new();
+            for (start, len) in self.head.chunks()? {
+                let z = self.logits(start, len)?;
+                let v = z.dim(1)?;
+                let (t, lse_c, g_c) = (self.targets(start, len)?, lse.narrow(0, start, len)?, g.narrow(0, start, len)?);
+                let args = [
+                    Arg::Ptr(cuda::ptr(&z)?),
+                    Arg::Ptr(cuda::ptr(&t)?),
+                    Arg::Ptr(cuda::ptr(&lse_c)?),
+                    Arg::Ptr(cuda::ptr(&g_c)?),
+                    Arg::I32(len as i32),
+                    Arg::I32(v as i32),
+                ];
+                // In place: z becomes dz.
+                cuda::launch(
+                    &self.dev,
+                    &cuda::CROSS_ENTROPY,
+                    "oxt_ce_bwd_bf16",
+                    (len as u32, 1, 1),
+                    (256, 1, 1),
+                    0,
+                    &args,
+                )?;
+                dh.push(z.matmul(&self.head.w)?);
+            }
+            Tensor::cat(&dh, 0)
+        }
     }
 }

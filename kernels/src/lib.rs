@@ -6,8 +6,12 @@
 //! use for finite differences); results come back in the input dtype. Inputs: F32 and BF16
 //! (F16/F64 work too).
 
+pub mod adamw;
 pub mod attention;
+pub mod checkpoint;
 pub mod cross_entropy;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod custom_backward;
 pub mod frozen_linear;
 pub mod nf4_linear;

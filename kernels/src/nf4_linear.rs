@@ -53,6 +53,21 @@ impl Nf4Packed {
         self.packed.device()
     }
 
+    /// The same weight on `device` (packed bytes and scales are copied as they are).
+    pub fn to_device(&self, device: &Device) -> Result<Nf4Packed> {
+        let absmax = match &self.absmax {
+            Nf4Absmax::F32(a) => Nf4Absmax::F32(a.to_device(device)?),
+            Nf4Absmax::Double { q, nested, map, offset, nested_blocksize } => Nf4Absmax::Double {
+                q: q.to_device(device)?,
+                nested: nested.to_device(device)?,
+                map: map.to_device(device)?,
+                offset: *offset,
+                nested_blocksize: *nested_blocksize,
+            },
+        };
+        Ok(Nf4Packed { packed: self.packed.to_device(device)?, absmax, code: self.code.to_device(device)?, ..*self })
+    }
+
     pub fn elem_count(&self) -> usize {
         self.shape.0 * self.shape.1
     }
@@ -135,8 +150,12 @@ impl Nf4Packed {
         if r1 <= r0 || r1 > self.shape.0 {
             bail!("nf4: row range {r0}..{r1} outside [0, {})", self.shape.0)
         }
-        // Start at an even element so whole bytes are read; drop the extra leading element if any.
         let (e0, e1) = (r0 * inf, r1 * inf);
+        #[cfg(feature = "cuda")]
+        if let Some(dev) = crate::cuda::device_of(&self.packed).filter(|_| dtype == DType::BF16) {
+            return gpu::dequant(&dev, self, e0, e1)?.reshape((r1 - r0, inf));
+        }
+        // Start at an even element so whole bytes are read; drop the extra leading element if any.
         let start = e0 - e0 % 2;
         let w = self.dequant_elems(start, e1)?.narrow(0, e0 - start, e1 - e0)?;
         w.reshape((r1 - r0, inf))?.to_dtype(dtype)
@@ -180,7 +199,8 @@ pub fn nf4_linear_chunked(
     let x = if x.dtype() == compute_dtype { x.clone() } else { x.to_dtype(compute_dtype)? };
     let bias = bias.map(|b| b.detach().to_dtype(compute_dtype)).transpose()?;
     let rows = w.rows_per_chunk(chunk_elems);
-    // CUDA: fused dequant-GEMM kernel slots in here (GPU ops issue).
+    // On CUDA each row block is dequantised by a kernel (`cuda/nf4.cu`) straight into bf16 and
+    // multiplied by cuBLAS; only that block is ever dense.
     let y = forward(&x.detach(), w, bias.as_ref(), compute_dtype, rows)?;
     let w = w.clone();
     custom_backward::unary("nf4_linear", &x, y, move |dy| input_grad(dy, &w, compute_dtype, rows))
@@ -230,4 +250,65 @@ fn input_grad(dy: &Tensor, w: &Nf4Packed, dt: DType, rows: usize) -> Result<Tens
         *last = in_f;
     }
     dx.reshape(dims)
+}
+
+/// Dequantisation kernel (`cuda/nf4.cu`): elements [e0, e1) of W → bf16, rounded through the
+/// storage dtype exactly as the CPU path does.
+#[cfg(feature = "cuda")]
+mod gpu {
+    use candle_core::cuda::CudaDevice;
+    use candle_core::{bail, DType, Result, Tensor};
+
+    use super::{Nf4Absmax, Nf4Packed};
+    use crate::cuda::{self, Arg};
+
+    const MAX_BLOCKS: usize = 65535 * 32;
+
+    fn f32c(t: &Tensor) -> Result<Tensor> {
+        t.flatten_all()?.to_dtype(DType::F32)?.contiguous()
+    }
+
+    pub fn dequant(dev: &CudaDevice, w: &Nf4Packed, e0: usize, e1: usize) -> Result<Tensor> {
+        let n = e1 - e0;
+        let store = match w.store_dtype {
+            DType::F32 => 0,
+            DType::BF16 => 1,
+            DType::F16 => 2,
+            other => bail!("nf4: storage dtype {other:?} is not supported on CUDA"),
+        };
+        let packed = w.packed.flatten_all()?.contiguous()?;
+        let code = f32c(&w.code)?;
+        // Unused pointers are null; the kernel reads `absmax` when it is non-null, else the double-quant triple.
+        let (absmax, q, nested, map, offset, nb) = match &w.absmax {
+            Nf4Absmax::F32(a) => (Some(f32c(a)?), None, None, None, 0f32, 1usize),
+            Nf4Absmax::Double { q, nested, map, offset, nested_blocksize } => (
+                None,
+                Some(q.flatten_all()?.contiguous()?),
+                Some(f32c(nested)?),
+                Some(f32c(map)?),
+                *offset,
+                *nested_blocksize,
+            ),
+        };
+        let p = |t: &Option<Tensor>| t.as_ref().map(cuda::ptr).transpose().map(|a| a.unwrap_or(0));
+        let out = cuda::output(n, DType::BF16, dev)?;
+        let args = [
+            Arg::Ptr(cuda::ptr(&packed)?),
+            Arg::Ptr(p(&absmax)?),
+            Arg::Ptr(p(&q)?),
+            Arg::Ptr(p(&nested)?),
+            Arg::Ptr(p(&map)?),
+            Arg::F32(offset),
+            Arg::I32(nb as i32),
+            Arg::Ptr(cuda::ptr(&code)?),
+            Arg::I32(w.blocksize as i32),
+            Arg::I64(e0 as i64),
+            Arg::I64(n as i64),
+            Arg::I32(store),
+            Arg::Ptr(cuda::ptr(&out)?),
+        ];
+        let grid = cuda::blocks(n, 256, MAX_BLOCKS);
+        cuda::launch(dev, &cuda::NF4, "oxt_nf4_dequant_bf16", (grid, 1, 1), (256, 1, 1), 0, &args)?;
+        Ok(out)
+    }
 }

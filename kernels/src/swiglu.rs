@@ -16,7 +16,15 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     }
     let (g, u) = (gate.detach(), up.detach());
     let (need_g, need_u) = (gate.track_op(), up.track_op());
-    // CUDA: fused kernel slots in here (issue: GPU path)
+    #[cfg(feature = "cuda")]
+    if let Some(dev) = gpu::eligible(&g) {
+        let (g, u) = (g.contiguous()?, u.contiguous()?);
+        let y = gpu::forward(&dev, &g, &u)?;
+        return custom_backward::binary("swiglu", gate, up, y, move |dy| {
+            let (dg, du) = gpu::backward(&dev, &g, &u, dy)?;
+            Ok([need_g.then_some(dg), need_u.then_some(du)])
+        });
+    }
     let y = forward(&g, &u)?;
     custom_backward::binary("swiglu", gate, up, y, move |dy| backward(&g, &u, dy, need_g, need_u))
 }
@@ -46,4 +54,47 @@ fn backward(gate: &Tensor, up: &Tensor, dy: &Tensor, need_g: bool, need_u: bool)
     };
     let dup = if need_u { Some((dy * (g * s)?)?.to_dtype(up.dtype())?) } else { None };
     Ok([dgate, dup])
+}
+
+/// Fused kernels (`cuda/swiglu.cu`): bf16 on CUDA.
+#[cfg(feature = "cuda")]
+mod gpu {
+    use candle_core::cuda::CudaDevice;
+    use candle_core::{DType, Result, Tensor};
+
+    use crate::cuda::{self, Arg};
+
+    /// Grid cap of the grid-stride kernels.
+    const MAX_BLOCKS: usize = 65535 * 32;
+
+    pub fn eligible(g: &Tensor) -> Option<CudaDevice> {
+        cuda::device_of(g).filter(|_| g.dtype() == DType::BF16)
+    }
+
+    pub fn forward(dev: &CudaDevice, g: &Tensor, u: &Tensor) -> Result<Tensor> {
+        let n = g.elem_count();
+        let y = cuda::output(g.shape(), DType::BF16, dev)?;
+        let args = [Arg::Ptr(cuda::ptr(g)?), Arg::Ptr(cuda::ptr(u)?), Arg::Ptr(cuda::ptr(&y)?), Arg::I64(n as i64)];
+        let grid = cuda::blocks(n, 256, MAX_BLOCKS);
+        cuda::launch(dev, &cuda::SWIGLU, "oxt_swiglu_fwd_bf16", (grid, 1, 1), (256, 1, 1), 0, &args)?;
+        Ok(y)
+    }
+
+    pub fn backward(dev: &CudaDevice, g: &Tensor, u: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+        let n = g.elem_count();
+        let dy = dy.to_dtype(DType::BF16)?.contiguous()?;
+        let dg = cuda::output(g.shape(), DType::BF16, dev)?;
+        let du = cuda::output(g.shape(), DType::BF16, dev)?;
+        let args = [
+            Arg::Ptr(cuda::ptr(g)?),
+            Arg::Ptr(cuda::ptr(u)?),
+            Arg::Ptr(cuda::ptr(&dy)?),
+            Arg::Ptr(cuda::ptr(&dg)?),
+            Arg::Ptr(cuda::ptr(&du)?),
+            Arg::I64(n as i64),
+        ];
+        let grid = cuda::blocks(n, 256, MAX_BLOCKS);
+        cuda::launch(dev, &cuda::SWIGLU, "oxt_swiglu_bwd_bf16", (grid, 1, 1), (256, 1, 1), 0, &args)?;
+        Ok((dg, du))
+    }
 }

@@ -3,21 +3,18 @@
 
 use candle_core::{DType, Result, Tensor, Var};
 
+use kernels::checkpoint::SideGrads;
+
 use crate::spec::Scheduler;
 
-#[derive(Debug, Clone, Copy)]
-pub struct AdamWConfig {
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-    pub weight_decay: f64,
-}
+pub use kernels::adamw::AdamWConfig;
 
 /// AdamW state for a fixed, ordered list of parameters.
 pub struct AdamW {
     pub cfg: AdamWConfig,
     params: Vec<Var>,
-    /// First and second moments, f32, same order as `params`.
+    /// First and second moments, f32, same order as `params` (separate buffers: the CUDA update
+    /// writes them in place).
     pub m: Vec<Tensor>,
     pub v: Vec<Tensor>,
     /// Optimizer steps taken (for bias correction).
@@ -26,8 +23,8 @@ pub struct AdamW {
 
 impl AdamW {
     pub fn new(params: Vec<Var>, cfg: AdamWConfig) -> Result<AdamW> {
-        let m = params.iter().map(|p| p.zeros_like()?.to_dtype(DType::F32)).collect::<Result<Vec<_>>>()?;
-        let v = m.clone();
+        let zeros = || params.iter().map(|p| p.zeros_like()?.to_dtype(DType::F32)).collect::<Result<Vec<_>>>();
+        let (m, v) = (zeros()?, zeros()?);
         Ok(AdamW { cfg, params, m, v, step: 0 })
     }
 
@@ -35,33 +32,42 @@ impl AdamW {
         &self.params
     }
 
-    /// One update with the given gradients (same order as params), as torch.optim.AdamW:
-    /// p ← p·(1 − lr·wd); m ← β1 m + (1−β1) g; v ← β2 v + (1−β2) g²; p ← p − lr·m̂/(√v̂ + ε).
-    pub fn step(&mut self, grads: &[Tensor], lr: f64) -> Result<()> {
+    /// Clips the gradients (same order as params) to a global norm of `max_norm` (≤ 0: no
+    /// clipping), then one AdamW update as torch.optim.AdamW (`kernels::adamw`, fused on CUDA).
+    /// Returns the global gradient norm before clipping.
+    pub fn step(&mut self, grads: &[Tensor], lr: f64, max_norm: f64) -> Result<f64> {
         self.step += 1;
-        let t = self.step as i32;
-        let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
-        let bc1 = 1.0 - b1.powi(t);
-        let bc2 = 1.0 - b2.powi(t);
-        for (i, (p, g)) in self.params.iter().zip(grads).enumerate() {
-            let g = g.to_dtype(DType::F32)?;
-            self.m[i] = ((&self.m[i] * b1)? + (&g * (1.0 - b1))?)?;
-            self.v[i] = ((&self.v[i] * b2)? + (g.sqr()? * (1.0 - b2))?)?;
-            let denom = ((&self.v[i] / bc2)?.sqrt()? + self.cfg.eps)?;
-            let update = ((&self.m[i] / bc1)? / denom)?;
-            let decayed = (p.as_tensor() * (1.0 - lr * self.cfg.weight_decay))?;
-            p.set(&(decayed - (update * lr)?)?)?;
-        }
-        Ok(())
+        let step = kernels::adamw::Step {
+            params: &self.params,
+            grads,
+            m: &mut self.m,
+            v: &mut self.v,
+            t: self.step,
+            lr,
+            max_norm,
+        };
+        kernels::adamw::step(&self.cfg, step)
     }
 }
 
 /// Add this backward pass's gradients of `vars` to `acc` (a parameter that got none adds zeros).
-pub fn accumulate(acc: &mut Vec<Tensor>, store: &candle_core::backprop::GradStore, vars: &[Var]) -> Result<()> {
+/// With activation checkpointing, gradients of parameters inside recomputed layers come from `side`.
+pub fn accumulate(
+    acc: &mut Vec<Tensor>,
+    store: &candle_core::backprop::GradStore,
+    vars: &[Var],
+    side: Option<&SideGrads>,
+) -> Result<()> {
     for (i, v) in vars.iter().enumerate() {
-        let g = match store.get(v.as_tensor()) {
-            Some(g) => g.clone(),
-            None => v.zeros_like()?,
+        let from_side = match side {
+            Some(s) => s.take(v.as_tensor())?,
+            None => None,
+        };
+        let g = match (store.get(v.as_tensor()), from_side) {
+            (Some(g), Some(s)) => (g + s)?,
+            (Some(g), None) => g.clone(),
+            (None, Some(s)) => s,
+            (None, None) => v.zeros_like()?,
         };
         if acc.len() <= i {
             acc.push(g);
@@ -70,29 +76,6 @@ pub fn accumulate(acc: &mut Vec<Tensor>, store: &candle_core::backprop::GradStor
         }
     }
     Ok(())
-}
-
-/// √Σ‖g‖² over all gradients, in f64.
-pub fn global_norm(grads: &[Tensor]) -> Result<f64> {
-    let mut total = 0f64;
-    for g in grads {
-        total += g.to_dtype(DType::F32)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
-    }
-    Ok(total.sqrt())
-}
-
-/// Scale gradients so their global norm is at most `max_norm` (torch's clip_grad_norm_ rule). Returns the norm before clipping.
-pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
-    let norm = global_norm(grads)?;
-    if max_norm > 0.0 {
-        let coef = max_norm / (norm + 1e-6);
-        if coef < 1.0 {
-            for g in grads.iter_mut() {
-                *g = (&*g * coef)?;
-            }
-        }
-    }
-    Ok(norm)
 }
 
 /// Learning rate at optimizer step `step` (0-based, the step about to be taken), as transformers' schedulers.
@@ -119,23 +102,29 @@ mod tests {
         let cfg = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1 };
         let mut opt = AdamW::new(vec![p.clone()], cfg).unwrap();
         let g = Tensor::new(&[0.5f32, -1.0], &Device::Cpu).unwrap();
-        opt.step(std::slice::from_ref(&g), 0.01).unwrap();
+        opt.step(std::slice::from_ref(&g), 0.01, 0.0).unwrap();
         // Step 1: m̂ = g, v̂ = g², update = sign(g) (up to ε); p = p(1 − 0.001) − 0.01·sign(g).
         let got = p.as_tensor().to_vec1::<f32>().unwrap();
         assert!((got[0] - (1.0 * 0.999 - 0.01)).abs() < 1e-6, "{got:?}");
         assert!((got[1] - (-2.0 * 0.999 + 0.01)).abs() < 1e-6, "{got:?}");
-        opt.step(&[g], 0.01).unwrap();
+        opt.step(&[g], 0.01, 0.0).unwrap();
         // Step 2 with the same g: m̂ = g and v̂ = g² again, so the update is sign(g) again.
         let got2 = p.as_tensor().to_vec1::<f32>().unwrap();
         assert!((got2[0] - ((1.0 * 0.999 - 0.01) * 0.999 - 0.01)).abs() < 1e-6, "{got2:?}");
     }
 
     #[test]
-    fn clipping_scales_to_max_norm() {
-        let mut gs = vec![Tensor::new(&[3.0f32], &Device::Cpu).unwrap(), Tensor::new(&[4.0f32], &Device::Cpu).unwrap()];
-        let n = clip_grad_norm(&mut gs, 1.0).unwrap();
-        assert!((n - 5.0).abs() < 1e-6);
-        assert!((global_norm(&gs).unwrap() - 1.0).abs() < 1e-5);
+    fn clipping_scales_gradients_before_the_update() {
+        // g = (3, 4), norm 5, max_norm 1 → g' = (0.6, 0.8); with β1 = β2 = 0 the update is
+        // m/(√v + ε) = sign(g') = (1, 1) regardless, so check the norm and the moments instead.
+        let p = Var::from_vec(vec![0.0f32, 0.0], 2, &Device::Cpu).unwrap();
+        let cfg = AdamWConfig { beta1: 0.0, beta2: 0.0, eps: 1e-8, weight_decay: 0.0 };
+        let mut opt = AdamW::new(vec![p], cfg).unwrap();
+        let g = Tensor::new(&[3.0f32, 4.0], &Device::Cpu).unwrap();
+        let norm = opt.step(&[g], 0.1, 1.0).unwrap();
+        assert!((norm - 5.0).abs() < 1e-6);
+        let m = opt.m[0].to_vec1::<f32>().unwrap();
+        assert!((m[0] - 0.6).abs() < 1e-5 && (m[1] - 0.8).abs() < 1e-5, "{m:?}");
     }
 
     #[test]

@@ -15,7 +15,9 @@ use crate::checkpoint::TrainerState;
 use crate::data::{make_batches, Batch, BatchSpec, Example};
 use crate::error::TrainError;
 use crate::model::{Decoder, ForwardCtx};
-use crate::optim::{accumulate, clip_grad_norm, lr_at};
+use kernels::checkpoint::SideGrads;
+
+use crate::optim::{accumulate, lr_at};
 use crate::report::{MetricRecord, Progress};
 use crate::rng::Rng;
 use crate::run_state::{self, RunState};
@@ -180,12 +182,13 @@ pub fn train(inp: SftInputs) -> Result<SftOutcome, TrainError> {
                 continue;
             }
             let t = BatchTensors::new(b, &model.device)?;
-            let mut ctx = ForwardCtx { adapters: true, dropout_rng: Some(rng) };
+            let side = spec.gradient_checkpointing.then(SideGrads::new);
+            let mut ctx = ForwardCtx::train(rng, side.clone());
             let nll = summed_nll(model, &t, &mut ctx)?;
             rng = ctx.dropout_rng.take().unwrap_or_else(|| Rng::new(0));
             let loss = (nll / step_targets as f64)?;
             step_loss += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            accumulate(&mut grads, &loss.backward()?, &vars)?;
+            accumulate(&mut grads, &loss.backward()?, &vars, side.as_ref())?;
             step_tokens += b.segment_ids.iter().filter(|s| **s != 0).count() as u64;
         }
         if !step_loss.is_finite() {
@@ -196,10 +199,7 @@ pub fn train(inp: SftInputs) -> Result<SftOutcome, TrainError> {
             )));
         }
         let lr = lr_at(state.step, total_steps, warmup, spec.learning_rate, spec.lr_scheduler);
-        let grad_norm = if grads.is_empty() { 0.0 } else { clip_grad_norm(&mut grads, spec.max_grad_norm)? };
-        if !grads.is_empty() {
-            opt.step(&grads, lr)?;
-        }
+        let grad_norm = if grads.is_empty() { 0.0 } else { opt.step(&grads, lr, spec.max_grad_norm)? };
         drop(grads);
         state.dropout_rng = rng;
         state.step += 1;

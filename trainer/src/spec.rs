@@ -148,6 +148,8 @@ pub const PARAMS: &[ParamDef] = &[
         help: "Decoupled AdamW weight decay on LoRA weights." },
     ParamDef { name: "max_grad_norm", aliases: &["max-grad-norm"], kind: Kind::Float { min: 0.0, max: F }, default: "1.0",
         help: "Global gradient-norm clipping; 0 = off." },
+    ParamDef { name: "gradient_checkpointing", aliases: &["gradient-checkpointing"], kind: Kind::Bool, default: "false",
+        help: "Recompute each decoder layer in the backward instead of keeping its activations (less memory, about one extra forward)." },
     ParamDef { name: "optimizer", aliases: &["optim"], kind: Kind::Choice(&["adamw", "adamw_torch"]), default: "adamw",
         help: "Optimizer: AdamW with f32 moments (`adamw_torch` is accepted as a synonym)." },
     ParamDef { name: "adam_beta1", aliases: &[], kind: Kind::Float { min: 0.0, max: 0.999999 }, default: "0.9", help: "AdamW beta1." },
@@ -323,6 +325,8 @@ pub struct JobSpec {
     /// QLoRA: double-quantise the absmax.
     pub bnb_4bit_use_double_quant: bool,
     pub merge_adapter: bool,
+    /// Activation checkpointing per decoder layer.
+    pub gradient_checkpointing: bool,
     pub grpo: GrpoSpec,
     /// Every parameter's final value as text, canonical names, for the summary.
     pub resolved: BTreeMap<String, String>,
@@ -588,6 +592,7 @@ impl Sources {
             save_steps: int("save_steps") as u64,
             save_total_limit: int("save_total_limit") as usize,
             merge_adapter: boolean("merge_adapter"),
+            gradient_checkpointing: boolean("gradient_checkpointing"),
             load_in_4bit,
             bnb_4bit_use_double_quant: boolean("bnb_4bit_use_double_quant"),
             grpo,

@@ -1,6 +1,8 @@
 //! Shared test helpers: a seedable PRNG, closeness checks and a finite-difference gradient check.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod nf4;
+
 use candle_core::{DType, Device, Result, Tensor, Var};
 
 /// splitmix64: tiny, deterministic, good enough for test data.

@@ -103,7 +103,7 @@ pub fn generate(
     let dev = &model.device;
     let mut segments = Tensor::from_vec(seg, (b, width), dev)?;
     let mut cache = KvCache::new();
-    let mut ctx = ForwardCtx { adapters, dropout_rng: None };
+    let mut ctx = ForwardCtx { adapters, dropout_rng: None, checkpoint: None };
     let hidden = model.hidden_cached(
         &Tensor::from_vec(ids, (b, width), dev)?,
         &Tensor::from_vec(pos, (b, width), dev)?,

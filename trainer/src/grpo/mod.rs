@@ -16,7 +16,9 @@ use serde_json::{Map, Value};
 use crate::data::{Content, Record, TokenizerBundle};
 use crate::error::{io_err, TrainError};
 use crate::model::{Decoder, ForwardCtx};
-use crate::optim::{accumulate, clip_grad_norm, lr_at};
+use kernels::checkpoint::SideGrads;
+
+use crate::optim::{accumulate, lr_at};
 use crate::report::{MetricRecord, Progress};
 use crate::rng::Rng;
 use crate::run_state::{self, RunState};
@@ -159,8 +161,14 @@ fn seq_batch(seqs: &[&Sequence], pad: u32, device: &candle_core::Device) -> cand
 }
 
 /// Per-token log-probs [rows, width] of the batch's targets.
-fn token_log_probs(model: &Decoder, b: &SeqBatch, adapters: bool) -> candle_core::Result<Tensor> {
-    let mut ctx = ForwardCtx { adapters, dropout_rng: None };
+/// `checkpoint`: activation checkpointing for a training forward (see `ForwardCtx`).
+fn token_log_probs(
+    model: &Decoder,
+    b: &SeqBatch,
+    adapters: bool,
+    checkpoint: Option<SideGrads>,
+) -> candle_core::Result<Tensor> {
+    let mut ctx = ForwardCtx { adapters, dropout_rng: None, checkpoint };
     let hidden = model.hidden(&b.input_ids, &b.positions, Some(&b.segment_ids), &mut ctx)?;
     model.target_log_probs(&hidden, &b.targets)?.reshape((b.rows, b.width))
 }
@@ -281,7 +289,7 @@ pub fn train(inp: GrpoInputs) -> Result<SftOutcome, TrainError> {
         let step_tokens: f64 =
             batches.iter().map(|b| b.mask.sum_all().and_then(|s| s.to_scalar::<f32>()).unwrap_or(0.0) as f64).sum();
         let detached = |adapters: bool| -> candle_core::Result<Vec<Tensor>> {
-            batches.iter().map(|b| Ok(token_log_probs(model, b, adapters)?.detach())).collect()
+            batches.iter().map(|b| Ok(token_log_probs(model, b, adapters, None)?.detach())).collect()
         };
         let old: Option<Vec<Tensor>> = if g.num_iterations > 1 { Some(detached(true)?) } else { None };
         let reference: Option<Vec<Tensor>> = if g.beta != 0.0 { Some(detached(false)?) } else { None };
@@ -304,7 +312,8 @@ pub fn train(inp: GrpoInputs) -> Result<SftOutcome, TrainError> {
             let mut stats = LossStats::default();
             let mut loss_sum = 0f64;
             for (bi, b) in batches.iter().enumerate() {
-                let logp = token_log_probs(model, b, true)?;
+                let side = spec.gradient_checkpointing.then(SideGrads::new);
+                let logp = token_log_probs(model, b, true, side.clone())?;
                 let old_lp = match &old {
                     Some(o) => o[bi].clone(),
                     None => logp.detach(),
@@ -314,14 +323,13 @@ pub fn train(inp: GrpoInputs) -> Result<SftOutcome, TrainError> {
                 stats.kl += s.kl * s.tokens;
                 stats.clip_fraction += s.clip_fraction * s.tokens;
                 stats.tokens += s.tokens;
-                accumulate(&mut grads, &loss.backward()?, &vars)?;
+                accumulate(&mut grads, &loss.backward()?, &vars, side.as_ref())?;
             }
             if !loss_sum.is_finite() {
                 return Err(TrainError::Diverged(format!("GRPO loss is {loss_sum} at step {}", state.step + 1)));
             }
             let lr = lr_at(state.step, total_steps, warmup, spec.learning_rate, spec.lr_scheduler);
-            let grad_norm = clip_grad_norm(&mut grads, spec.max_grad_norm)?;
-            opt.step(&grads, lr)?;
+            let grad_norm = opt.step(&grads, lr, spec.max_grad_norm)?;
             state.step += 1;
             state.tokens_seen += gen_tokens as u64;
             let (rmean, rstd) = mean_std(&total);

@@ -3,8 +3,10 @@
 //! Every op goes through the `kernels` crate so fused GPU kernels slot in without touching this file.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Result, Tensor, Var, D};
+use kernels::checkpoint::SideGrads;
 
 use super::config::ModelConfig;
 use super::linear::{BaseWeight, Linear};
@@ -15,16 +17,25 @@ use crate::quant::nf4::{self, BnbQuantState, Nf4Options};
 use crate::rng::Rng;
 
 /// Per-forward switches.
+#[derive(Clone)]
 pub struct ForwardCtx {
     /// Adapters on (policy) or off (the frozen base, e.g. the GRPO reference policy).
     pub adapters: bool,
     /// Some = training: LoRA dropout draws from this RNG.
     pub dropout_rng: Option<Rng>,
+    /// Some = activation checkpointing per decoder layer (training without a KV cache): adapter
+    /// gradients of recomputed layers arrive here instead of in the backward's GradStore.
+    pub checkpoint: Option<SideGrads>,
 }
 
 impl ForwardCtx {
     pub fn eval() -> ForwardCtx {
-        ForwardCtx { adapters: true, dropout_rng: None }
+        ForwardCtx { adapters: true, dropout_rng: None, checkpoint: None }
+    }
+
+    /// Training: dropout from `rng`; checkpointing when `checkpoint` is Some.
+    pub fn train(rng: Rng, checkpoint: Option<SideGrads>) -> ForwardCtx {
+        ForwardCtx { adapters: true, dropout_rng: Some(rng), checkpoint }
     }
 }
 
@@ -69,12 +80,91 @@ struct Layer {
     down: Linear,
 }
 
+/// What every layer of one forward pass shares.
+struct LayerEnv {
+    cos: Tensor,
+    sin: Tensor,
+    segment_ids: Option<Tensor>,
+    /// (query heads, kv heads, head dim).
+    heads: (usize, usize, usize),
+    eps: f64,
+}
+
+impl Layer {
+    /// One decoder layer on the residual stream x [b, t, hidden]; `cache` appends this layer's
+    /// keys and values (incremental decoding).
+    fn forward(
+        &self,
+        env: &LayerEnv,
+        x: &Tensor,
+        ctx: &mut ForwardCtx,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let (hq, hkv, hd) = env.heads;
+        let hn = kernels::rms_norm::rms_norm(x, &self.input_norm, env.eps)?;
+        let heads = |y: Tensor, n: usize| -> Result<Tensor> { y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous() };
+        let q = heads(self.q.forward(&hn, ctx)?, hq)?;
+        let k = heads(self.k.forward(&hn, ctx)?, hkv)?;
+        let v = heads(self.v.forward(&hn, ctx)?, hkv)?;
+        let q = kernels::rope::rope(&q, &env.cos, &env.sin)?;
+        let k = kernels::rope::rope(&k, &env.cos, &env.sin)?;
+        let (k, v) = match cache {
+            Some(slot) => {
+                let (k, v) = match slot.take() {
+                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+                    None => (k, v),
+                };
+                *slot = Some((k.clone(), v.clone()));
+                (k, v)
+            }
+            None => (k, v),
+        };
+        let scale = 1.0 / (hd as f64).sqrt();
+        let attn = kernels::attention::causal_attention(&q, &k, &v, env.segment_ids.as_ref(), scale)?;
+        let attn = attn.transpose(1, 2)?.contiguous()?.reshape((b, t, hq * hd))?;
+        let x = (x + self.o.forward(&attn, ctx)?)?;
+        let hn = kernels::rms_norm::rms_norm(&x, &self.post_norm, env.eps)?;
+        let act = kernels::swiglu::swiglu(&self.gate.forward(&hn, ctx)?, &self.up.forward(&hn, ctx)?)?;
+        x + self.down.forward(&act, ctx)?
+    }
+
+    fn adapter_vars(&self) -> Vec<Var> {
+        [&self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down]
+            .into_iter()
+            .filter_map(|l| l.lora.as_ref())
+            .flat_map(|a| [a.a.clone(), a.b.clone()])
+            .collect()
+    }
+}
+
+/// `layer` under activation checkpointing: only x is kept; the backward recomputes the layer with
+/// the dropout RNG as it was before this forward, so the masks repeat exactly.
+fn checkpointed(
+    layer: &Arc<Layer>,
+    env: &Arc<LayerEnv>,
+    x: &Tensor,
+    ctx: &mut ForwardCtx,
+    side: SideGrads,
+) -> Result<Tensor> {
+    let before = ctx.clone();
+    // The value is computed on a detached input; its graph (the activations) is dropped right here.
+    let value = layer.forward(env, &x.detach(), ctx, None)?.detach();
+    let (layer, env) = (layer.clone(), env.clone());
+    let params = if ctx.adapters { layer.adapter_vars() } else { vec![] };
+    kernels::checkpoint::checkpoint(x, value, params, side, move |xv| {
+        let mut replay = before.clone();
+        layer.forward(&env, xv, &mut replay, None)
+    })
+}
+
 pub struct Decoder {
     pub cfg: ModelConfig,
     pub dtype: DType,
     pub device: Device,
     embed: Tensor,
-    layers: Vec<Layer>,
+    // Arc: a checkpointed layer's backward holds its layer to recompute it.
+    layers: Vec<Arc<Layer>>,
     norm: Tensor,
     /// [vocab, hidden]; the embedding matrix itself when tied.
     lm_head: Tensor,
@@ -162,7 +252,7 @@ impl Decoder {
             let gate = proj("gate_proj", cfg.mlp_bias())?;
             let up = proj("up_proj", cfg.mlp_bias())?;
             let down = proj("down_proj", cfg.mlp_bias())?;
-            layers.push(Layer {
+            layers.push(Arc::new(Layer {
                 input_norm: w.get(&format!("{p}.input_layernorm.weight"), &[h], dtype, device)?,
                 post_norm: w.get(&format!("{p}.post_attention_layernorm.weight"), &[h], dtype, device)?,
                 q,
@@ -172,7 +262,7 @@ impl Decoder {
                 gate,
                 up,
                 down,
-            });
+            }));
         }
         Ok(Decoder {
             cfg: cfg.clone(),
@@ -221,42 +311,26 @@ impl Decoder {
     ) -> Result<Tensor> {
         let (b, t) = input_ids.dims2()?;
         let cfg = &self.cfg;
-        let (hq, hkv, hd) = (cfg.num_attention_heads, cfg.num_kv_heads(), cfg.head_dim());
         let mut x = self.embed.index_select(&input_ids.flatten_all()?, 0)?.reshape((b, t, cfg.hidden_size))?;
         let (cos, sin) = kernels::rope::rope_tables(&self.inv_freq, positions, self.dtype)?;
-        let scale = 1.0 / (hd as f64).sqrt();
-        let eps = cfg.rms_norm_eps;
+        let env = Arc::new(LayerEnv {
+            cos,
+            sin,
+            segment_ids: segment_ids.cloned(),
+            heads: (cfg.num_attention_heads, cfg.num_kv_heads(), cfg.head_dim()),
+            eps: cfg.rms_norm_eps,
+        });
         if let Some(c) = cache.as_deref_mut() {
             c.layers.resize_with(self.layers.len(), || None);
         }
         for (li, layer) in self.layers.iter().enumerate() {
-            let hn = kernels::rms_norm::rms_norm(&x, &layer.input_norm, eps)?;
-            let heads =
-                |y: Tensor, n: usize| -> Result<Tensor> { y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous() };
-            let q = heads(layer.q.forward(&hn, ctx)?, hq)?;
-            let k = heads(layer.k.forward(&hn, ctx)?, hkv)?;
-            let v = heads(layer.v.forward(&hn, ctx)?, hkv)?;
-            let q = kernels::rope::rope(&q, &cos, &sin)?;
-            let k = kernels::rope::rope(&k, &cos, &sin)?;
-            let (k, v) = match cache.as_deref_mut() {
-                Some(c) => {
-                    let (k, v) = match c.layers[li].take() {
-                        Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-                        None => (k, v),
-                    };
-                    c.layers[li] = Some((k.clone(), v.clone()));
-                    (k, v)
-                }
-                None => (k, v),
+            let slot = cache.as_deref_mut().map(|c| &mut c.layers[li]);
+            x = match (&ctx.checkpoint, slot) {
+                (Some(side), None) => checkpointed(layer, &env, &x, ctx, side.clone())?,
+                (_, slot) => layer.forward(&env, &x, ctx, slot)?,
             };
-            let attn = kernels::attention::causal_attention(&q, &k, &v, segment_ids, scale)?;
-            let attn = attn.transpose(1, 2)?.contiguous()?.reshape((b, t, hq * hd))?;
-            x = (x + layer.o.forward(&attn, ctx)?)?;
-            let hn = kernels::rms_norm::rms_norm(&x, &layer.post_norm, eps)?;
-            let act = kernels::swiglu::swiglu(&layer.gate.forward(&hn, ctx)?, &layer.up.forward(&hn, ctx)?)?;
-            x = (x + layer.down.forward(&act, ctx)?)?;
         }
-        kernels::rms_norm::rms_norm(&x, &self.norm, eps)
+        kernels::rms_norm::rms_norm(&x, &self.norm, env.eps)
     }
 
     /// Full logits [b, t, vocab] in f32 — for evaluation, parity tests and sampling; training uses `target_log_probs`.
