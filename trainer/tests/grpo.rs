@@ -269,9 +269,7 @@ done"#,
     let rewards: Vec<f64> =
         summary["history"].as_array().unwrap().iter().filter_map(|r| r["reward"].as_f64()).collect();
     assert_eq!(rewards, vec![1.0, 1.0], "templated prompt or column missing at the scorer: {log}");
-    let cfg: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(job.root().join("model/adapter_config.json")).unwrap(),
-    )
-    .unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(job.root().join("model/adapter_config.json")).unwrap()).unwrap();
     assert!(cfg["base_model_name_or_path"].as_str().unwrap().ends_with("model"), "{cfg}");
 }
