@@ -40,7 +40,7 @@
 //   (The grid-stride loops are correct for any GX ≥ 1 and any blockDim.x that is a multiple of 32
 //   and ≤ 1024; 256 is the contract.)
 
-#include <stdint.h>
+#include "common.cuh"
 
 struct OxtAdamwTensor {
     float* p;
@@ -53,25 +53,8 @@ static_assert(sizeof(OxtAdamwTensor) == 40, "OxtAdamwTensor must be 5 x 8 bytes"
 
 namespace {
 
-__device__ __forceinline__ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+using namespace oxt;
 
-// Block sum, valid in thread 0 only.
-__device__ __forceinline__ float block_sum0(float v) {
-    __shared__ float partial[32];
-    const unsigned lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
-    const unsigned n_warps = blockDim.x >> 5;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    if (lane == 0) partial[warp] = v;
-    __syncthreads();
-    float t = 0.f;
-    if (warp == 0) {
-        t = lane < n_warps ? partial[lane] : 0.f;
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
-    }
-    return t;
-}
 
 struct AdamScalars {
     float c;       // clip factor
@@ -116,7 +99,7 @@ extern "C" __global__ void oxt_grad_sumsq_f32(const OxtAdamwTensor* __restrict__
         tail = n4 * 4;
     }
     for (int64_t i = tail + tid; i < n; i += stride) acc += g[i] * g[i];
-    const float total = block_sum0(acc);
+    const float total = block_sum(acc);
     if (threadIdx.x == 0 && total != 0.f) atomicAdd(sumsq, total);
 }
 

@@ -29,20 +29,12 @@
 //     of logp): [rows]. Block i rewrites every element of row i.
 //   (Any blockDim.x that is a multiple of 32 and ≤ 1024 works; 256 is the contract.)
 
-#include <cuda_bf16.h>
-#include <stdint.h>
+#include "common.cuh"
 
 namespace {
 
-__device__ __forceinline__ float bf_lo(uint32_t w) { return __uint_as_float(w << 16); }
-__device__ __forceinline__ float bf_hi(uint32_t w) { return __uint_as_float(w & 0xffff0000u); }
+using namespace oxt;
 
-__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
-    return (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(lo)) |
-           ((uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(hi)) << 16);
-}
-
-__device__ __forceinline__ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 // Online softmax state: running max m and Σ exp(z − m).
 struct MaxSum {

@@ -29,6 +29,7 @@ macro_rules! module {
 module!(ADAMW, "adamw");
 module!(ATTENTION, "attention");
 module!(CROSS_ENTROPY, "cross_entropy");
+module!(DROPOUT, "dropout");
 module!(NF4, "nf4");
 module!(RMS_NORM, "rms_norm");
 module!(ROPE, "rope");

@@ -14,6 +14,7 @@ pub mod cross_entropy;
 pub mod cuda;
 pub mod custom_backward;
 pub mod frozen_linear;
+pub mod lora_linear;
 pub mod nf4_linear;
 pub mod reference;
 pub mod rms_norm;

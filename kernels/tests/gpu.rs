@@ -17,6 +17,7 @@ use common::{assert_close, grads, Rng, Tol, BF16};
 use kernels::adamw::{self, AdamWConfig};
 use kernels::attention::causal_attention;
 use kernels::cross_entropy::linear_log_probs;
+use kernels::lora_linear::{lora_delta, Dropout};
 use kernels::nf4_linear::{nf4_linear, DEFAULT_CHUNK_ELEMS};
 use kernels::{rms_norm::rms_norm, rope, swiglu::swiglu};
 
@@ -208,6 +209,22 @@ fn fused_adamw_matches_cpu() {
             assert_close(&format!("{what}: p"), &got.0[i], &want.0[i], tol);
             assert_close(&format!("{what}: m"), &got.1[i], &want.1[i], tol);
             assert_close(&format!("{what}: v"), &got.2[i], &want.2[i], tol);
+        }
+    }
+}
+
+#[test]
+fn lora_delta_with_dropout_matches_cpu() {
+    let mut rng = Rng::new(8);
+    for (n, inf, outf, r) in [(7, 64, 48, 4), (300, 4096, 1024, 16)] {
+        for dropout in [None, Some(Dropout { keep: 0.95, seed: 1234 })] {
+            let x = rng.tensor(&[n, inf], 1.0, DType::BF16);
+            let a = rng.tensor(&[r, inf], 0.05, DType::F32);
+            let b = rng.tensor(&[outf, r], 0.05, DType::F32);
+            let op = |t: &[Tensor]| lora_delta(&t[0], &t[1], &t[2], 2.0, dropout);
+            // The mask is the same hash on both devices, so only rounding differs (f32 GEMMs).
+            let tol = Tol { rtol: 1e-3, atol_of_max: 1e-4 };
+            gpu_vs_cpu(&format!("lora n={n} in={inf} r={r} dropout={dropout:?}"), op, &[x, a, b], &mut rng, tol, BF16);
         }
     }
 }

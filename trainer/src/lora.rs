@@ -3,9 +3,11 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Result, Tensor, Var, D};
+use candle_core::{DType, Device, Result, Tensor, Var};
 
 use crate::rng::Rng;
+use kernels::lora_linear::{lora_delta, Dropout};
+
 use crate::spec::{JobSpec, Targets, LINEAR_MODULES};
 
 /// One adapter: `A` [r, in] and `B` [out, r], trainable, always f32.
@@ -73,27 +75,14 @@ impl LoraAdapter {
         Ok(LoraAdapter { a, b, scale: cfg.scale(), dropout: cfg.dropout })
     }
 
-    /// scale·B(A(dropout(x))) in f32; `x` [..., in]. Dropout only when a training RNG is given.
+    /// scale·B(A(dropout(x))) in f32; `x` [..., in]. Dropout only when a training RNG is given:
+    /// one draw seeds the whole mask (`kernels::lora_linear`, recomputed in the backward).
     pub fn forward(&self, x: &Tensor, dropout_rng: Option<&mut Rng>) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let x2 = x.flatten_to(D::Minus2)?.to_dtype(DType::F32)?;
-        let x2 = match dropout_rng {
-            Some(rng) if self.dropout > 0.0 => {
-                let keep = 1.0 - self.dropout;
-                let n = x2.elem_count();
-                let mask: Vec<f32> =
-                    (0..n).map(|_| if (rng.next_f64()) < keep { (1.0 / keep) as f32 } else { 0.0 }).collect();
-                let mask = Tensor::from_vec(mask, x2.shape(), x2.device())?;
-                x2.mul(&mask)?
-            }
-            _ => x2,
+        let dropout = match dropout_rng {
+            Some(rng) if self.dropout > 0.0 => Some(Dropout { keep: 1.0 - self.dropout, seed: rng.next_u64() }),
+            _ => None,
         };
-        let h = x2.matmul(&self.a.as_tensor().t()?)?;
-        let y = (h.matmul(&self.b.as_tensor().t()?)? * self.scale)?;
-        let mut out = dims;
-        let last = out.len() - 1;
-        out[last] = self.b.dims()[0];
-        y.reshape(out)
+        lora_delta(x, self.a.as_tensor(), self.b.as_tensor(), self.scale, dropout)
     }
 
     /// scale·B·A [out, in] in f32: what merging adds to the base weight.
