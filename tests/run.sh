@@ -17,6 +17,16 @@ fi
 echo "== formatting"
 cargo fmt --all -- --check
 
+echo "== container: Dockerfile and script lint"
+bash tests/container/lint.sh
+
+# The container contract test (trainer/tests/container.rs) runs the release binary, as the image does.
+echo "== release train for the container contract test"
+cargo build --release -p trainer --bin train
+OXTUNE_RELEASE_TRAIN="$(cargo metadata --no-deps --format-version 1 |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/release/train"
+export OXTUNE_RELEASE_TRAIN
+
 echo "== tests"
 status=0
 cargo test --workspace --no-fail-fast "$@" || status=$?

@@ -191,6 +191,40 @@ mod tests {
         }
     }
 
+    /// Every constant cites its source; a number marked measured names its results file in
+    /// benches/results/, and that file exists.
+    #[test]
+    fn every_number_cites_its_source() {
+        let c = Calibration::embedded();
+        let sources = [
+            ("default.source", &c.default.source),
+            ("method_factor.source", &c.method_factor.source),
+            ("generation.source", &c.generation.source),
+            ("memory.cuda_overhead_source", &c.memory.cuda_overhead_source),
+            ("memory.headroom_source", &c.memory.headroom_source),
+            ("memory.ce_chunk_source", &c.memory.ce_chunk_source),
+            ("memory.attention_source", &c.memory.attention_source),
+            ("overhead.startup_source", &c.overhead.startup_source),
+            ("overhead.download_source", &c.overhead.download_source),
+            ("overhead.upload_source", &c.overhead.upload_source),
+            ("overhead.provisioning_source", &c.overhead.provisioning_source),
+            ("spot.source", &c.spot.source),
+            ("trainer.gpus_used_source", &c.trainer.gpus_used_source),
+            ("trainer.padding_source", &c.trainer.padding_source),
+            ("trainer.bytes_per_token_source", &c.trainer.bytes_per_token_source),
+        ];
+        for (field, s) in sources {
+            assert!(s.trim().len() > 10, "benches/calibration.toml: `{field}` must say where its number comes from");
+        }
+        let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let measured = c.efficiency.iter().filter(|e| e.measured).map(|e| (&e.gpu, &e.source));
+        for (gpu, source) in measured.chain(c.default.measured.then_some((&c.default.source, &c.default.source))) {
+            let file = source.split_whitespace().find(|w| w.starts_with("benches/results/"));
+            let file = file.unwrap_or_else(|| panic!("{gpu}: a measured entry must cite benches/results/<file>"));
+            assert!(repo.join(file.trim_end_matches([',', ';', ')'])).is_file(), "{gpu}: {file} does not exist");
+        }
+    }
+
     #[test]
     fn lookup_order() {
         let c = Calibration::embedded();

@@ -219,6 +219,32 @@ mod tests {
         assert!(!c.gpu_of(p3).bf16 && c.gpu_of(p3).unsupported.is_some());
     }
 
+    /// Derived (estimated) rates are exactly what their source label says: EU = us-east-1 × 1.12
+    /// rounded to 0.001, SAMEUS = the us-east-1 rate. Every rate of eu-west-1 is derived.
+    #[test]
+    fn derived_prices_follow_their_rule() {
+        let us = embedded_prices("us-east-1").unwrap();
+        let mut derived = 0;
+        for region in EMBEDDED_REGIONS {
+            let t = embedded_prices(region).unwrap();
+            for (ty, p) in &t.prices {
+                let base =
+                    || us.rate(ty).unwrap_or_else(|| panic!("{region} {ty}: derived from a missing us-east-1 rate"));
+                match p.src.as_str() {
+                    "EU" => assert_eq!(p.usd, (base() * 1.12 * 1000.0).round() / 1000.0, "{region} {ty}"),
+                    "SAMEUS" => assert_eq!(p.usd, base(), "{region} {ty}"),
+                    _ => continue,
+                }
+                assert!(t.is_estimate(ty), "{region} {ty} must be shown as an estimate");
+                derived += 1;
+            }
+        }
+        let eu = embedded_prices("eu-west-1").unwrap();
+        assert!(eu.prices.values().all(|p| p.src == "EU"));
+        assert!(derived > eu.prices.len());
+        assert!(eu.sources["EU"].contains("DERIVED 2026-11-23") && eu.sources["EU"].contains("x 1.12"));
+    }
+
     /// Parameter counts of the embedded configs against the published model sizes.
     #[test]
     fn model_configs_match_published_sizes() {

@@ -462,7 +462,10 @@ pub fn run(job: &Job, opts: &LocalOptions, redactor: &Redactor, out: &mut dyn Wr
         Some(img) => Runner::Docker { image: img.clone(), gpus: opts.gpus.clone() },
         None => Runner::Binary(find_train_binary(opts.train_bin.as_deref())?),
     };
-    let root = opts.work_dir.join("opt_ml");
+    // Absolute: `docker run -v` treats a relative source as a named volume, not a directory.
+    std::fs::create_dir_all(&opts.work_dir).map_err(io(&opts.work_dir))?;
+    let work_dir = opts.work_dir.canonicalize().map_err(io(&opts.work_dir))?;
+    let root = work_dir.join("opt_ml");
     let link = matches!(runner, Runner::Binary(_));
     let tree = synthesise(job, &root, link, opts.copy_channels, opts.fresh)?;
     let started = Instant::now();
@@ -548,7 +551,7 @@ pub fn run(job: &Job, opts: &LocalOptions, redactor: &Redactor, out: &mut dyn Wr
                 (LocalStatus::Failed, Some(reason))
             };
         // Pack like SageMaker: model on completion or stop, output data always.
-        let artifacts = opts.work_dir.join("output");
+        let artifacts = work_dir.join("output");
         std::fs::create_dir_all(&artifacts).map_err(io(&artifacts))?;
         let model_tar = if status_kind != LocalStatus::Failed {
             let p = artifacts.join("model.tar.gz");

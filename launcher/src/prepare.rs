@@ -87,7 +87,15 @@ pub struct TokenStats {
 
 /// Read with the trainer's own reader (so the data is understood exactly as the job will
 /// understand it); bad rows are skipped and reported instead of failing the whole file.
-fn read_examples(opts: &PrepareOptions) -> Result<(String, Vec<(usize, Example)>, Vec<(usize, String)>), String> {
+/// What `read_examples` found: the detected format name(s), the examples and the skipped rows,
+/// each with its source row number.
+struct ReadExamples {
+    detected: String,
+    examples: Vec<(usize, Example)>,
+    skipped: Vec<(usize, String)>,
+}
+
+fn read_examples(opts: &PrepareOptions) -> Result<ReadExamples, String> {
     let spec = data_spec(opts)?;
     let report = trainer::data::read_path(&opts.input, &spec).map_err(|e| e.to_string())?;
     let detected = report
@@ -125,7 +133,7 @@ fn read_examples(opts: &PrepareOptions) -> Result<(String, Vec<(usize, Example)>
         })
         .collect();
     let skipped = report.skipped.into_iter().map(|(row, why)| (row.line, why)).collect();
-    Ok((if detected.is_empty() { "unknown".into() } else { detected }, examples, skipped))
+    Ok(ReadExamples { detected: if detected.is_empty() { "unknown".into() } else { detected }, examples, skipped })
 }
 
 /// The trainer's DataSpec for reading: format and field names from the flags, bad rows skipped.
@@ -251,7 +259,7 @@ pub fn default_output(input: &Path, to: Target) -> PathBuf {
 
 /// Convert and validate. Writes the output unless `check_only`.
 pub fn prepare(opts: &PrepareOptions) -> Result<Report, String> {
-    let (detected, records, skipped) = read_examples(opts)?;
+    let ReadExamples { detected, examples: records, skipped } = read_examples(opts)?;
     let output = if opts.check_only {
         None
     } else {

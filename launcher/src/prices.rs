@@ -77,8 +77,10 @@ fn from_cache(c: CachedTable, path: &Path) -> PriceTable {
     }
 }
 
-/// Parse the bulk CSV: publication date and instance → USD/hour (Training, on-demand).
-pub fn parse_bulk_csv(reader: impl Read) -> Result<(String, BTreeMap<String, f64>), String> {
+/// Parse the bulk CSV: publication date and instance → USD/hour (Training, on-demand) in `region`.
+/// Rows of other regions are skipped when the file has a `Region Code` column (the all-region
+/// `current/index.csv` mixes them).
+pub fn parse_bulk_csv(reader: impl Read, region: &str) -> Result<(String, BTreeMap<String, f64>), String> {
     let mut rdr = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(reader);
     let mut records = rdr.records();
     let mut publication = String::from("unknown");
@@ -102,11 +104,18 @@ pub fn parse_bulk_csv(reader: impl Read) -> Result<(String, BTreeMap<String, f64
     let usage = col("usageType");
     let component = col("Component");
     let instance_col = col("Instance Name").or_else(|| col("Instance Type"));
+    let region_col = col("Region Code");
+    let mut other_regions = std::collections::BTreeSet::new();
     let mut prices = BTreeMap::new();
     for rec in records {
         let rec = rec.map_err(|e| format!("price list row: {e}"))?;
         let get = |i: Option<usize>| i.and_then(|i| rec.get(i)).unwrap_or("");
         if get(Some(term)) != "OnDemand" || get(Some(unit)) != "Hrs" {
+            continue;
+        }
+        let row_region = get(region_col);
+        if !row_region.is_empty() && row_region != region {
+            other_regions.insert(row_region.to_string());
             continue;
         }
         let usage_type = get(usage);
@@ -131,7 +140,14 @@ pub fn parse_bulk_csv(reader: impl Read) -> Result<(String, BTreeMap<String, f64
         }
     }
     if prices.is_empty() {
-        return Err("the price list had no SageMaker Training on-demand rows".into());
+        return Err(if other_regions.is_empty() {
+            "the price list had no SageMaker Training on-demand rows (Component = Training, TermType = OnDemand, Unit = Hrs)".into()
+        } else {
+            format!(
+                "the price list has no SageMaker Training on-demand rows for {region}, only for {}; download the file of {region} or pass --region",
+                other_regions.into_iter().collect::<Vec<_>>().join(", ")
+            )
+        });
     }
     Ok((publication, prices))
 }
@@ -142,7 +158,7 @@ pub fn refresh(region: &str, url: Option<&str>, file: Option<&Path>) -> Result<P
     let (publication, prices) = match file {
         Some(f) => {
             let r = std::fs::File::open(f).map_err(|e| format!("cannot read {}: {e}", f.display()))?;
-            parse_bulk_csv(std::io::BufReader::new(r))?
+            parse_bulk_csv(std::io::BufReader::new(r), region)?
         }
         None => {
             eprintln!("downloading {url} …");
@@ -154,7 +170,7 @@ pub fn refresh(region: &str, url: Option<&str>, file: Option<&Path>) -> Result<P
                     crate::catalogue::embedded_prices(region).map(|t| t.date).unwrap_or_else(|| "none for this region".into())
                 )
             })?;
-            parse_bulk_csv(std::io::BufReader::new(resp.into_reader()))?
+            parse_bulk_csv(std::io::BufReader::new(resp.into_reader()), region)?
         }
     };
     let cached = CachedTable {
@@ -221,26 +237,42 @@ pub fn render(table: &PriceTable, catalogue: &crate::catalogue::Catalogue) -> St
 mod tests {
     use super::*;
 
-    const SAMPLE: &str = "\"FormatVersion\",\"v1.0\"\n\"Disclaimer\",\"This pricing list is for informational purposes only.\"\n\"Publication Date\",\"2026-09-24T12:00:00Z\"\n\"Version\",\"20260924120000\"\n\"OfferCode\",\"AmazonSageMaker\"\n\"SKU\",\"OfferTermCode\",\"RateCode\",\"TermType\",\"PriceDescription\",\"EffectiveDate\",\"StartingRange\",\"EndingRange\",\"Unit\",\"PricePerUnit\",\"Currency\",\"Product Family\",\"serviceCode\",\"Location\",\"Instance Name\",\"Component\",\"usageType\"\n\"A1\",\"JRTCKXETXF\",\"A1.J.6YS6EN2CT7\",\"OnDemand\",\"$1.408 per Hour\",\"2026-09-01\",\"0\",\"Inf\",\"Hrs\",\"1.4080000000\",\"USD\",\"ML Instance\",\"AmazonSageMaker\",\"US East (N. Virginia)\",\"ml.g5.xlarge\",\"Training\",\"USE1-Train:ml.g5.xlarge\"\n\"A2\",\"JRTCKXETXF\",\"A2.J.6YS6EN2CT7\",\"OnDemand\",\"$1.408 per Hour\",\"2026-09-01\",\"0\",\"Inf\",\"Hrs\",\"1.4080000000\",\"USD\",\"ML Instance\",\"AmazonSageMaker\",\"US East (N. Virginia)\",\"ml.g5.xlarge\",\"Hosting\",\"USE1-Host:ml.g5.xlarge\"\n\"A3\",\"X\",\"A3.X\",\"Reserved\",\"x\",\"2026-09-01\",\"0\",\"Inf\",\"Hrs\",\"0.9\",\"USD\",\"ML Instance\",\"AmazonSageMaker\",\"US East (N. Virginia)\",\"ml.g6.xlarge\",\"Training\",\"USE1-Train:ml.g6.xlarge\"\n\"A4\",\"JRTCKXETXF\",\"A4.J\",\"OnDemand\",\"$63.296 per Hour\",\"2026-09-01\",\"0\",\"Inf\",\"Hrs\",\"63.296\",\"USD\",\"ML Instance\",\"AmazonSageMaker\",\"US East (N. Virginia)\",\"\",\"Training\",\"USE1-Train:ml.p5.48xlarge\"\n";
+    /// A hand-made sample in the bulk CSV layout; tests/fixtures/prices/README.md lists each row
+    /// and whether it must be kept.
+    const SAMPLE: &str = include_str!("../tests/fixtures/prices/sagemaker-index-sample.csv");
 
     #[test]
     fn parses_bulk_csv() {
-        let (date, prices) = parse_bulk_csv(SAMPLE.as_bytes()).unwrap();
+        let (date, prices) = parse_bulk_csv(SAMPLE.as_bytes(), "us-east-1").unwrap();
         assert_eq!(date, "2026-09-24T12:00:00Z");
-        assert_eq!(prices.len(), 2, "{prices:?}");
-        assert_eq!(prices["ml.g5.xlarge"], 1.408);
-        assert_eq!(prices["ml.p5.48xlarge"], 63.296);
+        let want: BTreeMap<String, f64> =
+            [("ml.g5.xlarge", 1.408), ("ml.g6.xlarge", 1.127), ("ml.p5.48xlarge", 63.296)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+        assert_eq!(prices, want);
+        // The eu-west-1 row only counts for eu-west-1.
+        let (_, eu) = parse_bulk_csv(SAMPLE.as_bytes(), "eu-west-1").unwrap();
+        assert_eq!(eu.into_iter().collect::<Vec<_>>(), [("ml.g5.xlarge".to_string(), 1.99)]);
+        let err = parse_bulk_csv(SAMPLE.as_bytes(), "ap-south-1").unwrap_err();
+        assert!(
+            err.contains("no SageMaker Training on-demand rows for ap-south-1, only for eu-west-1, us-east-1"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn not_a_price_list_is_explained() {
+        let err = parse_bulk_csv("a,b\n1,2\n".as_bytes(), "us-east-1").unwrap_err();
+        assert!(err.contains("no header row"), "{err}");
+        let header_only = SAMPLE.lines().take(6).collect::<Vec<_>>().join("\n");
+        let err = parse_bulk_csv(header_only.as_bytes(), "us-east-1").unwrap_err();
+        assert!(err.contains("no SageMaker Training on-demand rows"), "{err}");
     }
 
     #[test]
     fn offline_error_is_clear() {
-        let dir = tempfile::tempdir().unwrap();
-        let csv = dir.path().join("index.csv");
-        std::fs::write(&csv, SAMPLE).unwrap();
         // (Caching under OXTUNE_CACHE_DIR is tested through the CLI in tests/cli.rs.)
-        let (date, prices) = parse_bulk_csv(std::fs::File::open(&csv).unwrap()).unwrap();
-        assert_eq!(date, "2026-09-24T12:00:00Z");
-        assert!(prices.contains_key("ml.g5.xlarge"));
         // An unreachable URL fails with a message that says what to do.
         let err = refresh("us-east-1", Some("http://127.0.0.1:1/index.csv"), None).unwrap_err();
         assert!(err.contains("cannot download") && err.contains("embedded price table"), "{err}");

@@ -366,6 +366,36 @@ fn missing_credentials_are_explained() {
     );
 }
 
+/// `--profile` picks credentials and region from the shared config files (the standard chain);
+/// reaching the (dead) endpoint of the profile's region proves both were used. An unknown
+/// profile is a missing-credentials error that names it.
+#[test]
+fn named_profile_supplies_credentials_and_region() {
+    let home = tempfile::tempdir().unwrap();
+    std::fs::write(home.path().join("nonexistent-config"), "[profile ml]\nregion = eu-west-1\n").unwrap();
+    std::fs::write(
+        home.path().join("nonexistent-credentials"),
+        "[ml]\naws_access_key_id = AKIDPROFILE\naws_secret_access_key = secret\n",
+    )
+    .unwrap();
+    let out = oxtune(home.path())
+        .args(["stop", "some-job", "--profile", "ml", "--endpoint-url", DEAD_ENDPOINT])
+        .env("AWS_MAX_ATTEMPTS", "1")
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("could not reach the SageMaker endpoint for eu-west-1"), "{stderr}");
+
+    let out = oxtune(home.path())
+        .args(["stop", "some-job", "--profile", "nosuch", "--region", "us-east-1", "--endpoint-url", DEAD_ENDPOINT])
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no AWS credentials found for profile `nosuch`"), "{stderr}");
+}
+
 #[test]
 fn unreachable_endpoint_is_explained() {
     let home = tempfile::tempdir().unwrap();
@@ -407,6 +437,8 @@ fn estimate_json_and_table() {
     assert_eq!(rows.iter().filter(|r| r["cheapest"] == true).count(), 1);
     let p3 = rows.iter().find(|r| r["instance_type"] == "ml.p3.2xlarge").unwrap();
     assert_eq!(p3["supported"], false);
+    assert_eq!(p3["fits"], false);
+    assert!(p3["reason"].as_str().unwrap().contains("no bfloat16"), "{p3}");
 
     let out = oxtune(home.path())
         .args([
@@ -431,6 +463,31 @@ fn estimate_json_and_table() {
     assert!(stdout.contains("◀ cheapest that fits") && stdout.contains("~1.577"), "{stdout}");
     assert!(stdout.contains("prices marked ~ are estimates"), "{stdout}");
 
+    // The catalogue the issue names, with FLAN-T5 XL listed as not supported.
+    let out = oxtune(home.path()).args(["estimate", "--list-models"]).output().unwrap();
+    let (stdout, _) = text(&out);
+    for name in [
+        "llama-2-7b",
+        "llama-2-13b",
+        "llama-3.2-1b",
+        "llama-3.2-3b",
+        "llama-3.1-8b",
+        "llama-3.3-70b",
+        "mistral-7b-v0.1",
+        "mistral-7b-v0.3",
+        "qwen2.5-0.5b",
+        "qwen2.5-1.5b",
+        "qwen2.5-3b",
+        "qwen2.5-7b",
+        "qwen2.5-14b",
+        "qwen2.5-32b",
+        "qwen2.5-72b",
+    ] {
+        assert!(stdout.lines().any(|l| l.starts_with(&format!("{name} ")) && l.contains('B')), "{name}:\n{stdout}");
+    }
+    let t5 = stdout.lines().find(|l| l.contains("flan-t5-xl")).unwrap_or_else(|| panic!("{stdout}"));
+    assert!(t5.contains("not supported"), "{t5}");
+
     let out =
         oxtune(home.path()).args(["estimate", "--model", "google/flan-t5-xl", "--tokens", "1000"]).output().unwrap();
     let (_, stderr) = text(&out);
@@ -449,10 +506,8 @@ fn estimate_from_job_file_estimates_tokens_from_bytes() {
     assert!(stdout.contains("meta-llama/Llama-3.2-1B"), "{stdout}");
 }
 
-const PRICE_CSV: &str = "\"FormatVersion\",\"v1.0\"\n\"Disclaimer\",\"x\"\n\"Publication Date\",\"2026-11-01T00:00:00Z\"\n\"Version\",\"1\"\n\"OfferCode\",\"AmazonSageMaker\"\n\"SKU\",\"TermType\",\"Unit\",\"PricePerUnit\",\"Instance Name\",\"Component\",\"usageType\"\n\"A\",\"OnDemand\",\"Hrs\",\"1.5\",\"ml.g5.xlarge\",\"Training\",\"USE1-Train:ml.g5.xlarge\"\n";
-
 #[test]
-fn prices_show_sources_and_refresh_caches() {
+fn prices_show_sources_and_estimates() {
     let home = tempfile::tempdir().unwrap();
     let out = oxtune(home.path()).args(["prices", "--region", "us-west-2"]).output().unwrap();
     let (stdout, _) = text(&out);
@@ -460,18 +515,75 @@ fn prices_show_sources_and_refresh_caches() {
         stdout.contains("ml.p3.2xlarge") && stdout.contains("not offered") && stdout.contains("no bf16 (unsupported)"),
         "{stdout}"
     );
-    assert!(stdout.contains("API3P:"), "{stdout}");
+    assert!(stdout.contains("unsupported V100:"), "p3 is shown unsupported with the reason:\n{stdout}");
+    // us-west-2: read from the Price List API by a third party (API3P), or copied from us-east-1
+    // (SAMEUS) and then shown as an estimate with `~`.
+    let row = |name: &str| stdout.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_default().to_string();
+    assert!(row("ml.g5.xlarge").contains(" 1.408 ") && row("ml.g5.xlarge").contains("API3P"), "{stdout}");
+    assert!(row("ml.p5.48xlarge").contains("~63.296") && row("ml.p5.48xlarge").contains("SAMEUS"), "{stdout}");
+    assert!(stdout.contains("API3P:") && stdout.contains("SAMEUS: DERIVED 2026-11-23"), "{stdout}");
 
-    let csv = home.path().join("index.csv");
-    std::fs::write(&csv, PRICE_CSV).unwrap();
+    // eu-west-1: every rate derived (us-east-1 × 1.12), marked `~`, with the rule and its date.
+    let out = oxtune(home.path()).args(["prices", "--region", "eu-west-1"]).output().unwrap();
+    let (stdout, _) = text(&out);
+    assert!(
+        stdout.contains("~1.577") && stdout.contains("EU: DERIVED 2026-11-23") && stdout.contains("x 1.12"),
+        "{stdout}"
+    );
+    let out = oxtune(home.path()).args(["prices", "--region", "eu-west-1", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["prices"]["ml.g5.xlarge"]["source"].as_str().unwrap().contains("us-east-1 rate x 1.12"), "{v}");
+}
+
+/// `oxtune prices refresh --region R --file index.csv` with a committed sample in the AWS bulk CSV
+/// layout (tests/fixtures/prices/README.md lists which rows must be kept), then the cached
+/// table is what `prices` and `estimate` use.
+#[test]
+fn prices_refresh_reads_the_bulk_csv_sample() {
+    let home = tempfile::tempdir().unwrap();
+    let csv = fixtures().join("prices/sagemaker-index-sample.csv");
     let out =
         oxtune(home.path()).args(["prices", "refresh", "--region", "us-east-1", "--file"]).arg(&csv).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    assert!(text(&out).1.contains("cached 3 training rates for us-east-1"), "{:?}", text(&out));
     assert!(home.path().join("cache/prices/us-east-1.toml").is_file());
     let out = oxtune(home.path()).args(["prices", "--region", "us-east-1", "--json"]).output().unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["prices"]["ml.g5.xlarge"]["usd_per_hour"], 1.5);
-    assert!(v["origin"].as_str().unwrap().contains("2026-11-01"));
+    let rates: std::collections::BTreeMap<String, f64> = v["prices"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, p)| (k.clone(), p["usd_per_hour"].as_f64().unwrap()))
+        .collect();
+    let want: std::collections::BTreeMap<String, f64> =
+        [("ml.g5.xlarge", 1.408), ("ml.g6.xlarge", 1.127), ("ml.p5.48xlarge", 63.296)]
+            .into_iter()
+            .map(|(k, p)| (k.to_string(), p))
+            .collect();
+    assert_eq!(rates, want);
+    assert!(v["origin"].as_str().unwrap().contains("2026-09-24"), "{v}");
+    assert!(v["prices"]["ml.g5.xlarge"]["source"]
+        .as_str()
+        .unwrap()
+        .contains("AWS bulk price list published 2026-09-24"));
+    // The estimate prices with the refreshed table (no `~`: a published rate).
+    let out = oxtune(home.path())
+        .args(["estimate", "--model", "llama-3.2-1b", "--tokens", "100000", "--instance", "ml.g6.xlarge", "--json"])
+        .args(["--region", "us-east-1"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["rows"][0]["usd_per_hour"], 1.127, "{v}");
+
+    // The same file for a region it does not cover is refused, naming what it has.
+    let out =
+        oxtune(home.path()).args(["prices", "refresh", "--region", "ap-south-1", "--file"]).arg(&csv).output().unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no SageMaker Training on-demand rows for ap-south-1, only for eu-west-1, us-east-1"),
+        "{stderr}"
+    );
 
     let out = oxtune(home.path())
         .args(["prices", "refresh", "--region", "eu-west-1", "--url", "http://127.0.0.1:1/index.csv"])
@@ -494,6 +606,50 @@ fn prepare_data_converts_and_reports() {
     assert!(stdout.contains("3 read, 1 written, 2 dropped"), "{stdout}");
     let written = std::fs::read_to_string(d.path().join("alpaca.messages.jsonl")).unwrap();
     assert_eq!(written.lines().count(), 1);
+}
+
+/// TXT (one sample per line) → `--to text`, and plain text refused for a prompt/response target
+/// with the reason; CSV with mapped columns → `--to instruction`; nothing writable → exit 2.
+#[test]
+fn prepare_data_txt_and_csv_targets() {
+    let home = tempfile::tempdir().unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let txt = d.path().join("notes.txt");
+    std::fs::write(&txt, "first document\n\nsecond document\n").unwrap();
+    let out = oxtune(home.path()).args(["prepare-data", "--to", "text"]).arg(&txt).output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stdout.contains("2 read, 2 written, 0 dropped"), "{stdout}");
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(d.path().join("notes.text.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows, [serde_json::json!({"text": "first document"}), serde_json::json!({"text": "second document"})]);
+
+    let out = oxtune(home.path()).args(["prepare-data", "--to", "messages", "--check"]).arg(&txt).output().unwrap();
+    let (stdout, _) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "nothing could be written: {stdout}");
+    assert!(stdout.contains("2 × plain text has no prompt/response; use --to text (rows 1, 3)"), "{stdout}");
+
+    let csv = d.path().join("qa.csv");
+    std::fs::write(&csv, "question,answer,category\nWhat is 2+2?,4,math\nName a colour,,misc\n").unwrap();
+    let out = oxtune(home.path())
+        .args(["prepare-data", "--to", "instruction", "--prompt-field", "question", "--completion-field", "answer"])
+        .args(["--json", "-o"])
+        .arg(d.path().join("out.jsonl"))
+        .arg(&csv)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!((report["rows_read"].as_u64(), report["rows_written"].as_u64()), (Some(2), Some(1)), "{stdout}");
+    let written = std::fs::read_to_string(d.path().join("out.jsonl")).unwrap();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(written.trim()).unwrap(),
+        serde_json::json!({"instruction": "What is 2+2?", "output": "4"})
+    );
 }
 
 fn demo_assets() -> PathBuf {
@@ -564,4 +720,14 @@ fn every_command_parses() {
     }
     let out = oxtune(home.path()).args(["prices", "refresh", "--help"]).output().unwrap();
     assert_eq!(out.status.code(), Some(0));
+    // SageMaker gives the container 120 s between SIGTERM and SIGKILL; `local` does the same.
+    let out = oxtune(home.path()).args(["local", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    let grace = help.lines().skip_while(|l| !l.contains("--stop-grace")).take(3).collect::<Vec<_>>().join("\n");
+    assert!(grace.contains("[default: 120s]"), "{help}");
+    for flag in
+        ["--interrupt-after ", "--interrupt-after-step", "--image", "--docker", "--gpus", "--train-bin", "--fresh"]
+    {
+        assert!(help.contains(flag), "local has no {flag}:\n{help}");
+    }
 }

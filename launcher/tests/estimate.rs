@@ -194,11 +194,11 @@ fn llama_3_1_8b_by_hand() {
     assert!(r[0].reason.contains("with gradient checkpointing"));
     assert!(r[1].fits && r[1].checkpointing);
     assert!(r[2].fits && !r[2].checkpointing);
-    close(r[0].train_seconds, 22_624.2755048, "A10G train s");
+    close(r[0].train_seconds, 22624.2755048, "A10G train s");
     close(r[0].cost_on_demand.unwrap(), 8.9441939, "A10G cost");
-    close(r[1].billable_seconds, 4_619.2620, "L40S billable s");
+    close(r[1].billable_seconds, 4619.262, "L40S billable s");
     close(r[1].cost_on_demand.unwrap(), 3.3425493, "L40S cost");
-    close(r[2].billable_seconds, 1_318.9186, "H100 billable s");
+    close(r[2].billable_seconds, 1318.9186, "H100 billable s");
     close(r[2].cost_on_demand.unwrap(), 23.1895205, "p5 cost");
     assert!(r[1].cheapest);
 }

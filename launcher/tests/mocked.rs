@@ -326,6 +326,31 @@ async fn unknown_role_is_explained() {
     assert!(msg.contains("cannot use the execution role") && msg.contains("sagemaker.amazonaws.com"), "{msg}");
 }
 
+/// Capacity errors (an API error code, or a ValidationException that talks about capacity) say
+/// which instance type and region lack capacity and what to do.
+#[test]
+fn capacity_errors_say_what_to_do() {
+    let ctx = ErrorContext {
+        operation: "CreateTrainingJob".into(),
+        region: "us-west-2".into(),
+        instance_type: Some("ml.p5.48xlarge".into()),
+        ..Default::default()
+    };
+    for (code, message) in [
+        ("InsufficientCapacityError", "We currently do not have sufficient capacity"),
+        ("ValidationException", "Insufficient capacity for ml.p5.48xlarge in the requested Availability Zones"),
+    ] {
+        let kind = classify(Some(code), message);
+        assert_eq!(kind, ErrorKind::Capacity, "{code}");
+        let msg = advice(&kind, code, message, &ctx);
+        assert!(
+            msg.contains("no capacity for ml.p5.48xlarge in us-west-2")
+                && msg.contains("another instance type or region"),
+            "{msg}"
+        );
+    }
+}
+
 #[test]
 fn quota_advice_without_a_quoted_name_uses_the_instance() {
     let ctx = ErrorContext {
@@ -380,4 +405,80 @@ async fn compare_marks_differences() {
     let text = jobs::render_comparison(&cmp);
     assert!(text.lines().any(|l| l.starts_with('≠') && l.contains("hyperparameter.lora_r")), "{text}");
     assert!(text.lines().any(|l| l.starts_with(' ') && l.contains("hyperparameter.epochs")), "{text}");
+}
+
+/// `oxtune logs JOB -f`: prints new events on every poll, keeps following while the job runs,
+/// and stops once DescribeTrainingJob says the job is final (after one last drain).
+#[tokio::test]
+async fn logs_follow_until_the_job_is_final() {
+    let describe =
+        describe_sequence(&["describe_training.json", "describe_training.json", "describe_completed_spot.json"]);
+    let streams = mock!(aws_sdk_cloudwatchlogs::Client::describe_log_streams)
+        .sequence()
+        .http_status(200, Some(format!(r#"{{"logStreams":[{{"logStreamName":"{JOB}/algo-1-1795435440"}}]}}"#)))
+        .repeatedly()
+        .build();
+    let events = mock!(aws_sdk_cloudwatchlogs::Client::get_log_events)
+        .sequence()
+        .http_status(200, Some(r#"{"events":[{"timestamp":1795435500000,"message":"loading model","ingestionTime":1795435500001}],"nextForwardToken":"f/1","nextBackwardToken":"b/0"}"#.into()))
+        .http_status(200, Some(r#"{"events":[{"timestamp":1795435600000,"message":"METRIC step=10 loss=2.5 token hf_abcdefghijklmnopqrstuvwxyz0123456789","ingestionTime":1795435600001}],"nextForwardToken":"f/2","nextBackwardToken":"b/0"}"#.into()))
+        .http_status(200, Some(r#"{"events":[],"nextForwardToken":"f/2","nextBackwardToken":"b/0"}"#.into()))
+        .http_status(200, Some(r#"{"events":[{"timestamp":1795435700000,"message":"saved model","ingestionTime":1795435700001}],"nextForwardToken":"f/3","nextBackwardToken":"b/0"}"#.into()))
+        .http_status(200, Some(r#"{"events":[],"nextForwardToken":"f/3","nextBackwardToken":"b/0"}"#.into()))
+        .repeatedly()
+        .build();
+    let c = clients(&[&describe], &[&streams, &events]);
+    let mut out = Vec::new();
+    jobs::logs(&c, JOB, true, None, Duration::from_millis(1), &mut out, &Redactor::default()).await.unwrap();
+    let out = String::from_utf8(out).unwrap();
+    assert_eq!(describe.num_calls(), 3, "followed until Completed:\n{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "loading model",
+            "METRIC step=10 loss=2.5 token hf_***REDACTED***",
+            "saved model",
+            "-- job llama-sft-20261123-120000 is Completed / Completed",
+        ],
+        "{out}"
+    );
+
+    // Without -f: one read, no DescribeTrainingJob.
+    let describe = describe_sequence(&["describe_training.json"]);
+    let c = clients(&[&describe], &[&streams, &events]);
+    let mut out = Vec::new();
+    jobs::logs(&c, JOB, false, None, Duration::from_millis(1), &mut out, &Redactor::default()).await.unwrap();
+    assert_eq!(describe.num_calls(), 0);
+}
+
+/// `oxtune list --status --name-contains --since` sends the filters to ListTrainingJobs (the
+/// rule only matches a request that carries all three).
+#[tokio::test]
+async fn list_sends_the_filters() {
+    use aws_sdk_sagemaker::types::{SortBy, SortOrder, TrainingJobStatus};
+    let list = mock!(aws_sdk_sagemaker::Client::list_training_jobs)
+        .match_requests(|r| {
+            r.status_equals() == Some(&TrainingJobStatus::Failed)
+                && r.name_contains() == Some("llama")
+                && r.creation_time_after().map(|t| t.secs()) == Some(1_795_000_000)
+                && r.sort_by() == Some(&SortBy::CreationTime)
+                && r.sort_order() == Some(&SortOrder::Descending)
+                && r.max_results() == Some(5)
+        })
+        .sequence()
+        .http_status(200, Some(r#"{"TrainingJobSummaries":[]}"#.into()))
+        .build();
+    let c = clients(&[&list], &[]);
+    let f = jobs::ListFilter {
+        status: Some("Failed".into()),
+        name_contains: Some("llama".into()),
+        created_after: Some(1_795_000_000.0),
+        max: 5,
+        details: true,
+    };
+    let rows = jobs::list(&c, &f, &embedded_prices("us-east-1").unwrap()).await.unwrap();
+    assert!(rows.is_empty());
+    assert_eq!(list.num_calls(), 1);
+    assert_eq!(jobs::render_list(&rows), "no training jobs match\n");
 }

@@ -199,7 +199,8 @@ async fn submit_then_describe_list_and_status() {
     assert_eq!(tags, vec![("project".into(), "oxtune-tests".into()), ("team".into(), "nlp".into())]);
 
     // A second submission of the same job file skips the unchanged upload (new job name: the
-    // timestamp suffix has one-second resolution).
+    // timestamp suffix has one-second resolution). With --wait it follows the job to its end
+    // (moto reports a created job as Completed at once) and exits with wait's code.
     std::thread::sleep(Duration::from_millis(1100));
     let out = run(&[
         "submit",
@@ -209,11 +210,17 @@ async fn submit_then_describe_list_and_status() {
         &base,
         "--output-path",
         &output_path,
+        "--wait",
         job_file.to_str().unwrap(),
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("0 uploaded (0 B), 1 unchanged"), "{stderr}");
+    let second = stdout.lines().next().unwrap_or_default().to_string();
+    assert!(second.starts_with(&format!("{base}-")) && second != job_name, "{stdout}");
+    assert!(stdout.contains(&format!("job {second} finished: Completed")), "{stdout}");
+    assert!(!stdout.contains("hf_mototestToken") && !stderr.contains("hf_mototestToken"));
 
     // list and status through the CLI.
     let out = run(&["list", "--endpoint-url", &ep, "--name-contains", &base, "--json"]);
