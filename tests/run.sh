@@ -38,6 +38,6 @@ kernels/scripts/cuda-toolchain.sh
 (
   # shellcheck disable=SC1090
   source <(kernels/scripts/cuda-toolchain.sh --env)
-  CARGO_TARGET_DIR=target/cuda cargo check --features cuda -p kernels -p trainer --tests
+  CARGO_TARGET_DIR=target/cuda cargo check --features cuda -p kernels -p trainer -p benches --tests
 ) || status=$?
 exit "$status"

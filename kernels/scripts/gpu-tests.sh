@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # GPU verification in two halves: build here (no GPU needed), run on a GPU machine (no Rust needed).
 #
-#   kernels/scripts/gpu-tests.sh pack   # here: CUDA build of the GPU tests (nextest archive) and of
-#                                       # the release `train`, plus cargo-nextest, into .gpu/ (git-ignored)
+#   kernels/scripts/gpu-tests.sh pack   # here: CUDA build of the GPU tests (nextest archive), of the
+#                                       # release `train` and `oxtune-bench` (benches/run-gpu.sh), plus
+#                                       # cargo-nextest, into .gpu/ (git-ignored)
 #   kernels/scripts/gpu-tests.sh run    # on the GPU machine, in the repo root with .gpu/ carried over:
 #                                       # every kernel vs its CPU reference, then the GPU/CPU demo loss curves
 #
@@ -26,6 +27,10 @@ pack() {
   cargo build --release --features cuda -p trainer --bin train
   cp "$CARGO_TARGET_DIR/release/train" "$out/train"
   strip "$out/train"
+  # The benchmark harness binary, for benches/run-gpu.sh on the GPU machine.
+  cargo build --release --features cuda -p benches --bin oxtune-bench
+  cp "$CARGO_TARGET_DIR/release/oxtune-bench" "$out/oxtune-bench"
+  strip "$out/oxtune-bench"
   cp "$(command -v cargo-nextest)" "$out/cargo-nextest"
   ls -la "$out"
   du -sh "$out"

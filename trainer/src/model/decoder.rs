@@ -200,7 +200,19 @@ impl Decoder {
         lora: Option<(&LoraConfig, &mut Rng)>,
         opts: &LoadOptions,
     ) -> std::result::Result<Decoder, ModelError> {
-        let w = Weights::open(dir)?;
+        Decoder::from_weights(&Weights::open(dir)?, cfg, dtype, device, lora, opts)
+    }
+
+    /// [`Decoder::load_with`] from opened weights: a checkpoint, or [`Weights::random`] (benchmarks).
+    pub fn from_weights(
+        w: &Weights,
+        cfg: &ModelConfig,
+        dtype: DType,
+        device: &Device,
+        lora: Option<(&LoraConfig, &mut Rng)>,
+        opts: &LoadOptions,
+    ) -> std::result::Result<Decoder, ModelError> {
+        let dir = w.dir();
         if let Some(qc) = &cfg.quantization_config {
             let method = qc.get("quant_method").and_then(|v| v.as_str()).unwrap_or("");
             let four = qc.get("load_in_4bit").and_then(|v| v.as_bool()).unwrap_or(false);
@@ -235,7 +247,7 @@ impl Decoder {
                 let (_, inf, outf) = *shapes.iter().find(|(n, _, _)| *n == module).expect("known projection");
                 let name = format!("{p}.{}.{module}", super::config::module_group(module));
                 let b = if bias { Some(w.get(&format!("{name}.bias"), &[outf], dtype, device)?) } else { None };
-                let base = load_base(&w, dir, &name, [outf, inf], dtype, device, b, opts)?;
+                let base = load_base(w, dir, &name, [outf, inf], dtype, device, b, opts)?;
                 let adapter = match lora.as_mut() {
                     Some((lcfg, rng)) if lcfg.targets_module(&name) => {
                         Some(LoraAdapter::init(inf, outf, lcfg, rng, device)?)

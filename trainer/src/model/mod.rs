@@ -4,6 +4,7 @@
 pub mod config;
 pub mod decoder;
 pub mod linear;
+pub mod random;
 pub mod weights;
 
 use std::path::PathBuf;

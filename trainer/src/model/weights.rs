@@ -1,16 +1,23 @@
 //! Memory-mapped safetensors checkpoints: one file, or shards listed by
-//! `model.safetensors.index.json`.
+//! `model.safetensors.index.json`; or random weights drawn on request ([`Weights::random`]).
 
 use std::path::{Path, PathBuf};
 
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 
-use super::ModelError;
+use super::random::RandomWeights;
+use super::{ModelConfig, ModelError};
+use crate::quant::nf4::Nf4Options;
 
 pub struct Weights {
     dir: PathBuf,
-    st: MmapedSafetensors,
+    source: Source,
+}
+
+enum Source {
+    Files(MmapedSafetensors),
+    Random(RandomWeights),
 }
 
 impl Weights {
@@ -22,15 +29,35 @@ impl Weights {
             path: dir.to_path_buf(),
             problem: format!("invalid safetensors: {e}"),
         })?;
-        Ok(Weights { dir: dir.to_path_buf(), st })
+        Ok(Weights { dir: dir.to_path_buf(), source: Source::Files(st) })
+    }
+
+    /// Random weights of `cfg` (see [`super::random`]): nothing is read or written; with `nf4`
+    /// the decoder projections look like a bitsandbytes 4-bit checkpoint.
+    pub fn random(cfg: &ModelConfig, seed: u64, nf4: Option<Nf4Options>) -> Weights {
+        Weights {
+            dir: PathBuf::from(format!("<random weights, seed {seed}>")),
+            source: Source::Random(RandomWeights::new(cfg, seed, nf4)),
+        }
+    }
+
+    /// The checkpoint directory (a placeholder for random weights), for messages.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.st.get(name).is_ok()
+        match &self.source {
+            Source::Files(st) => st.get(name).is_ok(),
+            Source::Random(r) => r.contains(name),
+        }
     }
 
     pub fn names(&self) -> Vec<String> {
-        self.st.tensors().into_iter().map(|(n, _)| n).collect()
+        match &self.source {
+            Source::Files(st) => st.tensors().into_iter().map(|(n, _)| n).collect(),
+            Source::Random(r) => r.names(),
+        }
     }
 
     /// Load one tensor as stored (no dtype conversion, no shape check), e.g. U8 NF4 codes. (QLoRA)
@@ -42,25 +69,42 @@ impl Weights {
                 hint: "incomplete bitsandbytes 4-bit checkpoint?".into(),
             });
         }
-        Ok(self.st.load(name, device)?)
+        match &self.source {
+            Source::Files(st) => Ok(st.load(name, device)?),
+            Source::Random(r) => match r.get_raw(name, device) {
+                Some(t) => Ok(t?),
+                None => Err(ModelError::MissingTensor {
+                    dir: self.dir.clone(),
+                    name: name.to_string(),
+                    hint: "not part of these random weights".into(),
+                }),
+            },
+        }
     }
 
     /// Load one tensor, converted to `dtype`, checking its shape.
     pub fn get(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor, ModelError> {
-        let view = self.st.get(name).map_err(|_| ModelError::MissingTensor {
+        let missing = || ModelError::MissingTensor {
             dir: self.dir.clone(),
             name: name.to_string(),
             hint: "is this checkpoint the architecture its config.json says?".into(),
-        })?;
-        if view.shape() != shape {
+        };
+        let found = match &self.source {
+            Source::Files(st) => st.get(name).map_err(|_| missing())?.shape().to_vec(),
+            Source::Random(r) => r.dense_shape(name).ok_or_else(missing)?.to_vec(),
+        };
+        if found != shape {
             return Err(ModelError::BadShape {
                 dir: self.dir.clone(),
                 name: name.to_string(),
-                found: view.shape().to_vec(),
+                found,
                 expected: shape.to_vec(),
             });
         }
-        Ok(self.st.load(name, device)?.to_dtype(dtype)?)
+        match &self.source {
+            Source::Files(st) => Ok(st.load(name, device)?.to_dtype(dtype)?),
+            Source::Random(r) => Ok(r.get(name, dtype, device).ok_or_else(missing)??),
+        }
     }
 }
 

@@ -1,0 +1,170 @@
+//! `oxtune-bench`: one benchmark run → one JSON line (stdout, and appended to `--json FILE`).
+//! See benches/README.md.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::bail;
+use benches::{BenchConfig, GrpoShape, Method};
+use candle_core::{DType, Device};
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "oxtune-bench", about = "oxtune benchmark harness (random-weight architectures, real training steps)")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum DeviceArg {
+    Cpu,
+    Cuda,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DtypeArg {
+    /// bf16 on CUDA, f32 on the CPU (as the trainer's dtype=auto).
+    Auto,
+    Bf16,
+    F32,
+}
+
+#[derive(clap::Args)]
+struct Common {
+    /// tiny | llama-3.2-1b | llama-3.1-8b | path to a config.json
+    #[arg(long, default_value = "tiny")]
+    arch: String,
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: DeviceArg,
+    #[arg(long, value_enum, default_value = "auto")]
+    dtype: DtypeArg,
+    /// Append the result as one JSON line to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct Train {
+    #[command(flatten)]
+    common: Common,
+    /// Tokens per row.
+    #[arg(long, default_value_t = 2048)]
+    seq: usize,
+    /// Rows per optimizer step (GRPO: sequences per micro-batch).
+    #[arg(long, default_value_t = 2)]
+    batch: usize,
+    /// Timed optimizer steps.
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    #[arg(long, default_value_t = 16)]
+    rank: usize,
+    /// LoRA alpha (default 2 × rank).
+    #[arg(long)]
+    alpha: Option<f64>,
+    #[arg(long, default_value_t = 0.0)]
+    dropout: f64,
+    #[arg(long)]
+    gradient_checkpointing: bool,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// GRPO: prompts per step.
+    #[arg(long, default_value_t = 8)]
+    prompts: usize,
+    /// GRPO: completions per prompt.
+    #[arg(long, default_value_t = 8)]
+    generations: usize,
+    /// GRPO: max completion tokens.
+    #[arg(long, default_value_t = 256)]
+    completion: usize,
+    /// GRPO: prompt tokens.
+    #[arg(long, default_value_t = 64)]
+    prompt_len: usize,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// LoRA on all linear layers (trainer::sft::train).
+    Lora(Train),
+    /// QLoRA: NF4 (double quant) base + LoRA (trainer::sft::train).
+    Qlora(Train),
+    /// GRPO rounds: generation + policy step (trainer::grpo::train).
+    Grpo(Train),
+    /// Measured bf16 matmul throughput (n×n×n products).
+    Gemm {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 8192)]
+        n: usize,
+        #[arg(long, default_value_t = 50)]
+        iters: usize,
+    },
+}
+
+fn device(arg: DeviceArg) -> anyhow::Result<Device> {
+    match arg {
+        DeviceArg::Cpu => Ok(Device::Cpu),
+        DeviceArg::Cuda if cfg!(feature = "cuda") => Ok(Device::new_cuda(0)?),
+        DeviceArg::Cuda => bail!("--device cuda: this oxtune-bench was built without `--features cuda`"),
+    }
+}
+
+fn dtype(arg: DtypeArg, dev: &Device) -> DType {
+    match arg {
+        DtypeArg::Bf16 => DType::BF16,
+        DtypeArg::F32 => DType::F32,
+        DtypeArg::Auto if dev.is_cuda() => DType::BF16,
+        DtypeArg::Auto => DType::F32,
+    }
+}
+
+fn emit(common: &Common, v: &serde_json::Value) -> anyhow::Result<()> {
+    let line = serde_json::to_string(v)?;
+    if let Some(p) = &common.json {
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(p)?;
+        writeln!(f, "{line}")?;
+    }
+    println!("RESULT {line}");
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let (method, t) = match cli.cmd {
+        Cmd::Gemm { common, n, iters } => {
+            let dev = device(common.device)?;
+            let v = benches::gemm(&dev, dtype(common.dtype, &dev), n, iters)?;
+            return emit(&common, &v);
+        }
+        Cmd::Lora(t) => (Method::Lora, t),
+        Cmd::Qlora(t) => (Method::Qlora, t),
+        Cmd::Grpo(t) => (Method::Grpo, t),
+    };
+    let dev = device(t.common.device)?;
+    let cfg = BenchConfig {
+        method,
+        arch: benches::arch(&t.common.arch)?,
+        seq: t.seq,
+        batch: t.batch,
+        steps: t.steps,
+        warmup: t.warmup,
+        rank: t.rank,
+        alpha: t.alpha.unwrap_or(2.0 * t.rank as f64),
+        dropout: t.dropout,
+        gradient_checkpointing: t.gradient_checkpointing,
+        dtype: dtype(t.common.dtype, &dev),
+        device: dev,
+        seed: t.seed,
+        grpo: GrpoShape {
+            prompts: t.prompts,
+            generations: t.generations,
+            completion: t.completion,
+            prompt_len: t.prompt_len,
+        },
+    };
+    let v = benches::run(&cfg)?;
+    emit(&t.common, &v)
+}
