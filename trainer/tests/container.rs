@@ -567,14 +567,6 @@ impl<'a> Run<'a> {
     }
 }
 
-const SMALL: &[(&str, &str)] = &[
-    ("max_steps", "3"),
-    ("lora_r", "4"),
-    ("per_device_batch_size", "4"),
-    ("max_seq_length", "32"),
-    ("logging_steps", "1"),
-];
-
 #[test]
 fn help_and_serve_through_the_entrypoint() {
     let dir = tempfile::tempdir().unwrap();
@@ -591,7 +583,7 @@ fn help_and_serve_through_the_entrypoint() {
 
 #[test]
 fn job_writes_outputs_at_opt_ml_with_only_the_sagemaker_environment() {
-    let job = Job::new(SMALL, &rows(24));
+    let job = Job::new(common::SMALL_JOB, &rows(24));
     // The job's Environment reaches train through the entrypoint: it overrides hyperparameters.json.
     let run = Run { environment: &[("OXTUNE_HP_MAX_STEPS", "2")], ..Run::new(job.root()) };
     let out = run.output(&["train"]);

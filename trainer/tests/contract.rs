@@ -5,14 +5,6 @@ mod common;
 
 use common::{rows, text, Job};
 
-const SMALL: &[(&str, &str)] = &[
-    ("max_steps", "3"),
-    ("lora_r", "4"),
-    ("per_device_batch_size", "4"),
-    ("max_seq_length", "32"),
-    ("logging_steps", "1"),
-];
-
 /// Runs the job, expects `code`, and returns the failure file's first line.
 fn expect_failure(job: &Job, args: &[&str], code: i32) -> String {
     let out = job.run(args);
@@ -26,7 +18,7 @@ fn expect_failure(job: &Job, args: &[&str], code: i32) -> String {
 
 #[test]
 fn success_writes_peft_adapter_tokenizer_summary_and_metrics() {
-    let job = Job::new(SMALL, &rows(24));
+    let job = Job::new(common::SMALL_JOB, &rows(24));
     let out = job.run(&[]);
     assert!(out.status.success(), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -67,7 +59,7 @@ fn success_writes_peft_adapter_tokenizer_summary_and_metrics() {
 
 #[test]
 fn training_channel_alias_env_and_cli_precedence() {
-    let job = Job::new(SMALL, &rows(16));
+    let job = Job::new(common::SMALL_JOB, &rows(16));
     std::fs::rename(job.channel("train"), job.channel("training")).unwrap();
     // hyperparameters.json says 3 steps, the environment 2, the command line 1: CLI wins.
     let out = job.command(&["--max-steps", "1"]).env("OXTUNE_HP_MAX_STEPS", "2").output().unwrap();
@@ -95,7 +87,7 @@ fn bad_value_names_key_value_and_allowed() {
 
 #[test]
 fn missing_train_channel() {
-    let job = Job::new(SMALL, &rows(8));
+    let job = Job::new(common::SMALL_JOB, &rows(8));
     std::fs::remove_dir_all(job.channel("train")).unwrap();
     let reason = expect_failure(&job, &[], 2);
     assert!(reason.contains("channel `train`"), "{reason}");
@@ -103,7 +95,7 @@ fn missing_train_channel() {
 
 #[test]
 fn missing_model_channel() {
-    let job = Job::new(SMALL, &rows(8));
+    let job = Job::new(common::SMALL_JOB, &rows(8));
     std::fs::remove_dir_all(job.channel("model")).unwrap();
     let reason = expect_failure(&job, &[], 2);
     assert!(reason.contains("`model` channel"), "{reason}");
@@ -113,7 +105,7 @@ fn missing_model_channel() {
 fn bad_row_names_file_and_line_and_skip_bad_rows_reports() {
     let mut lines: Vec<String> = rows(6).lines().map(String::from).collect();
     lines.insert(2, "{\"prompt\": broken".into()); // line 3
-    let job = Job::new(SMALL, &(lines.join("\n") + "\n"));
+    let job = Job::new(common::SMALL_JOB, &(lines.join("\n") + "\n"));
     let reason = expect_failure(&job, &[], 2);
     assert!(reason.contains("data.jsonl") && reason.contains('3'), "{reason}");
     let out = job.run(&["--skip_bad_rows", "true"]);
@@ -123,14 +115,14 @@ fn bad_row_names_file_and_line_and_skip_bad_rows_reports() {
 
 #[test]
 fn empty_dataset() {
-    let job = Job::new(SMALL, "");
+    let job = Job::new(common::SMALL_JOB, "");
     let reason = expect_failure(&job, &[], 2);
     assert!(reason.to_lowercase().contains("empty") || reason.contains("no training"), "{reason}");
 }
 
 #[test]
 fn tokenizer_larger_than_model_vocab() {
-    let job = Job::new(SMALL, &rows(8));
+    let job = Job::new(common::SMALL_JOB, &rows(8));
     let mut cfg = common::tiny_config_json(2, 32);
     cfg["vocab_size"] = serde_json::json!(100);
     common::write_model(&job.channel("model"), &cfg, 1);
@@ -140,12 +132,12 @@ fn tokenizer_larger_than_model_vocab() {
 
 #[test]
 fn corrupt_weights_and_unsupported_model() {
-    let job = Job::new(SMALL, &rows(8));
+    let job = Job::new(common::SMALL_JOB, &rows(8));
     std::fs::write(job.channel("model").join("model.safetensors"), b"not a safetensors file").unwrap();
     let reason = expect_failure(&job, &[], 2);
     assert!(reason.contains("model.safetensors") || reason.contains("safetensors"), "{reason}");
 
-    let job = Job::new(SMALL, &rows(8));
+    let job = Job::new(common::SMALL_JOB, &rows(8));
     let mut cfg = common::tiny_config_json(2, 32);
     cfg["model_type"] = serde_json::json!("gpt2");
     std::fs::write(job.channel("model").join("config.json"), cfg.to_string()).unwrap();
@@ -155,7 +147,7 @@ fn corrupt_weights_and_unsupported_model() {
 
 #[test]
 fn pipe_mode_multi_host_and_methods_not_built_are_refused() {
-    let job = Job::new(SMALL, &rows(8));
+    let job = Job::new(common::SMALL_JOB, &rows(8));
     let cfg = job.root().join("input/config");
     std::fs::write(cfg.join("inputdataconfig.json"), r#"{"train":{"TrainingInputMode":"Pipe"}}"#).unwrap();
     assert!(expect_failure(&job, &[], 2).contains("Pipe"));
@@ -170,7 +162,7 @@ fn pipe_mode_multi_host_and_methods_not_built_are_refused() {
 
 #[test]
 fn help_serve_and_stale_failure_file() {
-    let job = Job::new(SMALL, &rows(8));
+    let job = Job::new(common::SMALL_JOB, &rows(8));
     let help = std::process::Command::new(env!("CARGO_BIN_EXE_train")).arg("--help").output().unwrap();
     assert!(help.status.success() && String::from_utf8_lossy(&help.stdout).contains("Usage"));
     let serve = std::process::Command::new(env!("CARGO_BIN_EXE_train")).arg("serve").output().unwrap();

@@ -22,17 +22,17 @@ fn random(shape: &[usize], std: f64, rng: &mut Rng) -> Tensor {
 }
 
 fn model(dir: &std::path::Path) -> Decoder {
-    model_with(dir, 16)
+    model_with(dir, 16, 2, 0.0)
 }
 
 /// A tiny decoder with adapters on every projection and non-zero B (so A gets gradients too).
-fn model_with(dir: &std::path::Path, hidden: usize) -> Decoder {
-    common::write_model(dir, &common::tiny_config_json(2, hidden), 11);
+fn model_with(dir: &std::path::Path, hidden: usize, layers: usize, dropout: f64) -> Decoder {
+    common::write_model(dir, &common::tiny_config_json(layers, hidden), 11);
     let cfg = ModelConfig::from_file(&dir.join("config.json")).unwrap();
     let lora = LoraConfig {
         r: 2,
         alpha: 4.0,
-        dropout: 0.0,
+        dropout,
         use_rslora: false,
         targets: trainer::spec::LINEAR_MODULES.iter().map(|s| s.to_string()).collect(),
     };
@@ -189,7 +189,7 @@ fn accumulated_micro_batches_equal_the_full_batch_gradient() {
 #[test]
 fn frozen_base_holds_no_weight_gradient_measured() {
     let dir = tempfile::tempdir().unwrap();
-    let m = model_with(dir.path(), 64);
+    let m = model_with(dir.path(), 64, 2, 0.0);
     let cfg = ModelConfig::from_file(&dir.path().join("config.json")).unwrap();
     let store = loss(&m, &batches(3, true)).backward().unwrap();
     // Every tensor left in the gradient store after backward.
@@ -216,20 +216,7 @@ fn frozen_base_holds_no_weight_gradient_measured() {
 #[test]
 fn checkpointed_layers_give_the_same_gradients() {
     let dir = tempfile::tempdir().unwrap();
-    common::write_model(dir.path(), &common::tiny_config_json(3, 16), 11);
-    let cfg = ModelConfig::from_file(&dir.path().join("config.json")).unwrap();
-    let lora = LoraConfig {
-        r: 2,
-        alpha: 4.0,
-        dropout: 0.3,
-        use_rslora: false,
-        targets: trainer::spec::LINEAR_MODULES.iter().map(|s| s.to_string()).collect(),
-    };
-    let mut rng = Rng::new(5);
-    let m = Decoder::load(dir.path(), &cfg, DType::F32, &Device::Cpu, Some((&lora, &mut rng))).unwrap();
-    for (_, a) in m.adapters() {
-        a.b.set(&random(a.b.dims(), 0.3, &mut rng)).unwrap();
-    }
+    let m = model_with(dir.path(), 16, 3, 0.3);
     let vars = m.trainable_vars();
     let b = &batches(3, true)[0];
     let t = BatchTensors::new(b, &Device::Cpu).unwrap();

@@ -28,6 +28,15 @@ pub fn write_model(dir: &Path, cfg: &serde_json::Value, seed: u64) {
     trainer::demo::write_random_checkpoint(dir, &cfg, seed).unwrap();
 }
 
+/// A short LoRA job on the tiny model: 3 steps, a metric line per step.
+pub const SMALL_JOB: &[(&str, &str)] = &[
+    ("max_steps", "3"),
+    ("lora_r", "4"),
+    ("per_device_batch_size", "4"),
+    ("max_seq_length", "32"),
+    ("logging_steps", "1"),
+];
+
 /// Prompt/completion rows with a learnable pattern.
 pub fn rows(n: usize) -> String {
     (0..n)
