@@ -7,6 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 echo "== toolchain: $(cargo --version), $(rustc --version)"
+# A one-off build gains nothing from incremental caches, which cost gigabytes of disk.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+echo "== disk free before: $(df -h . | awk 'NR==2 {print $4}')"
 if [ -f tests/launcher/moto.sh ]; then
   trap 'bash tests/launcher/moto.sh stop' EXIT
   OXTUNE_MOTO_ENDPOINT="$(bash tests/launcher/moto.sh start)"
@@ -40,4 +43,5 @@ kernels/scripts/cuda-toolchain.sh
   source <(kernels/scripts/cuda-toolchain.sh --env)
   CARGO_TARGET_DIR=target/cuda cargo check --features cuda -p kernels -p trainer -p benches --tests
 ) || status=$?
+echo "== disk: build outputs $(du -sh target .cuda 2>/dev/null | awk '{print $2 " " $1}' | paste -sd ' '), free $(df -h . | awk 'NR==2 {print $4}')"
 exit "$status"
