@@ -36,44 +36,91 @@ pub struct Completion {
     pub finish: Finish,
 }
 
-/// Sample one token id from a row of logits.
+/// Sample one token id from a row of logits. Only as many candidates as top-k / top-p can keep
+/// are ranked (partial selection, then a sort of that prefix): sorting a 128k vocabulary per row
+/// per decode step would dominate generation time.
 pub fn sample(logits: &[f32], cfg: &SamplingConfig, rng: &mut Rng) -> u32 {
-    if cfg.temperature <= 0.0 {
+    if cfg.temperature <= 0.0 || logits.len() < 2 {
         return argmax(logits);
     }
-    let mut idx: Vec<usize> = (0..logits.len()).collect();
-    idx.sort_unstable_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
-    if cfg.top_k > 0 {
-        idx.truncate(cfg.top_k);
+    let n = logits.len();
+    let max = logits[argmax(logits) as usize] as f64;
+    let weight = |i: usize| ((logits[i] as f64 - max) / cfg.temperature).exp();
+    let k = if cfg.top_k > 0 { cfg.top_k.min(n) } else { n };
+    if k == n && cfg.top_p >= 1.0 {
+        // Nothing is cut: draw over the whole vocabulary in id order.
+        let total: f64 = (0..n).map(weight).sum();
+        return draw(rng, total, (0..n).map(|i| (i, weight(i))));
     }
-    let max = logits[idx[0]] as f64;
-    let mut probs: Vec<f64> = idx.iter().map(|&i| ((logits[i] as f64 - max) / cfg.temperature).exp()).collect();
-    let total: f64 = probs.iter().sum();
-    probs.iter_mut().for_each(|p| *p /= total);
+    let mut ranked = Ranked::new(logits);
+    let total: f64 = if k == n { (0..n).map(weight).sum() } else { ranked.top(k).iter().map(|&i| weight(i)).sum() };
+    // Nucleus: the shortest rank prefix (within top-k) whose share of that mass reaches top_p.
+    let mut keep = k;
     if cfg.top_p < 1.0 {
-        let mut cum = 0.0;
-        let mut keep = probs.len();
-        for (n, p) in probs.iter().enumerate() {
-            cum += p;
-            if cum >= cfg.top_p {
-                keep = n + 1;
+        let (mut cum, mut scanned, mut m) = (0.0, 0, 64.min(k));
+        'scan: loop {
+            let top = ranked.top(m);
+            while scanned < m {
+                cum += weight(top[scanned]) / total;
+                scanned += 1;
+                if cum >= cfg.top_p {
+                    keep = scanned;
+                    break 'scan;
+                }
+            }
+            if m == k {
                 break;
             }
+            m = (m * 4).min(k);
         }
-        probs.truncate(keep);
-        idx.truncate(keep);
-        let total: f64 = probs.iter().sum();
-        probs.iter_mut().for_each(|p| *p /= total);
     }
-    let u = rng.next_f64();
-    let mut cum = 0.0;
-    for (n, p) in probs.iter().enumerate() {
-        cum += p;
+    let top = ranked.top(keep);
+    let kept: f64 = top.iter().map(|&i| weight(i)).sum();
+    draw(rng, kept, top.iter().map(|&i| (i, weight(i))))
+}
+
+/// Token ids in rank order (highest logit first, lower id first on ties), sorted lazily:
+/// only the prefix asked for so far.
+struct Ranked<'a> {
+    logits: &'a [f32],
+    idx: Vec<usize>,
+    sorted: usize,
+}
+
+impl<'a> Ranked<'a> {
+    fn new(logits: &'a [f32]) -> Self {
+        Self { logits, idx: (0..logits.len()).collect(), sorted: 0 }
+    }
+
+    fn top(&mut self, m: usize) -> &[usize] {
+        let m = m.min(self.idx.len());
+        if m > self.sorted {
+            let logits = self.logits;
+            let by_rank = |a: &usize, b: &usize| logits[*b].total_cmp(&logits[*a]).then(a.cmp(b));
+            let rest = &mut self.idx[self.sorted..];
+            let want = m - self.sorted;
+            if want < rest.len() {
+                rest.select_nth_unstable_by(want - 1, by_rank);
+            }
+            rest[..want].sort_unstable_by(by_rank);
+            self.sorted = m;
+        }
+        &self.idx[..m]
+    }
+}
+
+/// Inverse-CDF draw from unnormalised weights summing to `total`.
+fn draw(rng: &mut Rng, total: f64, weights: impl Iterator<Item = (usize, f64)>) -> u32 {
+    let u = rng.next_f64() * total;
+    let (mut cum, mut last) = (0.0, 0);
+    for (i, w) in weights {
+        cum += w;
+        last = i;
         if u < cum {
-            return idx[n] as u32;
+            return i as u32;
         }
     }
-    idx[probs.len() - 1] as u32
+    last as u32
 }
 
 fn argmax(v: &[f32]) -> u32 {
@@ -187,6 +234,42 @@ mod tests {
         for (i, c) in counts.iter().enumerate() {
             let p = (logits[i] as f64).exp() / z;
             assert!((*c as f64 / 4000.0 - p).abs() < 0.03, "id {i}: {c} vs p={p}");
+        }
+    }
+
+    /// The lazily ranked prefix keeps exactly the set a full sort would (ties to the lower id),
+    /// including a nucleus longer than the first 64-candidate batch, and draws in proportion.
+    #[test]
+    fn partial_ranking_keeps_what_a_full_sort_keeps() {
+        let mut rng = Rng::new(7);
+        let logits: Vec<f32> =
+            (0..1000).map(|i| if i % 10 == 3 { 1.5 } else { (rng.next_f64() * 2.0) as f32 }).collect();
+        let mut order: Vec<usize> = (0..logits.len()).collect();
+        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+        for (top_p, top_k) in [(0.3, 0), (0.9, 0), (1.0, 250), (0.5, 400), (1.0, 1)] {
+            let k = if top_k > 0 { top_k } else { logits.len() };
+            let w: Vec<f64> = order[..k].iter().map(|&i| (logits[i] as f64 - logits[order[0]] as f64).exp()).collect();
+            let total: f64 = w.iter().sum();
+            let mut keep = k;
+            let mut cum = 0.0;
+            for (n, x) in w.iter().enumerate() {
+                cum += x / total;
+                if top_p < 1.0 && cum >= top_p {
+                    keep = n + 1;
+                    break;
+                }
+            }
+            assert!(keep > 64 || top_k == 1, "case ({top_p}, {top_k}) must cross the first batch");
+            let kept: std::collections::HashSet<u32> = order[..keep].iter().map(|&i| i as u32).collect();
+            let kept_mass: f64 = w[..keep].iter().sum();
+            let mut hits = 0usize;
+            for _ in 0..3000 {
+                let t = sample(&logits, &cfg(1.0, top_p, top_k), &mut rng);
+                assert!(kept.contains(&t), "({top_p}, {top_k}) drew {t} outside the kept set");
+                hits += usize::from(t == order[0] as u32);
+            }
+            let p0 = w[0] / kept_mass;
+            assert!((hits as f64 / 3000.0 - p0).abs() < 0.03, "({top_p}, {top_k}): top id {hits}/3000 vs p={p0}");
         }
     }
 }
