@@ -7,7 +7,7 @@
 #   kernels/scripts/gpu-tests.sh run    # on the GPU machine, in the repo root with .gpu/ carried over:
 #                                       # every kernel vs its CPU reference, then the GPU/CPU demo loss curves
 #
-# `run` finds the CUDA 13 runtime libraries (cuBLAS/cuBLASLt, NVRTC, cuRAND, cudart) in CUDA_HOME,
+# `run` finds the CUDA 13 runtime libraries (cuBLAS/cuBLASLt, cuRAND, cudart) in CUDA_HOME,
 # /usr/local/cuda or a Python's nvidia/cu13 wheels; libcuda.so.1 comes from the driver.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
