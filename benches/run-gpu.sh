@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU benchmark in one command (benches/README.md). Run in the repo root on the GPU machine,
-# with .gpu/oxtune-bench carried from the build machine (kernels/scripts/gpu-tests.sh pack):
+# with .gpu/bin carried from the build machine (kernels/scripts/gpu-tests.sh pack):
 #
 #   benches/run-gpu.sh                  # everything: env gemm lora qlora grpo report
 #   benches/run-gpu.sh lora             # one phase at a time (each phase fits a 10-minute command)
@@ -9,7 +9,7 @@
 #
 # Phases append to $BENCH_DIR/results.jsonl (default .gpu/bench, git-ignored); when $OUT is set
 # (the device runner's return folder) the raw lines and logs are copied there after every phase.
-# Settings (environment): OXTUNE_BENCH (binary, default .gpu/oxtune-bench), PYTHON (python3),
+# Settings (environment): OXTUNE_BENCH (binary, default .gpu/bin/oxtune-bench), PYTHON (python3),
 # BENCH_DEVICE (cuda), SEQ (2048), BATCH (2), STEPS (5), WARMUP (2), RANK (16),
 # GRPO_STEPS (2), GRPO_WARMUP (1), RUN_TIMEOUT (seconds per single run, 540), ARCHS_LORA
 # ("llama-3.2-1b llama-3.1-8b"), ARCHS_QLORA ("llama-3.1-8b"), ARCH_GRPO (llama-3.2-1b).
@@ -17,7 +17,7 @@ set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 
-BIN="${OXTUNE_BENCH:-$root/.gpu/oxtune-bench}"
+BIN="${OXTUNE_BENCH:-$root/.gpu/bin/oxtune-bench}"
 PY="${PYTHON:-python3}"
 DEV="${BENCH_DEVICE:-cuda}"
 SEQ="${SEQ:-2048}" BATCH="${BATCH:-2}" STEPS="${STEPS:-5}" WARMUP="${WARMUP:-2}" RANK="${RANK:-16}"
@@ -165,7 +165,8 @@ phase_grpo-small() {
   run "grpo-oxtune-$ARCH_GRPO" oxtune grpo "$ARCH_GRPO" -- "$BIN" grpo --arch "$ARCH_GRPO" $g $(common)
 }
 
-[ -x "$BIN" ] || { echo "no oxtune-bench at $BIN: run 'kernels/scripts/gpu-tests.sh pack' on the build machine and carry .gpu/ (or set OXTUNE_BENCH)" >&2; exit 2; }
+[ -n "${OXTUNE_BENCH:-}" ] || kernels/scripts/gpu-tests.sh unpack
+[ -x "$BIN" ] || { echo "no oxtune-bench at $BIN: run 'kernels/scripts/gpu-tests.sh pack' on the build machine and carry .gpu/bin (or set OXTUNE_BENCH)" >&2; exit 2; }
 phases=("$@")
 [ ${#phases[@]} -eq 0 ] && phases=(env gemm lora qlora grpo report)
 for p in "${phases[@]}"; do
