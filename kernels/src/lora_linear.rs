@@ -31,7 +31,7 @@ pub fn lora_delta(x: &Tensor, a: &Tensor, b: &Tensor, scale: f64, dropout: Optio
     }
     let dropout = dropout.filter(|d| d.keep < 1.0);
     if let Some(d) = dropout {
-        if !(d.keep > 0.0) {
+        if d.keep.is_nan() || d.keep <= 0.0 {
             bail!("lora_delta: keep probability {} must be in (0, 1]", d.keep)
         }
     }

@@ -48,9 +48,9 @@ pub fn sample(logits: &[f32], cfg: &SamplingConfig, rng: &mut Rng) -> u32 {
     let weight = |i: usize| ((logits[i] as f64 - max) / cfg.temperature).exp();
     let k = if cfg.top_k > 0 { cfg.top_k.min(n) } else { n };
     if k == n && cfg.top_p >= 1.0 {
-        // Nothing is cut: draw over the whole vocabulary in id order.
-        let total: f64 = (0..n).map(weight).sum();
-        return draw(rng, total, (0..n).map(|i| (i, weight(i))));
+        // Nothing is cut: draw over the whole vocabulary in id order (one exp per token).
+        let w: Vec<f64> = (0..n).map(weight).collect();
+        return draw(rng, w.iter().sum(), w.into_iter().enumerate());
     }
     let mut ranked = Ranked::new(logits);
     let total: f64 = if k == n { (0..n).map(weight).sum() } else { ranked.top(k).iter().map(|&i| weight(i)).sum() };
