@@ -1,4 +1,7 @@
-//! With feature `cuda`: compiles every `cuda/*.cu` to PTX with nvcc and validates the PTX with
+//! Always: compiles every `cuda/*.cu` for the host emulation of CUDA with the system C++
+//! compiler (`emu/prepare.rs`; g++, no CUDA toolkit) into a static library linked into the crate.
+//!
+//! With feature `cuda`: also compiles every `cuda/*.cu` to PTX with nvcc and validates the PTX with
 //! ptxas for each target GPU family, so CUDA code that does not build fails `cargo check`.
 //!
 //! PTX for compute_80 is embedded (any 8.0+ GPU — A10G, L4, L40S, A100, H100 — JIT-compiles it at
@@ -8,6 +11,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[path = "emu/prepare.rs"]
+mod prepare;
+
 /// Virtual architecture the embedded PTX targets.
 const PTX_ARCH: &str = "compute_80";
 /// Real architectures the PTX is validated for.
@@ -15,12 +21,15 @@ const CHECK_ARCHS: &[&str] = &["sm_80", "sm_90"];
 
 fn main() {
     println!("cargo:rerun-if-changed=cuda");
+    println!("cargo:rerun-if-changed=emu");
     println!("cargo:rerun-if-env-changed=CUDA_HOME");
     println!("cargo:rerun-if-env-changed=NVCC");
+    println!("cargo:rerun-if-env-changed=CXX");
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    build_emulator(&out);
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;
     }
-    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let mut sources: Vec<PathBuf> = std::fs::read_dir("cuda")
         .expect("kernels/cuda exists")
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -43,6 +52,23 @@ fn main() {
             run(Command::new(tool("ptxas")).arg(format!("-arch={arch}")).arg(&ptx).arg("-o").arg("/dev/null"), &ptx);
         }
     }
+}
+
+/// The host emulation: objects for every kernel file, the runtime and the registry, archived
+/// into `liboxemu.a`. The objects stay in OUT_DIR/emu for the mutation tests.
+fn build_emulator(out: &Path) {
+    let emu = out.join("emu");
+    std::fs::create_dir_all(&emu).expect("create OUT_DIR/emu");
+    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let paths = prepare::Paths { emu: manifest.join("emu"), out: emu.clone() };
+    let objs = paths.build_objects(&manifest.join("cuda")).unwrap_or_else(|e| panic!("host emulation of CUDA: {e}"));
+    let lib = emu.join("liboxemu.a");
+    let _ = std::fs::remove_file(&lib);
+    run(Command::new("ar").arg("crs").arg(&lib).args(&objs), &lib);
+    println!("cargo:rustc-link-search=native={}", emu.display());
+    println!("cargo:rustc-link-lib=static=oxemu");
+    println!("cargo:rustc-link-lib=dylib=stdc++");
+    println!("cargo:rustc-env=OXEMU_BUILD_DIR={}", emu.display());
 }
 
 /// `$CUDA_HOME/bin/<name>` when CUDA_HOME is set, else `<name>` from PATH.

@@ -12,8 +12,9 @@
 //     v  = v·β2 + (g'·g')·(1 − β2)
 //     p  = p·(1 − lr·wd) − ((m·(1/bc1)) / (√(v·(1/bc2)) + ε))·lr      (decay applied to the old p)
 //   Division by a host scalar is a multiply by its reciprocal, as candle's `Tensor / f64` is; the
-//   scalar factors (1 − β1), (1 − β2), (1 − lr·wd), 1/bc1, 1/bc2 are formed in f64 from the f32
-//   arguments and rounded to f32 once. __f*_rn intrinsics keep nvcc from contracting into FMAs.
+//   scalar factors (1 − β1), (1 − β2), (1 − lr·wd), 1/bc1, 1/bc2 are formed in f64 on the host from
+//   the f64 settings and rounded to f32 once, as the CPU path rounds them (forming 1 − β2 from an
+//   f32 β2 in the kernel was off by 1.3e-5 relative: 0.999f is 0.99900001287…). __f*_rn intrinsics keep nvcc from contracting into FMAs.
 //   The Σg² is accumulated with one float atomicAdd per block, so its last bits may vary from run
 //   to run (the order of the atomics is not fixed); everything else is deterministic.
 //
@@ -33,7 +34,9 @@
 //   oxt_clip_scale_f32(const float* sumsq, float max_norm, float* out)
 //     grid = (1, 1, 1), block = (1, 1, 1), dynamic smem = 0. Writes out[0] = norm, out[1] = c.
 //   oxt_adamw_f32(const OxtAdamwTensor* ts, int n_tensors, const float* clip, float lr, float beta1,
-//                 float beta2, float eps, float weight_decay, float bc1, float bc2)
+//                 float one_minus_beta1, float beta2, float one_minus_beta2, float eps, float decay,
+//                 float inv_bc1, float inv_bc2)
+//     decay = 1 − lr·wd, inv_bcN = 1 / bcN; every scalar rounded to f32 from f64 on the host.
 //     grid = (GX, n_tensors, 1), block = (256, 1, 1), dynamic smem = 0 (GX as for sumsq).
 //     clip = the out buffer of oxt_clip_scale_f32 (reads clip[1]). Updates p, m, v in place for
 //     every element of every tensor; p, m, v must not alias each other.
@@ -112,21 +115,21 @@ extern "C" __global__ void oxt_clip_scale_f32(const float* __restrict__ sumsq, f
 }
 
 extern "C" __global__ void oxt_adamw_f32(const OxtAdamwTensor* __restrict__ ts, int n_tensors, const float* __restrict__ clip,
-                                         float lr, float beta1, float beta2, float eps, float weight_decay, float bc1,
-                                         float bc2) {
+                                         float lr, float beta1, float one_minus_beta1, float beta2,
+                                         float one_minus_beta2, float eps, float decay, float inv_bc1, float inv_bc2) {
     const int ti = blockIdx.y;
     if (ti >= n_tensors) return;  // uniform per block
     const OxtAdamwTensor t = ts[ti];
     AdamScalars k;
     k.c = clip[1];
     k.b1 = beta1;
-    k.omb1 = (float)(1.0 - (double)beta1);
+    k.omb1 = one_minus_beta1;
     k.b2 = beta2;
-    k.omb2 = (float)(1.0 - (double)beta2);
-    k.inv_bc1 = (float)(1.0 / (double)bc1);
-    k.inv_bc2 = (float)(1.0 / (double)bc2);
+    k.omb2 = one_minus_beta2;
+    k.inv_bc1 = inv_bc1;
+    k.inv_bc2 = inv_bc2;
     k.eps = eps;
-    k.decay = (float)(1.0 - (double)lr * (double)weight_decay);
+    k.decay = decay;
     k.lr = lr;
 
     const int64_t n = t.n;

@@ -63,6 +63,8 @@
 #include <mma.h>
 #include <stdint.h>
 
+#include "cp_async.cuh"
+
 using namespace nvcuda;
 
 namespace {
@@ -112,23 +114,6 @@ __device__ __forceinline__ float2 unpack_bf16x2(unsigned u) {
     __nv_bfloat162 h;
     *reinterpret_cast<unsigned*>(&h) = u;
     return __bfloat1622float2(h);
-}
-
-// Asynchronous global → shared copies (sm_80 cp.async), grouped with commit / wait.
-__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
-    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(__cvta_generic_to_global(src))
-                 : "memory");
-}
-__device__ __forceinline__ void cp_async4(void* dst, const void* src) {
-    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(s), "l"(__cvta_generic_to_global(src))
-                 : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
 // Block-cooperative copy of a ROWS × COLS bf16 tile (global rows contiguous, COLS elements apart)

@@ -39,7 +39,6 @@ pub fn step(cfg: &AdamWConfig, s: Step<'_>) -> Result<f64> {
     if s.grads.len() != n || s.m.len() != n || s.v.len() != n {
         candle_core::bail!("adamw: {n} params but {} grads, {} m, {} v", s.grads.len(), s.m.len(), s.v.len())
     }
-    #[cfg(feature = "cuda")]
     if let Some(dev) = gpu::eligible(&s) {
         return gpu::step(&dev, cfg, s);
     }
@@ -88,34 +87,32 @@ fn reference(cfg: &AdamWConfig, s: Step<'_>) -> Result<f64> {
     Ok(norm)
 }
 
-#[cfg(feature = "cuda")]
 mod gpu {
-    use candle_core::cuda::CudaDevice;
     use candle_core::{DType, Result, Tensor};
 
     use super::{bias_corrections, AdamWConfig, Step};
-    use crate::cuda::{self, Arg};
+    use crate::launch::{self, Arg, Gpu};
 
     /// Grid width cap per tensor (the kernels grid-stride over the rest).
     const MAX_BLOCKS_X: usize = 1024;
 
     /// All on one CUDA device, f32 and contiguous (moments are made contiguous and distinct here).
-    pub fn eligible(s: &Step<'_>) -> Option<CudaDevice> {
+    pub fn eligible(s: &Step<'_>) -> Option<Gpu> {
         let first = s.params.first()?.as_tensor();
-        let dev = cuda::device_of(first)?;
+        let dev = Gpu::of(first)?;
         let same = |t: &Tensor| t.device().same_device(first.device());
         let ok = s.params.iter().all(|p| p.dtype() == DType::F32 && p.is_contiguous() && same(p.as_tensor()))
             && s.grads.iter().chain(s.m.iter()).chain(s.v.iter()).all(same);
         ok.then_some(dev)
     }
 
-    pub fn step(dev: &CudaDevice, cfg: &AdamWConfig, s: Step<'_>) -> Result<f64> {
+    pub fn step(dev: &Gpu, cfg: &AdamWConfig, s: Step<'_>) -> Result<f64> {
         // The update writes m and v in place: each must be its own contiguous f32 buffer (a fresh
         // optimizer may hold one zero tensor for both; split it once, later steps reuse the buffers).
         for i in 0..s.params.len() {
             s.m[i] = s.m[i].to_dtype(DType::F32)?.contiguous()?;
             s.v[i] = s.v[i].to_dtype(DType::F32)?.contiguous()?;
-            if cuda::ptr(&s.m[i])? == cuda::ptr(&s.v[i])? {
+            if launch::buf(&s.m[i])? == launch::buf(&s.v[i])? {
                 s.v[i] = s.v[i].copy()?;
             }
         }
@@ -127,34 +124,37 @@ mod gpu {
             let n = p.elem_count();
             max_n = max_n.max(n);
             for t in [p.as_tensor(), &grads[i], &s.m[i], &s.v[i]] {
-                table.push(cuda::ptr(t)? as i64);
+                table.push(launch::buf(t)?.addr as i64);
             }
             table.push(n as i64);
         }
-        let table = Tensor::from_vec(table, 5 * s.params.len(), &candle_core::Device::Cuda(dev.clone()))?;
+        let table = Tensor::from_vec(table, 5 * s.params.len(), &dev.device())?;
         let nt = s.params.len() as i32;
-        let grid = (cuda::blocks(max_n, 256, MAX_BLOCKS_X), s.params.len() as u32, 1);
-        let sumsq = cuda::zeros(1, DType::F32, dev)?;
-        let clip = cuda::output(2, DType::F32, dev)?;
-        let (tp, sp, cp) = (cuda::ptr(&table)?, cuda::ptr(&sumsq)?, cuda::ptr(&clip)?);
-        let args = [Arg::Ptr(tp), Arg::I32(nt), Arg::Ptr(sp)];
-        cuda::launch(dev, &cuda::ADAMW, "oxt_grad_sumsq_f32", grid, (256, 1, 1), 0, &args)?;
-        let args = [Arg::Ptr(sp), Arg::F32(s.max_norm as f32), Arg::Ptr(cp)];
-        cuda::launch(dev, &cuda::ADAMW, "oxt_clip_scale_f32", (1, 1, 1), (1, 1, 1), 0, &args)?;
+        let grid = (launch::blocks(max_n, 256, MAX_BLOCKS_X), s.params.len() as u32, 1);
+        let sumsq = dev.zeros(1, DType::F32)?;
+        let clip = dev.output(2, DType::F32)?;
+        let (tp, sp, cp) = (launch::buf(&table)?, launch::buf(&sumsq)?, launch::buf(&clip)?);
+        let args = [Arg::Buf(tp), Arg::I32(nt), Arg::Buf(sp)];
+        dev.launch(&launch::ADAMW, "oxt_grad_sumsq_f32", grid, (256, 1, 1), 0, &args)?;
+        let args = [Arg::Buf(sp), Arg::F32(s.max_norm as f32), Arg::Buf(cp)];
+        dev.launch(&launch::ADAMW, "oxt_clip_scale_f32", (1, 1, 1), (1, 1, 1), 0, &args)?;
         let (bc1, bc2) = bias_corrections(cfg, s.t);
         let args = [
-            Arg::Ptr(tp),
+            Arg::Buf(tp),
             Arg::I32(nt),
-            Arg::Ptr(cp),
+            Arg::Buf(cp),
+            // Scalars formed in f64 and rounded once, as the CPU path does.
             Arg::F32(s.lr as f32),
             Arg::F32(cfg.beta1 as f32),
+            Arg::F32((1.0 - cfg.beta1) as f32),
             Arg::F32(cfg.beta2 as f32),
+            Arg::F32((1.0 - cfg.beta2) as f32),
             Arg::F32(cfg.eps as f32),
-            Arg::F32(cfg.weight_decay as f32),
-            Arg::F32(bc1 as f32),
-            Arg::F32(bc2 as f32),
+            Arg::F32((1.0 - s.lr * cfg.weight_decay) as f32),
+            Arg::F32((1.0 / bc1) as f32),
+            Arg::F32((1.0 / bc2) as f32),
         ];
-        cuda::launch(dev, &cuda::ADAMW, "oxt_adamw_f32", grid, (256, 1, 1), 0, &args)?;
+        dev.launch(&launch::ADAMW, "oxt_adamw_f32", grid, (256, 1, 1), 0, &args)?;
         // Reading the norm back also keeps `table` and `grads` alive until the kernels are done.
         let norm = clip.narrow(0, 0, 1)?.to_vec1::<f32>()?[0] as f64;
         drop((table, grads));

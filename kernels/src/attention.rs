@@ -33,7 +33,6 @@ pub fn causal_attention(
     let segment_ids = segment_ids.map(Tensor::detach);
     let attn = Attention { geo, segment_ids, scale, q: q.detach(), k: k.detach(), v: v.detach() };
     let need = [q.track_op(), k.track_op(), v.track_op()];
-    #[cfg(feature = "cuda")]
     if let Some(dev) = gpu::eligible(&attn) {
         let attn = gpu::Flash { dev, attn: attn.contiguous()? };
         let (out, lse) = attn.forward()?;
@@ -168,13 +167,11 @@ impl Attention {
 
 /// Flash-style kernels (`cuda/attention.cu`): bf16, head dim 64 or 128, tensor cores. The forward
 /// saves lse [b, hq, tq] (f32); the backward recomputes P tile by tile.
-#[cfg(feature = "cuda")]
 mod gpu {
-    use candle_core::cuda::CudaDevice;
     use candle_core::{DType, Result, Tensor};
 
     use super::{Attention, Geometry};
-    use crate::cuda::{self, Arg};
+    use crate::launch::{self, Arg, Buf, Gpu};
 
     /// Rows of query tiles per forward block; keys per backward block for d = 64 / 128.
     const FWD_ROWS: usize = 64;
@@ -182,10 +179,10 @@ mod gpu {
     const BWD_KEYS_D128: usize = 32;
     const DELTA_ROWS_PER_BLOCK: usize = 8;
 
-    pub fn eligible(a: &Attention) -> Option<CudaDevice> {
+    pub fn eligible(a: &Attention) -> Option<Gpu> {
         let Geometry { b, hq, hkv, d, .. } = a.geo;
         let shapes_ok = (d == 64 || d == 128) && b <= 65535 && hq <= 65535 && hkv <= 65535;
-        cuda::device_of(&a.q).filter(|_| shapes_ok && a.q.dtype() == DType::BF16)
+        Gpu::of(&a.q).filter(|_| shapes_ok && a.q.dtype() == DType::BF16)
     }
 
     impl Attention {
@@ -202,13 +199,13 @@ mod gpu {
     }
 
     pub struct Flash {
-        pub dev: CudaDevice,
+        pub dev: Gpu,
         pub attn: Attention,
     }
 
     impl Flash {
-        fn seg_ptr(&self) -> Result<u64> {
-            self.attn.segment_ids.as_ref().map(cuda::ptr).transpose().map(|p| p.unwrap_or(0))
+        fn seg_ptr(&self) -> Result<Buf> {
+            launch::buf_or_null(self.attn.segment_ids.as_ref())
         }
 
         fn dims(&self) -> [Arg; 6] {
@@ -227,20 +224,20 @@ mod gpu {
         pub fn forward(&self) -> Result<(Tensor, Tensor)> {
             let a = &self.attn;
             let Geometry { b, hq, tq, d, .. } = a.geo;
-            let out = cuda::output((b, hq, tq, d), DType::BF16, &self.dev)?;
-            let lse = cuda::output((b, hq, tq), DType::F32, &self.dev)?;
+            let out = self.dev.output((b, hq, tq, d), DType::BF16)?;
+            let lse = self.dev.output((b, hq, tq), DType::F32)?;
             let mut args = vec![
-                Arg::Ptr(cuda::ptr(&a.q)?),
-                Arg::Ptr(cuda::ptr(&a.k)?),
-                Arg::Ptr(cuda::ptr(&a.v)?),
-                Arg::Ptr(self.seg_ptr()?),
-                Arg::Ptr(cuda::ptr(&out)?),
-                Arg::Ptr(cuda::ptr(&lse)?),
+                Arg::Buf(launch::buf(&a.q)?),
+                Arg::Buf(launch::buf(&a.k)?),
+                Arg::Buf(launch::buf(&a.v)?),
+                Arg::Buf(self.seg_ptr()?),
+                Arg::Buf(launch::buf(&out)?),
+                Arg::Buf(launch::buf(&lse)?),
             ];
             args.extend(self.dims());
             let grid = (tq.div_ceil(FWD_ROWS) as u32, hq as u32, b as u32);
             let func = if d == 64 { "oxt_attn_fwd_bf16_d64" } else { "oxt_attn_fwd_bf16_d128" };
-            cuda::launch(&self.dev, &cuda::ATTENTION, func, grid, (128, 1, 1), 0, &args)?;
+            self.dev.launch(&launch::ATTENTION, func, grid, (128, 1, 1), 0, &args)?;
             Ok((out, lse))
         }
 
@@ -255,30 +252,30 @@ mod gpu {
             let Geometry { b, hq, hkv, tq, tk, d } = a.geo;
             let dout = dout.to_dtype(DType::BF16)?.contiguous()?;
             let rows = b * hq * tq;
-            let delta = cuda::output(rows, DType::F32, &self.dev)?;
+            let delta = self.dev.output(rows, DType::F32)?;
             let args = [
-                Arg::Ptr(cuda::ptr(out)?),
-                Arg::Ptr(cuda::ptr(&dout)?),
-                Arg::Ptr(cuda::ptr(&delta)?),
+                Arg::Buf(launch::buf(out)?),
+                Arg::Buf(launch::buf(&dout)?),
+                Arg::Buf(launch::buf(&delta)?),
                 Arg::I64(rows as i64),
                 Arg::I32(d as i32),
             ];
-            let grid = cuda::blocks(rows, DELTA_ROWS_PER_BLOCK, i32::MAX as usize);
-            cuda::launch(&self.dev, &cuda::ATTENTION, "oxt_attn_bwd_delta_bf16", (grid, 1, 1), (256, 1, 1), 0, &args)?;
-            let dq_acc = cuda::zeros((b, hq, tq, d), DType::F32, &self.dev)?;
-            let dk = cuda::output((b, hkv, tk, d), DType::BF16, &self.dev)?;
-            let dv = cuda::output((b, hkv, tk, d), DType::BF16, &self.dev)?;
+            let grid = launch::blocks(rows, DELTA_ROWS_PER_BLOCK, i32::MAX as usize);
+            self.dev.launch(&launch::ATTENTION, "oxt_attn_bwd_delta_bf16", (grid, 1, 1), (256, 1, 1), 0, &args)?;
+            let dq_acc = self.dev.zeros((b, hq, tq, d), DType::F32)?;
+            let dk = self.dev.output((b, hkv, tk, d), DType::BF16)?;
+            let dv = self.dev.output((b, hkv, tk, d), DType::BF16)?;
             let mut args = vec![
-                Arg::Ptr(cuda::ptr(&a.q)?),
-                Arg::Ptr(cuda::ptr(&a.k)?),
-                Arg::Ptr(cuda::ptr(&a.v)?),
-                Arg::Ptr(self.seg_ptr()?),
-                Arg::Ptr(cuda::ptr(&dout)?),
-                Arg::Ptr(cuda::ptr(lse)?),
-                Arg::Ptr(cuda::ptr(&delta)?),
-                Arg::Ptr(cuda::ptr(&dq_acc)?),
-                Arg::Ptr(cuda::ptr(&dk)?),
-                Arg::Ptr(cuda::ptr(&dv)?),
+                Arg::Buf(launch::buf(&a.q)?),
+                Arg::Buf(launch::buf(&a.k)?),
+                Arg::Buf(launch::buf(&a.v)?),
+                Arg::Buf(self.seg_ptr()?),
+                Arg::Buf(launch::buf(&dout)?),
+                Arg::Buf(launch::buf(lse)?),
+                Arg::Buf(launch::buf(&delta)?),
+                Arg::Buf(launch::buf(&dq_acc)?),
+                Arg::Buf(launch::buf(&dk)?),
+                Arg::Buf(launch::buf(&dv)?),
             ];
             args.extend(self.dims());
             let (keys, func) = if d == 64 {
@@ -287,7 +284,7 @@ mod gpu {
                 (BWD_KEYS_D128, "oxt_attn_bwd_bf16_d128")
             };
             let grid = (tk.div_ceil(keys) as u32, hkv as u32, b as u32);
-            cuda::launch(&self.dev, &cuda::ATTENTION, func, grid, (128, 1, 1), 0, &args)?;
+            self.dev.launch(&launch::ATTENTION, func, grid, (128, 1, 1), 0, &args)?;
             let dq = dq_acc.to_dtype(a.q.dtype())?;
             Ok([need[0].then_some(dq), need[1].then_some(dk), need[2].then_some(dv)])
         }

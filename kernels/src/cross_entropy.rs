@@ -30,7 +30,6 @@ pub fn linear_log_probs(h: &Tensor, w: &Tensor, targets: &Tensor, chunk_rows: us
     }
     let h = if h.dtype() == w.dtype() { h.clone() } else { h.to_dtype(w.dtype())? };
     let head = ChunkedHead { h: h.detach(), w: w.detach(), targets: targets.detach(), chunk_rows };
-    #[cfg(feature = "cuda")]
     if let Some(dev) = gpu::eligible(&head) {
         let head = gpu::Head { dev, head: head.contiguous()? };
         let (logp, lse) = head.forward()?;
@@ -101,16 +100,14 @@ impl ChunkedHead {
 
 /// Fused softmax-CE over each cuBLAS-computed logits chunk (`cuda/cross_entropy.cu`): bf16 on CUDA.
 /// The logits chunk is the only [rows, v] buffer; the backward overwrites it with dz in place.
-#[cfg(feature = "cuda")]
 mod gpu {
-    use candle_core::cuda::CudaDevice;
     use candle_core::{DType, Result, Tensor};
 
     use super::ChunkedHead;
-    use crate::cuda::{self, Arg};
+    use crate::launch::{self, Arg, Gpu};
 
-    pub fn eligible(head: &ChunkedHead) -> Option<CudaDevice> {
-        cuda::device_of(&head.h).filter(|_| head.w.dtype() == DType::BF16)
+    pub fn eligible(head: &ChunkedHead) -> Option<Gpu> {
+        Gpu::of(&head.h).filter(|_| head.w.dtype() == DType::BF16)
     }
 
     impl ChunkedHead {
@@ -125,7 +122,7 @@ mod gpu {
     }
 
     pub struct Head {
-        pub dev: CudaDevice,
+        pub dev: Gpu,
         pub head: ChunkedHead,
     }
 
@@ -145,20 +142,18 @@ mod gpu {
             for (start, len) in self.head.chunks()? {
                 let z = self.logits(start, len)?;
                 let v = z.dim(1)?;
-                let (logp, lse) =
-                    (cuda::output(len, DType::F32, &self.dev)?, cuda::output(len, DType::F32, &self.dev)?);
+                let (logp, lse) = (self.dev.output(len, DType::F32)?, self.dev.output(len, DType::F32)?);
                 let t = self.targets(start, len)?;
                 let args = [
-                    Arg::Ptr(cuda::ptr(&z)?),
-                    Arg::Ptr(cuda::ptr(&t)?),
-                    Arg::Ptr(cuda::ptr(&logp)?),
-                    Arg::Ptr(cuda::ptr(&lse)?),
+                    Arg::Buf(launch::buf(&z)?),
+                    Arg::Buf(launch::buf(&t)?),
+                    Arg::Buf(launch::buf(&logp)?),
+                    Arg::Buf(launch::buf(&lse)?),
                     Arg::I32(len as i32),
                     Arg::I32(v as i32),
                 ];
-                cuda::launch(
-                    &self.dev,
-                    &cuda::CROSS_ENTROPY,
+                self.dev.launch(
+                    &launch::CROSS_ENTROPY,
                     "oxt_ce_fwd_bf16",
                     (len as u32, 1, 1),
                     (256, 1, 1),
@@ -179,17 +174,16 @@ mod gpu {
                 let v = z.dim(1)?;
                 let (t, lse_c, g_c) = (self.targets(start, len)?, lse.narrow(0, start, len)?, g.narrow(0, start, len)?);
                 let args = [
-                    Arg::Ptr(cuda::ptr(&z)?),
-                    Arg::Ptr(cuda::ptr(&t)?),
-                    Arg::Ptr(cuda::ptr(&lse_c)?),
-                    Arg::Ptr(cuda::ptr(&g_c)?),
+                    Arg::Buf(launch::buf(&z)?),
+                    Arg::Buf(launch::buf(&t)?),
+                    Arg::Buf(launch::buf(&lse_c)?),
+                    Arg::Buf(launch::buf(&g_c)?),
                     Arg::I32(len as i32),
                     Arg::I32(v as i32),
                 ];
                 // In place: z becomes dz.
-                cuda::launch(
-                    &self.dev,
-                    &cuda::CROSS_ENTROPY,
+                self.dev.launch(
+                    &launch::CROSS_ENTROPY,
                     "oxt_ce_bwd_bf16",
                     (len as u32, 1, 1),
                     (256, 1, 1),

@@ -8,15 +8,13 @@
 
 pub mod adamw;
 pub mod attention;
-pub mod checkpoint;
 pub mod cross_entropy;
-#[cfg(feature = "cuda")]
-pub mod cuda;
 pub mod custom_backward;
 pub mod frozen_linear;
+pub mod launch;
 pub mod lora_linear;
 pub mod nf4_linear;
-pub mod reference;
+pub mod recompute;
 pub mod rms_norm;
 pub mod rope;
 pub mod swiglu;

@@ -81,9 +81,8 @@ fn masked(x: &Tensor, dropout: Option<Dropout>) -> Result<Tensor> {
 
 /// The scaled keep-mask [n, in] (values 0 or 1/keep, f32) for `d` on `device`.
 pub fn mask((n, cols): (usize, usize), d: Dropout, device: &Device) -> Result<Tensor> {
-    #[cfg(feature = "cuda")]
-    if let Device::Cuda(dev) = device {
-        return gpu::mask(dev, n * cols, d)?.reshape((n, cols));
+    if let Some(dev) = crate::launch::Gpu::for_device(device) {
+        return gpu::mask(&dev, n * cols, d)?.reshape((n, cols));
     }
     let scale = (1.0 / d.keep) as f32;
     let threshold = keep_threshold(d.keep);
@@ -96,7 +95,7 @@ fn keep_threshold(keep: f64) -> u32 {
     (keep * 4_294_967_296.0).min(4_294_967_295.0) as u32
 }
 
-/// splitmix64 of seed ⊕ golden·(i+1), top 32 bits. The CUDA kernel (`cuda/dropout.cu`) computes the
+/// splitmix64 of seed ⊕ golden·(i+1), top 32 bits. The CUDA kernel (`cuda/lora_linear.cu`) computes the
 /// same function, so CPU and GPU draw identical masks.
 fn hash(seed: u64, i: u64) -> u32 {
     let mut z = seed ^ 0x9E37_79B9_7F4A_7C15u64.wrapping_mul(i.wrapping_add(1));
@@ -105,27 +104,25 @@ fn hash(seed: u64, i: u64) -> u32 {
     ((z ^ (z >> 31)) >> 32) as u32
 }
 
-#[cfg(feature = "cuda")]
 mod gpu {
-    use candle_core::cuda::CudaDevice;
     use candle_core::{DType, Result, Tensor};
 
     use super::{keep_threshold, Dropout};
-    use crate::cuda::{self, Arg};
+    use crate::launch::{self, Arg, Gpu};
 
     const MAX_BLOCKS: usize = 65535 * 32;
 
-    pub fn mask(dev: &CudaDevice, n: usize, d: Dropout) -> Result<Tensor> {
-        let out = cuda::output(n, DType::F32, dev)?;
+    pub fn mask(dev: &Gpu, n: usize, d: Dropout) -> Result<Tensor> {
+        let out = dev.output(n, DType::F32)?;
         let args = [
-            Arg::Ptr(cuda::ptr(&out)?),
+            Arg::Buf(launch::buf(&out)?),
             Arg::I64(n as i64),
             Arg::I64(d.seed as i64),
             Arg::I64(keep_threshold(d.keep) as i64),
             Arg::F32((1.0 / d.keep) as f32),
         ];
-        let grid = cuda::blocks(n, 256, MAX_BLOCKS);
-        cuda::launch(dev, &cuda::DROPOUT, "oxt_dropout_mask_f32", (grid, 1, 1), (256, 1, 1), 0, &args)?;
+        let grid = launch::blocks(n, 256, MAX_BLOCKS);
+        dev.launch(&launch::LORA_LINEAR, "oxt_dropout_mask_f32", (grid, 1, 1), (256, 1, 1), 0, &args)?;
         Ok(out)
     }
 }

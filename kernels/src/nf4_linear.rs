@@ -151,8 +151,7 @@ impl Nf4Packed {
             bail!("nf4: row range {r0}..{r1} outside [0, {})", self.shape.0)
         }
         let (e0, e1) = (r0 * inf, r1 * inf);
-        #[cfg(feature = "cuda")]
-        if let Some(dev) = crate::cuda::device_of(&self.packed).filter(|_| dtype == DType::BF16) {
+        if let Some(dev) = crate::launch::Gpu::of(&self.packed).filter(|_| dtype == DType::BF16) {
             return gpu::dequant(&dev, self, e0, e1)?.reshape((r1 - r0, inf));
         }
         // Start at an even element so whole bytes are read; drop the extra leading element if any.
@@ -199,7 +198,7 @@ pub fn nf4_linear_chunked(
     let x = if x.dtype() == compute_dtype { x.clone() } else { x.to_dtype(compute_dtype)? };
     let bias = bias.map(|b| b.detach().to_dtype(compute_dtype)).transpose()?;
     let rows = w.rows_per_chunk(chunk_elems);
-    // On CUDA each row block is dequantised by a kernel (`cuda/nf4.cu`) straight into bf16 and
+    // On CUDA each row block is dequantised by a kernel (`cuda/nf4_linear.cu`) straight into bf16 and
     // multiplied by cuBLAS; only that block is ever dense.
     let y = forward(&x.detach(), w, bias.as_ref(), compute_dtype, rows)?;
     let w = w.clone();
@@ -252,15 +251,13 @@ fn input_grad(dy: &Tensor, w: &Nf4Packed, dt: DType, rows: usize) -> Result<Tens
     dx.reshape(dims)
 }
 
-/// Dequantisation kernel (`cuda/nf4.cu`): elements [e0, e1) of W → bf16, rounded through the
+/// Dequantisation kernel (`cuda/nf4_linear.cu`): elements [e0, e1) of W → bf16, rounded through the
 /// storage dtype exactly as the CPU path does.
-#[cfg(feature = "cuda")]
 mod gpu {
-    use candle_core::cuda::CudaDevice;
     use candle_core::{bail, DType, Result, Tensor};
 
     use super::{Nf4Absmax, Nf4Packed};
-    use crate::cuda::{self, Arg};
+    use crate::launch::{self, Arg, Gpu};
 
     const MAX_BLOCKS: usize = 65535 * 32;
 
@@ -268,7 +265,7 @@ mod gpu {
         t.flatten_all()?.to_dtype(DType::F32)?.contiguous()
     }
 
-    pub fn dequant(dev: &CudaDevice, w: &Nf4Packed, e0: usize, e1: usize) -> Result<Tensor> {
+    pub fn dequant(dev: &Gpu, w: &Nf4Packed, e0: usize, e1: usize) -> Result<Tensor> {
         let n = e1 - e0;
         let store = match w.store_dtype {
             DType::F32 => 0,
@@ -290,25 +287,24 @@ mod gpu {
                 *nested_blocksize,
             ),
         };
-        let p = |t: &Option<Tensor>| t.as_ref().map(cuda::ptr).transpose().map(|a| a.unwrap_or(0));
-        let out = cuda::output(n, DType::BF16, dev)?;
+        let out = dev.output(n, DType::BF16)?;
         let args = [
-            Arg::Ptr(cuda::ptr(&packed)?),
-            Arg::Ptr(p(&absmax)?),
-            Arg::Ptr(p(&q)?),
-            Arg::Ptr(p(&nested)?),
-            Arg::Ptr(p(&map)?),
+            Arg::Buf(launch::buf(&packed)?),
+            Arg::Buf(launch::buf_or_null(absmax.as_ref())?),
+            Arg::Buf(launch::buf_or_null(q.as_ref())?),
+            Arg::Buf(launch::buf_or_null(nested.as_ref())?),
+            Arg::Buf(launch::buf_or_null(map.as_ref())?),
             Arg::F32(offset),
             Arg::I32(nb as i32),
-            Arg::Ptr(cuda::ptr(&code)?),
+            Arg::Buf(launch::buf(&code)?),
             Arg::I32(w.blocksize as i32),
             Arg::I64(e0 as i64),
             Arg::I64(n as i64),
             Arg::I32(store),
-            Arg::Ptr(cuda::ptr(&out)?),
+            Arg::Buf(launch::buf(&out)?),
         ];
-        let grid = cuda::blocks(n, 256, MAX_BLOCKS);
-        cuda::launch(dev, &cuda::NF4, "oxt_nf4_dequant_bf16", (grid, 1, 1), (256, 1, 1), 0, &args)?;
+        let grid = launch::blocks(n, 256, MAX_BLOCKS);
+        dev.launch(&launch::NF4_LINEAR, "oxt_nf4_dequant_bf16", (grid, 1, 1), (256, 1, 1), 0, &args)?;
         Ok(out)
     }
 }

@@ -18,7 +18,6 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     }
     let w = weight.detach().to_dtype(x.dtype())?;
     let xd = x.detach();
-    #[cfg(feature = "cuda")]
     if let Some(dev) = gpu::eligible(&xd) {
         let (xd, w) = (xd.contiguous()?, w.contiguous()?);
         let (y, rstd) = gpu::forward(&dev, &xd, &w, eps)?;
@@ -50,15 +49,13 @@ fn backward(x: &Tensor, w: &Tensor, eps: f64, dy: &Tensor) -> Result<Tensor> {
 }
 
 /// Fused kernels (`cuda/rms_norm.cu`): bf16 on CUDA; the forward also saves 1/rms per row.
-#[cfg(feature = "cuda")]
 mod gpu {
-    use candle_core::cuda::CudaDevice;
     use candle_core::{DType, Result, Tensor, D};
 
-    use crate::cuda::{self, Arg};
+    use crate::launch::{self, Arg, Gpu};
 
-    pub fn eligible(x: &Tensor) -> Option<CudaDevice> {
-        cuda::device_of(x).filter(|_| x.dtype() == DType::BF16)
+    pub fn eligible(x: &Tensor) -> Option<Gpu> {
+        Gpu::of(x).filter(|_| x.dtype() == DType::BF16)
     }
 
     fn rows(x: &Tensor) -> Result<(usize, usize)> {
@@ -66,37 +63,37 @@ mod gpu {
         Ok((x.elem_count() / d.max(1), d))
     }
 
-    pub fn forward(dev: &CudaDevice, x: &Tensor, w: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
+    pub fn forward(dev: &Gpu, x: &Tensor, w: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
         let (rows, d) = rows(x)?;
-        let y = cuda::output(x.shape(), DType::BF16, dev)?;
-        let rstd = cuda::output(rows, DType::F32, dev)?;
+        let y = dev.output(x.shape(), DType::BF16)?;
+        let rstd = dev.output(rows, DType::F32)?;
         let args = [
-            Arg::Ptr(cuda::ptr(x)?),
-            Arg::Ptr(cuda::ptr(w)?),
-            Arg::Ptr(cuda::ptr(&y)?),
-            Arg::Ptr(cuda::ptr(&rstd)?),
+            Arg::Buf(launch::buf(x)?),
+            Arg::Buf(launch::buf(w)?),
+            Arg::Buf(launch::buf(&y)?),
+            Arg::Buf(launch::buf(&rstd)?),
             Arg::I32(rows as i32),
             Arg::I32(d as i32),
             Arg::F32(eps as f32),
         ];
-        cuda::launch(dev, &cuda::RMS_NORM, "oxt_rms_norm_fwd_bf16", (rows as u32, 1, 1), (256, 1, 1), 0, &args)?;
+        dev.launch(&launch::RMS_NORM, "oxt_rms_norm_fwd_bf16", (rows as u32, 1, 1), (256, 1, 1), 0, &args)?;
         Ok((y, rstd))
     }
 
-    pub fn backward(dev: &CudaDevice, x: &Tensor, w: &Tensor, rstd: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    pub fn backward(dev: &Gpu, x: &Tensor, w: &Tensor, rstd: &Tensor, dy: &Tensor) -> Result<Tensor> {
         let (rows, d) = rows(x)?;
         let dy = dy.to_dtype(DType::BF16)?.contiguous()?;
-        let dx = cuda::output(x.shape(), DType::BF16, dev)?;
+        let dx = dev.output(x.shape(), DType::BF16)?;
         let args = [
-            Arg::Ptr(cuda::ptr(x)?),
-            Arg::Ptr(cuda::ptr(w)?),
-            Arg::Ptr(cuda::ptr(&dy)?),
-            Arg::Ptr(cuda::ptr(rstd)?),
-            Arg::Ptr(cuda::ptr(&dx)?),
+            Arg::Buf(launch::buf(x)?),
+            Arg::Buf(launch::buf(w)?),
+            Arg::Buf(launch::buf(&dy)?),
+            Arg::Buf(launch::buf(rstd)?),
+            Arg::Buf(launch::buf(&dx)?),
             Arg::I32(rows as i32),
             Arg::I32(d as i32),
         ];
-        cuda::launch(dev, &cuda::RMS_NORM, "oxt_rms_norm_bwd_bf16", (rows as u32, 1, 1), (256, 1, 1), 0, &args)?;
+        dev.launch(&launch::RMS_NORM, "oxt_rms_norm_bwd_bf16", (rows as u32, 1, 1), (256, 1, 1), 0, &args)?;
         Ok(dx)
     }
 }

@@ -34,7 +34,6 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let c = compute_dtype(x.dtype());
     let cos = cos.detach().to_dtype(c)?.unsqueeze(1)?;
     let sin = sin.detach().to_dtype(c)?.unsqueeze(1)?;
-    #[cfg(feature = "cuda")]
     if let Some(dev) = gpu::eligible(x) {
         let (cos, sin) = (gpu::table(&cos)?, gpu::table(&sin)?);
         let y = gpu::rotate(&dev, &x.detach().contiguous()?, &cos, &sin, 1.0)?;
@@ -56,15 +55,13 @@ fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor, dir: f64) -> Result<Tensor> {
 }
 
 /// Fused kernel (`cuda/rope.cu`): bf16 on CUDA; one kernel for both directions.
-#[cfg(feature = "cuda")]
 mod gpu {
-    use candle_core::cuda::CudaDevice;
     use candle_core::{DType, Result, Tensor};
 
-    use crate::cuda::{self, Arg};
+    use crate::launch::{self, Arg, Gpu};
 
-    pub fn eligible(x: &Tensor) -> Option<CudaDevice> {
-        cuda::device_of(x).filter(|_| x.dtype() == DType::BF16)
+    pub fn eligible(x: &Tensor) -> Option<Gpu> {
+        Gpu::of(x).filter(|_| x.dtype() == DType::BF16)
     }
 
     /// [cb, 1, t, d/2] compute-dtype table → contiguous bf16 [cb, t, d/2].
@@ -72,17 +69,17 @@ mod gpu {
         t.squeeze(1)?.to_dtype(DType::BF16)?.contiguous()
     }
 
-    pub fn rotate(dev: &CudaDevice, x: &Tensor, cos: &Tensor, sin: &Tensor, dir: f32) -> Result<Tensor> {
+    pub fn rotate(dev: &Gpu, x: &Tensor, cos: &Tensor, sin: &Tensor, dir: f32) -> Result<Tensor> {
         let x = x.to_dtype(DType::BF16)?.contiguous()?;
         let (b, h, t, d) = x.dims4()?;
         let cb = cos.dim(0)?;
-        let y = cuda::output(x.shape(), DType::BF16, dev)?;
+        let y = dev.output(x.shape(), DType::BF16)?;
         let pairs = b * h * t * (d / 2);
         let args = [
-            Arg::Ptr(cuda::ptr(&x)?),
-            Arg::Ptr(cuda::ptr(cos)?),
-            Arg::Ptr(cuda::ptr(sin)?),
-            Arg::Ptr(cuda::ptr(&y)?),
+            Arg::Buf(launch::buf(&x)?),
+            Arg::Buf(launch::buf(cos)?),
+            Arg::Buf(launch::buf(sin)?),
+            Arg::Buf(launch::buf(&y)?),
             Arg::I32(b as i32),
             Arg::I32(h as i32),
             Arg::I32(t as i32),
@@ -90,8 +87,8 @@ mod gpu {
             Arg::I32(cb as i32),
             Arg::F32(dir),
         ];
-        let grid = cuda::blocks(pairs, 256, i32::MAX as usize);
-        cuda::launch(dev, &cuda::ROPE, "oxt_rope_bf16", (grid, 1, 1), (256, 1, 1), 0, &args)?;
+        let grid = launch::blocks(pairs, 256, i32::MAX as usize);
+        dev.launch(&launch::ROPE, "oxt_rope_bf16", (grid, 1, 1), (256, 1, 1), 0, &args)?;
         Ok(y)
     }
 }

@@ -16,7 +16,6 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     }
     let (g, u) = (gate.detach(), up.detach());
     let (need_g, need_u) = (gate.track_op(), up.track_op());
-    #[cfg(feature = "cuda")]
     if let Some(dev) = gpu::eligible(&g) {
         let (g, u) = (g.contiguous()?, u.contiguous()?);
         let y = gpu::forward(&dev, &g, &u)?;
@@ -57,44 +56,43 @@ fn backward(gate: &Tensor, up: &Tensor, dy: &Tensor, need_g: bool, need_u: bool)
 }
 
 /// Fused kernels (`cuda/swiglu.cu`): bf16 on CUDA.
-#[cfg(feature = "cuda")]
 mod gpu {
-    use candle_core::cuda::CudaDevice;
     use candle_core::{DType, Result, Tensor};
 
-    use crate::cuda::{self, Arg};
+    use crate::launch::{self, Arg, Gpu};
 
     /// Grid cap of the grid-stride kernels.
     const MAX_BLOCKS: usize = 65535 * 32;
 
-    pub fn eligible(g: &Tensor) -> Option<CudaDevice> {
-        cuda::device_of(g).filter(|_| g.dtype() == DType::BF16)
+    pub fn eligible(g: &Tensor) -> Option<Gpu> {
+        Gpu::of(g).filter(|_| g.dtype() == DType::BF16)
     }
 
-    pub fn forward(dev: &CudaDevice, g: &Tensor, u: &Tensor) -> Result<Tensor> {
+    pub fn forward(dev: &Gpu, g: &Tensor, u: &Tensor) -> Result<Tensor> {
         let n = g.elem_count();
-        let y = cuda::output(g.shape(), DType::BF16, dev)?;
-        let args = [Arg::Ptr(cuda::ptr(g)?), Arg::Ptr(cuda::ptr(u)?), Arg::Ptr(cuda::ptr(&y)?), Arg::I64(n as i64)];
-        let grid = cuda::blocks(n, 256, MAX_BLOCKS);
-        cuda::launch(dev, &cuda::SWIGLU, "oxt_swiglu_fwd_bf16", (grid, 1, 1), (256, 1, 1), 0, &args)?;
+        let y = dev.output(g.shape(), DType::BF16)?;
+        let args =
+            [Arg::Buf(launch::buf(g)?), Arg::Buf(launch::buf(u)?), Arg::Buf(launch::buf(&y)?), Arg::I64(n as i64)];
+        let grid = launch::blocks(n, 256, MAX_BLOCKS);
+        dev.launch(&launch::SWIGLU, "oxt_swiglu_fwd_bf16", (grid, 1, 1), (256, 1, 1), 0, &args)?;
         Ok(y)
     }
 
-    pub fn backward(dev: &CudaDevice, g: &Tensor, u: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+    pub fn backward(dev: &Gpu, g: &Tensor, u: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
         let n = g.elem_count();
         let dy = dy.to_dtype(DType::BF16)?.contiguous()?;
-        let dg = cuda::output(g.shape(), DType::BF16, dev)?;
-        let du = cuda::output(g.shape(), DType::BF16, dev)?;
+        let dg = dev.output(g.shape(), DType::BF16)?;
+        let du = dev.output(g.shape(), DType::BF16)?;
         let args = [
-            Arg::Ptr(cuda::ptr(g)?),
-            Arg::Ptr(cuda::ptr(u)?),
-            Arg::Ptr(cuda::ptr(&dy)?),
-            Arg::Ptr(cuda::ptr(&dg)?),
-            Arg::Ptr(cuda::ptr(&du)?),
+            Arg::Buf(launch::buf(g)?),
+            Arg::Buf(launch::buf(u)?),
+            Arg::Buf(launch::buf(&dy)?),
+            Arg::Buf(launch::buf(&dg)?),
+            Arg::Buf(launch::buf(&du)?),
             Arg::I64(n as i64),
         ];
-        let grid = cuda::blocks(n, 256, MAX_BLOCKS);
-        cuda::launch(dev, &cuda::SWIGLU, "oxt_swiglu_bwd_bf16", (grid, 1, 1), (256, 1, 1), 0, &args)?;
+        let grid = launch::blocks(n, 256, MAX_BLOCKS);
+        dev.launch(&launch::SWIGLU, "oxt_swiglu_bwd_bf16", (grid, 1, 1), (256, 1, 1), 0, &args)?;
         Ok((dg, du))
     }
 }

@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Result, Tensor, Var};
 
-use kernels::checkpoint::SideGrads;
+use kernels::recompute::SideGrads;
 
 use crate::spec::Scheduler;
 

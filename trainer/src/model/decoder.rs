@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Result, Tensor, Var, D};
-use kernels::checkpoint::SideGrads;
+use kernels::recompute::SideGrads;
 
 use super::config::ModelConfig;
 use super::linear::{BaseWeight, Linear};
@@ -152,7 +152,7 @@ fn checkpointed(
     let value = layer.forward(env, &x.detach(), ctx, None)?.detach();
     let (layer, env) = (layer.clone(), env.clone());
     let params = if ctx.adapters { layer.adapter_vars() } else { vec![] };
-    kernels::checkpoint::checkpoint(x, value, params, side, move |xv| {
+    kernels::recompute::recompute(x, value, params, side, move |xv| {
         let mut replay = before.clone();
         layer.forward(&env, xv, &mut replay, None)
     })

@@ -1,4 +1,4 @@
-//! Activation checkpointing: keep a block's input, drop everything inside it, recompute in backward.
+//! Activation recompute (activation checkpointing): keep a block's input, drop everything inside it, recompute in backward.
 //!
 //! Math: y = f(x; θ). Forward: the caller runs f on detached x and passes the value in; the graph
 //! keeps only x. Backward: recompute y' = f(x') on x' = a fresh variable holding x, take
@@ -31,12 +31,12 @@ impl SideGrads {
     pub fn take(&self, param: &Tensor) -> Result<Option<Tensor>> {
         match self.0.lock() {
             Ok(mut m) => Ok(m.remove(&param.id())),
-            Err(_) => bail!("checkpoint: side gradient store poisoned"),
+            Err(_) => bail!("recompute: side gradient store poisoned"),
         }
     }
 
     fn add(&self, param: &Tensor, g: Tensor) -> Result<()> {
-        let Ok(mut m) = self.0.lock() else { bail!("checkpoint: side gradient store poisoned") };
+        let Ok(mut m) = self.0.lock() else { bail!("recompute: side gradient store poisoned") };
         let sum = match m.remove(&param.id()) {
             Some(prev) => (prev + g)?,
             None => g,
@@ -47,18 +47,18 @@ impl SideGrads {
 }
 
 /// Wraps `value` = f(x) (computed by the caller on detached x) as a graph node whose backward
-/// recomputes `recompute(x)` and sends parameter gradients of `params` to `side`.
+/// recomputes `replay(x)` and sends parameter gradients of `params` to `side`.
 /// `x` is made a graph node even when it is not tracked, so blocks whose input needs no gradient
 /// (the first decoder layer) still train their parameters.
-pub fn checkpoint<F>(x: &Tensor, value: Tensor, params: Vec<Var>, side: SideGrads, recompute: F) -> Result<Tensor>
+pub fn recompute<F>(x: &Tensor, value: Tensor, params: Vec<Var>, side: SideGrads, replay: F) -> Result<Tensor>
 where
     F: Fn(&Tensor) -> Result<Tensor> + Send + Sync + 'static,
 {
     let x_in = if x.track_op() { x.clone() } else { Var::from_tensor(x)?.as_tensor().clone() };
     let saved = x.detach();
-    custom_backward::unary("checkpoint", &x_in, value, move |dy| {
+    custom_backward::unary("recompute", &x_in, value, move |dy| {
         let xv = Var::from_tensor(&saved)?;
-        let y = recompute(xv.as_tensor())?;
+        let y = replay(xv.as_tensor())?;
         let s = (y * dy.to_dtype(saved.dtype())?)?.sum_all()?;
         let grads = s.backward()?;
         for p in &params {

@@ -1,7 +1,5 @@
-mod common;
-
+use crate::common::{assert_close, Rng, F32_FWD};
 use candle_core::{DType, Device, Tensor, Var};
-use common::{assert_close, Rng, F32_FWD};
 use kernels::custom_backward;
 
 /// A strided, offset view as the value is surfaced densely with the right contents.

@@ -1,8 +1,7 @@
-mod common;
-
+use crate::common::reference;
+use crate::common::{assert_close, check_grads, finite_difference_check, Rng, BF16, F32_BWD, F32_FWD};
 use candle_core::{DType, Device, Tensor};
-use common::{assert_close, check_grads, finite_difference_check, Rng, BF16, F32_BWD, F32_FWD};
-use kernels::{cross_entropy::linear_log_probs, reference};
+use kernels::cross_entropy::linear_log_probs;
 
 fn targets(rng: &mut Rng, n: usize, v: usize) -> Tensor {
     Tensor::new(rng.u32s(n, v).as_slice(), &Device::Cpu).unwrap()
@@ -69,7 +68,7 @@ fn normalised_and_stable() {
     let h = rng.tensor(&[1, d], 100.0, DType::F32).broadcast_as((v, d)).unwrap().contiguous().unwrap();
     let w = rng.tensor(&[v, d], 10.0, DType::F32);
     let all = Tensor::arange(0u32, v as u32, &Device::Cpu).unwrap();
-    let logp = common::to_f64(&linear_log_probs(&h, &w, &all, 4).unwrap());
+    let logp = crate::common::to_f64(&linear_log_probs(&h, &w, &all, 4).unwrap());
     assert!(logp.iter().all(|x| x.is_finite() && *x <= 1e-6));
     let total: f64 = logp.iter().map(|x| x.exp()).sum();
     assert!((total - 1.0).abs() < 1e-5, "Σ p = {total}");

@@ -1,10 +1,8 @@
 //! nf4_linear: forward/backward vs a dequantise-then-matmul reference, finite differences in f64,
 //! the row-block loop, double-quantised absmax, nibble order, and no weight/bias gradient.
 
+use crate::common::nf4::{weight, Lcg, CODE};
 use candle_core::{DType, Device, Tensor, Var};
-mod common;
-
-use common::nf4::{weight, Lcg, CODE};
 use kernels::nf4_linear::{nf4_linear, nf4_linear_chunked, Nf4Absmax, Nf4Packed};
 
 /// Host-side dequantisation straight from the definition.

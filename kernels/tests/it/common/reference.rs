@@ -1,11 +1,18 @@
 //! Plain, obviously-correct compositions of every op, differentiated by candle's own autograd.
-//! They are the oracles in the tests (and the spec for future fused kernels), not fast paths:
-//! they materialise every intermediate (full logits, repeated kv heads, weight gradients).
+//! They are the oracles of the tests, not fast paths: they materialise every intermediate (full
+//! logits, repeated kv heads, weight gradients).
 //! Same signatures and dtype rules as the real ops; math in f32 (f64 for f64 inputs).
 
 use candle_core::{bail, DType, Result, Tensor, D};
 
-use crate::compute_dtype;
+/// The dtype the ops compute in: f32, or f64 for f64 inputs (as `kernels` does).
+fn compute_dtype(dt: DType) -> DType {
+    if dt == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    }
+}
 
 /// x wᵀ + b with candle's matmul (whose backward also builds a weight-sized gradient).
 pub fn frozen_linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {

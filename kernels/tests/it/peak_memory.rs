@@ -1,24 +1,29 @@
-//! Measured memory guarantees, with a counting global allocator (own test binary so it does not
-//! slow or perturb the others). Tests hold one lock for their whole body so counts do not mix.
-mod common;
-
+//! Measured memory guarantees, with a counting global allocator. Counts are per thread (the test
+//! thread allocates every tensor it keeps), so tests running beside it do not mix in.
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::cell::Cell;
 
+use crate::common::reference;
+use crate::common::Rng;
 use candle_core::{DType, Device, Result, Tensor, Var};
-use common::Rng;
-use kernels::{cross_entropy::linear_log_probs, frozen_linear::frozen_linear, reference};
+use kernels::{cross_entropy::linear_log_probs, frozen_linear::frozen_linear};
 
 struct Counting;
 
-static CURRENT: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-static SERIAL: Mutex<()> = Mutex::new(());
+thread_local! {
+    // Bytes this thread holds (frees of other threads' blocks can make it dip below zero).
+    static CURRENT: Cell<isize> = const { Cell::new(0) };
+    static PEAK: Cell<isize> = const { Cell::new(0) };
+}
 
 fn grew(bytes: usize) {
-    let now = CURRENT.fetch_add(bytes, Ordering::SeqCst) + bytes;
-    PEAK.fetch_max(now, Ordering::SeqCst);
+    let now = CURRENT.get() + bytes as isize;
+    CURRENT.set(now);
+    PEAK.set(PEAK.get().max(now));
+}
+
+fn shrank(bytes: usize) {
+    CURRENT.set(CURRENT.get() - bytes as isize);
 }
 
 unsafe impl GlobalAlloc for Counting {
@@ -38,7 +43,7 @@ unsafe impl GlobalAlloc for Counting {
     }
     unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
         unsafe { System.dealloc(p, layout) };
-        CURRENT.fetch_sub(layout.size(), Ordering::SeqCst);
+        shrank(layout.size());
     }
     unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let q = unsafe { System.realloc(p, layout, new_size) };
@@ -46,7 +51,7 @@ unsafe impl GlobalAlloc for Counting {
             if new_size >= layout.size() {
                 grew(new_size - layout.size());
             } else {
-                CURRENT.fetch_sub(layout.size() - new_size, Ordering::SeqCst);
+                shrank(layout.size() - new_size);
             }
         }
         q
@@ -58,17 +63,16 @@ static ALLOC: Counting = Counting;
 
 /// Peak heap bytes above the level at entry while `f` runs (its results dropped inside).
 fn peak_during(f: impl FnOnce()) -> usize {
-    let base = CURRENT.load(Ordering::SeqCst);
-    PEAK.store(base, Ordering::SeqCst);
+    let base = CURRENT.get();
+    PEAK.set(base);
     f();
-    PEAK.load(Ordering::SeqCst) - base
+    (PEAK.get() - base).max(0) as usize
 }
 
 type Head = fn(&Tensor, &Tensor, &Tensor, usize) -> Result<Tensor>;
 
 #[test]
 fn chunked_log_probs_never_hold_full_logits() {
-    let _serial = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let (n, v, d, chunk) = (512, 4096, 64, 64);
     let mut rng = Rng::new(61);
     let h = Var::from_tensor(&rng.tensor(&[n, d], 1.0, DType::F32)).unwrap();
@@ -92,7 +96,6 @@ fn chunked_log_probs_never_hold_full_logits() {
 
 #[test]
 fn frozen_linear_backward_allocates_no_weight_gradient() {
-    let _serial = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let (rows, out_f, in_f) = (4, 512, 512);
     let mut rng = Rng::new(62);
     let x = Var::from_tensor(&rng.tensor(&[rows, in_f], 1.0, DType::F32)).unwrap();

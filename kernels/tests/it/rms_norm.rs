@@ -1,8 +1,7 @@
-mod common;
-
+use crate::common::reference;
+use crate::common::{assert_close, check_grads, finite_difference_check, Rng, BF16, F32_BWD, F32_FWD};
 use candle_core::{DType, Tensor};
-use common::{assert_close, check_grads, finite_difference_check, Rng, BF16, F32_BWD, F32_FWD};
-use kernels::{reference, rms_norm::rms_norm};
+use kernels::rms_norm::rms_norm;
 
 const EPS: f64 = 1e-5;
 
@@ -58,7 +57,7 @@ fn zero_rows_are_finite() {
     let y = rms_norm(&x, &w, EPS).unwrap();
     let grads = y.sum_all().unwrap().backward().unwrap();
     assert_close("y", &y, &x.zeros_like().unwrap(), F32_FWD);
-    let dx = common::to_f64(grads.get(&x).unwrap());
+    let dx = crate::common::to_f64(grads.get(&x).unwrap());
     assert!(dx.iter().all(|v| v.is_finite()));
 }
 

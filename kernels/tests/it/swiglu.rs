@@ -1,8 +1,7 @@
-mod common;
-
+use crate::common::reference;
+use crate::common::{assert_close, check_grads, finite_difference_check, Rng, BF16, F32_BWD, F32_FWD};
 use candle_core::{DType, Device, Tensor, Var};
-use common::{assert_close, check_grads, finite_difference_check, Rng, BF16, F32_BWD, F32_FWD};
-use kernels::{reference, swiglu::swiglu};
+use kernels::swiglu::swiglu;
 
 #[test]
 fn matches_reference() {
@@ -56,7 +55,7 @@ fn extreme_gates_are_finite() {
     let want = Tensor::new(&[0f32, -2.8072e-12, 0.0, 30.0, 200.0], &Device::Cpu).unwrap();
     assert_close("y", &y, &want, F32_FWD);
     for v in [&gate, &up] {
-        assert!(common::to_f64(grads.get(v).unwrap()).iter().all(|g| g.is_finite()));
+        assert!(crate::common::to_f64(grads.get(v).unwrap()).iter().all(|g| g.is_finite()));
     }
 }
 

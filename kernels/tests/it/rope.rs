@@ -1,8 +1,7 @@
-mod common;
-
+use crate::common::reference;
+use crate::common::{assert_close, check_grads, finite_difference_check, Rng, BF16, F32_BWD, F32_FWD};
 use candle_core::{DType, Device, Tensor};
-use common::{assert_close, check_grads, finite_difference_check, Rng, BF16, F32_BWD, F32_FWD};
-use kernels::{reference, rope};
+use kernels::rope;
 
 fn inv_freq(half: usize) -> Vec<f32> {
     (0..half).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / (2 * half) as f32)).collect()

@@ -1,7 +1,9 @@
 //! Shared test helpers: a seedable PRNG, closeness checks and a finite-difference gradient check.
-#![allow(dead_code)] // each test binary uses a different subset
+#![allow(dead_code)]
 
+pub mod device;
 pub mod nf4;
+pub mod reference;
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 
@@ -72,10 +74,15 @@ pub fn to_f64(t: &Tensor) -> Vec<f64> {
 }
 
 pub fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: Tol) {
+    assert_close_scaled(what, got, want, tol, 0.0)
+}
+
+/// As [`assert_close`], with the absolute tolerance taken of max(max|want|, `min_scale`).
+pub fn assert_close_scaled(what: &str, got: &Tensor, want: &Tensor, tol: Tol, min_scale: f64) {
     assert_eq!(got.dims(), want.dims(), "{what}: shape");
     assert_eq!(got.dtype(), want.dtype(), "{what}: dtype");
     let (g, w) = (to_f64(got), to_f64(want));
-    let max = w.iter().fold(0f64, |m, x| m.max(x.abs()));
+    let max = w.iter().fold(min_scale, |m, x| m.max(x.abs()));
     let atol = tol.atol_of_max * max.max(1e-30);
     let mut worst = (0usize, 0f64);
     for (i, (a, b)) in g.iter().zip(&w).enumerate() {

@@ -1,8 +1,7 @@
-mod common;
-
+use crate::common::reference;
+use crate::common::{assert_close, check_grads, finite_difference_check, Rng, BF16, F32_BWD, F32_FWD};
 use candle_core::{DType, Result, Tensor};
-use common::{assert_close, check_grads, finite_difference_check, Rng, BF16, F32_BWD, F32_FWD};
-use kernels::{frozen_linear::frozen_linear, reference};
+use kernels::frozen_linear::frozen_linear;
 
 /// Forward and x-gradient against the reference for several ranks, with and without bias.
 /// Only x is differentiated: w and b are frozen.

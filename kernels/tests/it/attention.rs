@@ -1,8 +1,7 @@
-mod common;
-
+use crate::common::reference;
+use crate::common::{assert_close, check_grads, finite_difference_check, Rng, Tol, BF16, F32_BWD, F32_FWD};
 use candle_core::{DType, Device, Tensor, Var};
-use common::{assert_close, check_grads, finite_difference_check, Rng, Tol, BF16, F32_BWD, F32_FWD};
-use kernels::{attention::causal_attention, reference};
+use kernels::attention::causal_attention;
 
 /// Row 0: three packed samples; row 1: left padding (id 0) then two samples.
 fn segments(tk: usize) -> Tensor {
@@ -125,9 +124,9 @@ fn never_nan() {
         let cast = |x: &Var| x.to_dtype(dtype).unwrap();
         let y = causal_attention(&cast(&q), &cast(&k), &cast(&v), Some(&seg), 1.0).unwrap();
         let grads = y.to_dtype(DType::F32).unwrap().sum_all().unwrap().backward().unwrap();
-        assert!(common::to_f64(&y).iter().all(|x| x.is_finite()), "{dtype:?} forward");
+        assert!(crate::common::to_f64(&y).iter().all(|x| x.is_finite()), "{dtype:?} forward");
         for x in [&q, &k, &v] {
-            assert!(common::to_f64(grads.get(x).unwrap()).iter().all(|g| g.is_finite()), "{dtype:?} grad");
+            assert!(crate::common::to_f64(grads.get(x).unwrap()).iter().all(|g| g.is_finite()), "{dtype:?} grad");
         }
     }
     // A query whose only visible key is itself copies that key's value.

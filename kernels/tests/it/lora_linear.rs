@@ -1,10 +1,8 @@
 //! lora_delta: forward and gradients (x, A, B) vs composed candle autograd with the same dropout
 //! mask, finite differences in f64 space (f32 op, so a loose check), and no gradient without tracking.
 
-mod common;
-
+use crate::common::{assert_close, check_grads, Rng, BF16, F32_BWD, F32_FWD};
 use candle_core::{DType, Device, Result, Tensor};
-use common::{assert_close, check_grads, Rng, BF16, F32_BWD, F32_FWD};
 use kernels::lora_linear::{lora_delta, mask, Dropout};
 
 /// The composed reference: s · ((x ⊙ m) Aᵀ) Bᵀ with candle autograd.

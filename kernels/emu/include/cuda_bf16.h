@@ -1,0 +1,3 @@
+// Stand-in for CUDA's <cuda_bf16.h> under the host emulation: everything lives in oxemu.h.
+#pragma once
+#include "../oxemu.h"
