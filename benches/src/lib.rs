@@ -3,6 +3,7 @@
 //! (`trainer::model::Weights::random`, no checkpoint on disk), plus a bf16 GEMM to measure the
 //! device's matmul peak. Every run yields one JSON object (see `benches/README.md` for the fields).
 
+pub mod emulator;
 pub mod memory;
 
 use std::collections::BTreeMap;

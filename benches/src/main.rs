@@ -93,6 +93,15 @@ enum Cmd {
     Qlora(Train),
     /// GRPO rounds: generation + policy step (trainer::grpo::train).
     Grpo(Train),
+    /// Emulated CUDA kernel launches per second (the host emulation's cost; CPU only).
+    Emulator {
+        /// Forward+backward runs per case.
+        #[arg(long, default_value_t = 3)]
+        iters: usize,
+        /// Append the result as one JSON line to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Measured bf16 matmul throughput (n×n×n products).
     Gemm {
         #[command(flatten)]
@@ -137,6 +146,11 @@ fn main() -> anyhow::Result<()> {
         Cmd::Gemm { common, n, iters } => {
             let dev = device(common.device)?;
             let v = benches::gemm(&dev, dtype(common.dtype, &dev), n, iters)?;
+            return emit(&common, &v);
+        }
+        Cmd::Emulator { iters, json } => {
+            let v = benches::emulator::run(iters)?;
+            let common = Common { arch: String::new(), device: DeviceArg::Cpu, dtype: DtypeArg::Auto, json };
             return emit(&common, &v);
         }
         Cmd::Lora(t) => (Method::Lora, t),

@@ -956,10 +956,10 @@ bool check_launch(const oxemu::Kernel& k, const uint32_t g[3], const uint32_t b[
         err = who + format("%u argument(s) given, the kernel takes %d (%s)", nargs, k.nparams, k.params.c_str());
         return false;
     }
-    static const char* kind_names[] = {"pointer", "int", "long long", "float"};
+    static const char* kind_names[] = {"a pointer", "an int", "a long long", "a float"};
     for (uint32_t i = 0; i < nargs; ++i) {
         if (args[i].kind != k.kinds[i]) {
-            err = who + format("argument %u `%s` is a %s, the kernel takes a %s", i, param_name(k, i).c_str(),
+            err = who + format("argument %u `%s` is %s, the kernel takes %s", i, param_name(k, i).c_str(),
                                args[i].kind < 4 ? kind_names[args[i].kind] : "?", kind_names[k.kinds[i]]);
             return false;
         }

@@ -15,7 +15,7 @@ use crate::checkpoint::TrainerState;
 use crate::data::{make_batches, Batch, BatchSpec, Example};
 use crate::error::TrainError;
 use crate::model::{Decoder, ForwardCtx};
-use kernels::checkpoint::SideGrads;
+use kernels::recompute::SideGrads;
 
 use crate::optim::{accumulate, lr_at};
 use crate::report::{MetricRecord, Progress};

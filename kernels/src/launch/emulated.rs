@@ -185,7 +185,9 @@ pub(super) fn base_address(cs: &CpuStorage) -> Result<u64> {
     })
 }
 
-pub(super) fn launch(
+/// Runs `func` on the emulator (this thread's library, see [`use_library`]); the ops call it
+/// through [`Gpu::launch`](super::Gpu); tests call it directly to check the emulator itself.
+pub fn launch(
     func: &str,
     grid: (u32, u32, u32),
     block: (u32, u32, u32),

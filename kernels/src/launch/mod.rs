@@ -86,7 +86,7 @@ pub fn set_poison_outputs(on: bool) {
 /// A buffer argument: address of the first byte, bytes the kernel may touch, and the byte offset
 /// of the address within its allocation (the emulator keeps the GPU's 256-byte alignment).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Buf {
+pub struct Buf {
     pub addr: u64,
     pub len: u64,
     pub offset: u64,
@@ -98,7 +98,7 @@ impl Buf {
 }
 
 /// A kernel argument, pushed in order.
-pub(crate) enum Arg {
+pub enum Arg {
     Buf(Buf),
     I32(i32),
     I64(i64),
@@ -172,7 +172,7 @@ impl Gpu {
 }
 
 /// The buffer of a contiguous tensor (CUDA or CPU memory).
-pub(crate) fn buf(t: &Tensor) -> Result<Buf> {
+pub fn buf(t: &Tensor) -> Result<Buf> {
     let (storage, layout) = t.storage_and_layout();
     if !layout.is_contiguous() {
         bail!("kernel input {:?} is not contiguous (call .contiguous() first)", t.dims())
@@ -190,7 +190,7 @@ pub(crate) fn buf(t: &Tensor) -> Result<Buf> {
 }
 
 /// An optional buffer: null when absent.
-pub(crate) fn buf_or_null(t: Option<&Tensor>) -> Result<Buf> {
+pub fn buf_or_null(t: Option<&Tensor>) -> Result<Buf> {
     t.map(buf).transpose().map(|b| b.unwrap_or(Buf::NULL))
 }
 

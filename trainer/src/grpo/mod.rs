@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 use crate::data::{Content, Record, TokenizerBundle};
 use crate::error::{io_err, TrainError};
 use crate::model::{Decoder, ForwardCtx};
-use kernels::checkpoint::SideGrads;
+use kernels::recompute::SideGrads;
 
 use crate::optim::{accumulate, lr_at};
 use crate::report::{MetricRecord, Progress};
