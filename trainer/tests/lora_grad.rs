@@ -7,7 +7,7 @@ mod common;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor, Var};
-use kernels::checkpoint::SideGrads;
+use kernels::recompute::SideGrads;
 use trainer::data::{make_batches, BatchSpec, Example, RowRef};
 use trainer::lora::{LoraAdapter, LoraConfig};
 use trainer::model::linear::{BaseWeight, Linear};
