@@ -1,5 +1,5 @@
-//! oxtune benchmark harness: real training steps of the trainer's own loops (`trainer::sft::train`
-//! for LoRA/QLoRA, `trainer::grpo::train` for GRPO) on random-weight architectures built in memory
+//! oxtune benchmark harness: real training steps of the trainer's own loops (`trainer::train::sft::train`
+//! for LoRA/QLoRA, `trainer::train::grpo::train` for GRPO) on random-weight architectures built in memory
 //! (`trainer::model::Weights::random`, no checkpoint on disk), plus a bf16 GEMM to measure the
 //! device's matmul peak. Every run yields one JSON object (see `benches/README.md` for the fields).
 
@@ -14,15 +14,14 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
 
 use trainer::data::{Example, RowRef, TokenizerBundle};
-use trainer::grpo::{self, GrpoInputs, PromptRow};
-use trainer::lora::LoraConfig;
 use trainer::model::{Decoder, LoadOptions, ModelConfig};
 use trainer::quant::nf4::Nf4Options;
 use trainer::report::MetricRecord;
 use trainer::rng::Rng;
 use trainer::sagemaker::StopFlag;
-use trainer::sft::{self, SftInputs};
 use trainer::spec::JobSpec;
+use trainer::train::grpo::{self, GrpoInputs, PromptRow};
+use trainer::train::sft::{self, SftInputs};
 
 /// What a run measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,7 +201,7 @@ fn build_model(c: &BenchConfig, spec: &JobSpec) -> anyhow::Result<Decoder> {
         c.device.set_seed(c.seed)?;
     }
     let weights = trainer::model::weights::Weights::random(&c.arch.cfg, c.seed, nf4);
-    let lora = LoraConfig::from_spec(spec);
+    let lora = spec.lora_config();
     let mut init_rng = Rng::derive(spec.seed, "lora-init");
     let opts = LoadOptions { quantize_nf4: nf4 };
     Ok(Decoder::from_weights(&weights, &c.arch.cfg, c.dtype, &c.device, Some((&lora, &mut init_rng)), &opts)?)
@@ -305,7 +304,7 @@ fn timed<'a>(c: &BenchConfig, history: &'a [MetricRecord]) -> anyhow::Result<Vec
     Ok(steps[c.warmup..].to_vec())
 }
 
-/// LoRA / QLoRA: `trainer::sft::train` on packed rows of exactly `seq` random tokens.
+/// LoRA / QLoRA: `trainer::train::sft::train` on packed rows of exactly `seq` random tokens.
 fn run_sft(c: &BenchConfig, spec: &JobSpec, model: &Decoder) -> anyhow::Result<Value> {
     let total = c.warmup + c.steps;
     let mut rng = Rng::derive(c.seed, "bench-data");
@@ -363,7 +362,7 @@ fn bench_tokenizer() -> anyhow::Result<(tempfile::TempDir, TokenizerBundle)> {
     Ok((dir, tok))
 }
 
-/// GRPO: `trainer::grpo::train` with `prompts` random prompts per step.
+/// GRPO: `trainer::train::grpo::train` with `prompts` random prompts per step.
 fn run_grpo(c: &BenchConfig, spec: &JobSpec, model: &Decoder) -> anyhow::Result<Value> {
     let g = c.grpo;
     let total = c.warmup + c.steps;

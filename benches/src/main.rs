@@ -87,11 +87,11 @@ struct Train {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// LoRA on all linear layers (trainer::sft::train).
+    /// LoRA on all linear layers (trainer::train::sft::train).
     Lora(Train),
-    /// QLoRA: NF4 (double quant) base + LoRA (trainer::sft::train).
+    /// QLoRA: NF4 (double quant) base + LoRA (trainer::train::sft::train).
     Qlora(Train),
-    /// GRPO rounds: generation + policy step (trainer::grpo::train).
+    /// GRPO rounds: generation + policy step (trainer::train::grpo::train).
     Grpo(Train),
     /// Emulated CUDA kernel launches per second (the host emulation's cost; CPU only).
     Emulator {

@@ -24,6 +24,8 @@ pub enum CheckpointError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("checkpoint {path} is unreadable: {problem}; delete it to start over")]
     Corrupt { path: PathBuf, problem: String },
+    #[error("no space left to write a checkpoint in {dir} (about {bytes} bytes needed): the job's volume is full; raise volume_gb in the job file (SageMaker's VolumeSizeInGB) or lower save_total_limit")]
+    DiskFull { dir: PathBuf, bytes: u64 },
     #[error("checkpoint {path} was written by a different job ({problem}); resume with the same settings, or delete the checkpoint directory to start over")]
     Mismatch { path: PathBuf, problem: String },
 }
@@ -32,6 +34,23 @@ impl CheckpointError {
     pub fn is_user_error(&self) -> bool {
         !matches!(self, CheckpointError::Io { .. })
     }
+}
+
+/// Whether an error (or one it wraps) is the OS saying the disk is full (ENOSPC).
+pub fn is_disk_full(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::StorageFull {
+                return true;
+            }
+        }
+        if err.to_string().contains("No space left on device") {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// Everything besides tensors needed to continue exactly where training stopped.
@@ -104,23 +123,43 @@ pub fn save(
     write_adapter: impl FnOnce(&Path) -> candle_core::Result<()>,
     keep: usize,
 ) -> Result<PathBuf, CheckpointError> {
+    let tmp = root.join(format!(".tmp-checkpoint-{}-{}", state.step, std::process::id()));
+    write_checkpoint(root, &tmp, state, moments, write_adapter, keep).map_err(|e| {
+        if !is_disk_full(&e) {
+            return e;
+        }
+        let _ = std::fs::remove_dir_all(&tmp); // free what the partial save took
+                                               // Adapter (f32) + its two moments (f32) + the state file.
+        let moment_bytes: usize =
+            moments.0.iter().chain(moments.1).map(|t| t.elem_count() * t.dtype().size_in_bytes()).sum();
+        CheckpointError::DiskFull { dir: root.to_path_buf(), bytes: (moment_bytes * 3 / 2 + (1 << 16)) as u64 }
+    })
+}
+
+fn write_checkpoint(
+    root: &Path,
+    tmp: &Path,
+    state: &TrainerState,
+    moments: (&[Tensor], &[Tensor]),
+    write_adapter: impl FnOnce(&Path) -> candle_core::Result<()>,
+    keep: usize,
+) -> Result<PathBuf, CheckpointError> {
     std::fs::create_dir_all(root).map_err(io(root))?;
     let final_dir = root.join(format!("checkpoint-{}", state.step));
-    let tmp = root.join(format!(".tmp-checkpoint-{}-{}", state.step, std::process::id()));
     if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+        std::fs::remove_dir_all(tmp).map_err(io(tmp))?;
     }
-    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    std::fs::create_dir_all(tmp).map_err(io(tmp))?;
     let corrupt =
         |p: &Path, e: candle_core::Error| CheckpointError::Corrupt { path: p.to_path_buf(), problem: e.to_string() };
 
-    write_adapter(&tmp.join(ADAPTER_FILE)).map_err(|e| corrupt(&tmp, e))?;
+    write_adapter(&tmp.join(ADAPTER_FILE)).map_err(|e| corrupt(tmp, e))?;
     let mut tensors = BTreeMap::new();
     for (i, (m, v)) in moments.0.iter().zip(moments.1).enumerate() {
         tensors.insert(format!("m.{i}"), m.clone());
         tensors.insert(format!("v.{i}"), v.clone());
     }
-    crate::lora::save_safetensors(&tmp.join(OPTIMIZER_FILE), &tensors).map_err(|e| corrupt(&tmp, e))?;
+    crate::lora::save_safetensors(&tmp.join(OPTIMIZER_FILE), &tensors).map_err(|e| corrupt(tmp, e))?;
     let state_path = tmp.join(STATE_FILE);
     let json = serde_json::to_vec_pretty(state)
         .map_err(|e| CheckpointError::Corrupt { path: state_path.clone(), problem: e.to_string() })?;
@@ -132,10 +171,10 @@ pub fn save(
     if final_dir.exists() {
         let old = root.join(format!(".old-checkpoint-{}-{}", state.step, std::process::id()));
         std::fs::rename(&final_dir, &old).map_err(io(&final_dir))?;
-        std::fs::rename(&tmp, &final_dir).map_err(io(&final_dir))?;
+        std::fs::rename(tmp, &final_dir).map_err(io(&final_dir))?;
         let _ = std::fs::remove_dir_all(&old);
     } else {
-        std::fs::rename(&tmp, &final_dir).map_err(io(&final_dir))?;
+        std::fs::rename(tmp, &final_dir).map_err(io(&final_dir))?;
     }
     sync_dir(root);
     let all = list(root);
@@ -164,9 +203,27 @@ fn sync_dir(path: &Path) {
     }
 }
 
-/// The newest complete checkpoint, if any; `n_params` moments are expected.
+/// The newest readable checkpoint, if any; `n_params` moments are expected. A checkpoint that
+/// cannot be read (a torn or corrupted file) is skipped with a warning and the next newest one is
+/// tried, so a damaged save costs the steps since the one before, not the whole run. A readable
+/// checkpoint of a different job is an error, never skipped.
 pub fn load_latest(root: &Path, n_params: usize, device: &Device) -> Result<Option<Loaded>, CheckpointError> {
-    let Some((_, dir)) = list(root).pop() else { return Ok(None) };
+    for (_, dir) in list(root).into_iter().rev() {
+        match load_one(dir, n_params, device) {
+            Ok(loaded) => return Ok(Some(loaded)),
+            Err(e @ (CheckpointError::Corrupt { .. } | CheckpointError::Io { .. })) => {
+                tracing::warn!("{e}; trying the previous checkpoint");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
+fn load_one(dir: PathBuf, n_params: usize, device: &Device) -> Result<Loaded, CheckpointError> {
+    let adapter_path = dir.join(ADAPTER_FILE);
+    candle_core::safetensors::load(&adapter_path, &Device::Cpu)
+        .map_err(|e| CheckpointError::Corrupt { path: adapter_path.clone(), problem: e.to_string() })?;
     let state_path = dir.join(STATE_FILE);
     let text = std::fs::read_to_string(&state_path).map_err(io(&state_path))?;
     let state: TrainerState = serde_json::from_str(&text)
@@ -192,7 +249,7 @@ pub fn load_latest(root: &Path, n_params: usize, device: &Device) -> Result<Opti
             problem: format!("optimizer state holds {} tensors, this job trains {}", tensors.len() / 2, n_params),
         });
     }
-    Ok(Some(Loaded { dir, state, moments: (m, v) }))
+    Ok(Loaded { dir, state, moments: (m, v) })
 }
 
 /// Refuse to resume a checkpoint whose fingerprint differs, naming each differing setting.
@@ -234,7 +291,8 @@ mod tests {
     fn save_list_prune_and_ignore_partial() {
         let dir = tempfile::tempdir().unwrap();
         let m = vec![Tensor::new(&[1f32, 2.0], &Device::Cpu).unwrap()];
-        let write = |p: &Path| std::fs::write(p, b"x").map_err(candle_core::Error::wrap);
+        let adapter: std::collections::HashMap<String, Tensor> = [("a".to_string(), m[0].clone())].into();
+        let write = |p: &Path| candle_core::safetensors::save(&adapter, p);
         for step in [1, 2, 3] {
             save(dir.path(), &state(step), (&m, &m), write, 2).unwrap();
         }
@@ -248,5 +306,37 @@ mod tests {
         let other: BTreeMap<String, String> = [("lora_r".to_string(), "8".to_string())].into();
         let err = check_fingerprint(&loaded, &other).unwrap_err().to_string();
         assert!(err.contains("lora_r: checkpoint 4, now 8"), "{err}");
+        // A corrupted newest checkpoint (torn optimizer file) is skipped for the one before it.
+        std::fs::write(dir.path().join("checkpoint-3").join(OPTIMIZER_FILE), b"torn").unwrap();
+        let loaded = load_latest(dir.path(), 1, &Device::Cpu).unwrap().unwrap();
+        assert_eq!(loaded.state.step, 2);
+        // So is one whose adapter is unreadable; with none left the job starts fresh.
+        std::fs::write(dir.path().join("checkpoint-2").join(ADAPTER_FILE), b"").unwrap();
+        assert!(load_latest(dir.path(), 1, &Device::Cpu).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_full_disk_names_the_directory_the_size_and_volume_gb() {
+        // /dev/full answers every write with ENOSPC, as a full volume does.
+        let enospc = std::io::Error::from_raw_os_error(28);
+        assert!(is_disk_full(&enospc));
+        assert!(!is_disk_full(&std::io::Error::from(std::io::ErrorKind::PermissionDenied)));
+        if !Path::new("/dev/full").exists() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let m = vec![Tensor::zeros(1024, candle_core::DType::F32, &Device::Cpu).unwrap()];
+        let write = |_: &Path| std::fs::write("/dev/full", b"adapter").map_err(candle_core::Error::wrap);
+        let err = save(dir.path(), &state(1), (&m, &m), write, 2).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, CheckpointError::DiskFull { .. }), "{text}");
+        assert!(
+            text.contains(&dir.path().display().to_string()) && text.contains("bytes") && text.contains("volume_gb"),
+            "{text}"
+        );
+        assert!(
+            list(dir.path()).is_empty() && std::fs::read_dir(dir.path()).unwrap().count() == 0,
+            "partial save left behind"
+        );
     }
 }

@@ -24,6 +24,8 @@ pub enum TrainError {
     Diverged(String),
     #[error("interrupted by a stop signal after step {step}; checkpoint saved in {checkpoint}; run the job again with the same checkpoint directory to resume")]
     Interrupted { step: u64, checkpoint: String },
+    #[error("no space left on the job's volume writing {path}: raise volume_gb in the job file (SageMaker's VolumeSizeInGB)")]
+    DiskFull { path: String },
     #[error("I/O error on {path}: {source}")]
     Io { path: String, source: std::io::Error },
     #[error("tensor error: {0}")]
@@ -33,7 +35,10 @@ pub enum TrainError {
 impl TrainError {
     pub fn exit_code(&self) -> ExitCode {
         let user = match self {
-            TrainError::Spec(_) | TrainError::Unsupported(_) | TrainError::BadInput(_) => true,
+            TrainError::Spec(_)
+            | TrainError::Unsupported(_)
+            | TrainError::BadInput(_)
+            | TrainError::DiskFull { .. } => true,
             TrainError::Contract(e) => e.is_user_error(),
             TrainError::Data(e) => e.is_user_error(),
             TrainError::Model(e) => e.is_user_error(),
@@ -60,5 +65,8 @@ impl TrainError {
 }
 
 pub fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
-    move |source| TrainError::Io { path: path.display().to_string(), source }
+    move |source| match source.kind() {
+        std::io::ErrorKind::StorageFull => TrainError::DiskFull { path: path.display().to_string() },
+        _ => TrainError::Io { path: path.display().to_string(), source },
+    }
 }

@@ -1,22 +1,23 @@
-//! One training job end to end under the `/opt/ml` contract: resolve the spec,
-//! find the base model, read and tokenise data, train, write outputs.
+//! One training job end to end under the `/opt/ml` contract, read top to bottom in [`run`]:
+//! resolve the spec, check the contract, pick the device, load the base model, load the data,
+//! load the model with its adapters, train, write the outputs.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
-use candle_core::{DType, Device};
+use candle_core::DType;
 
-use crate::data::{self, TokenizerBundle};
+use crate::data::{self, Example, ReadReport, TokenizerBundle};
+use crate::device::JobDevice;
 use crate::error::TrainError;
-use crate::grpo::{self, GrpoInputs};
-use crate::lora::LoraConfig;
-use crate::model::{Decoder, LoadOptions, ModelConfig};
-use crate::output;
-use crate::quant::Nf4Options;
+use crate::model::{hub, Decoder, LoadOptions, ModelConfig};
+use crate::output::{self, Summary};
 use crate::rng::Rng;
-use crate::sagemaker::{self, MlPaths, StopFlag};
-use crate::sft::{self, SftInputs};
-use crate::spec::{DTypeChoice, JobSpec, Method, Origin, Sources};
+use crate::sagemaker::{self, MlPaths, ResourceConfig, StopFlag};
+use crate::spec::{JobSpec, Method, Origin, Sources};
+use crate::train::grpo::{self, GrpoInputs, PromptRow};
+use crate::train::sft::{self, SftInputs};
+use crate::train::Outcome;
 
 /// How the binary invokes a job.
 pub struct JobOptions {
@@ -54,96 +55,28 @@ pub fn resolve_spec(
     Ok(sources.resolve()?)
 }
 
-/// CUDA when built with it and a GPU is present (unless OXTUNE_DEVICE=cpu), else CPU.
-pub fn select_device(env: &[(String, String)]) -> Device {
-    let forced_cpu = env.iter().any(|(k, v)| k == "OXTUNE_DEVICE" && v.eq_ignore_ascii_case("cpu"));
-    #[cfg(feature = "cuda")]
-    if !forced_cpu {
-        match Device::new_cuda(0) {
-            Ok(d) => return d,
-            Err(e) => eprintln!("no usable CUDA device ({e}); training on CPU"),
-        }
-    }
-    let _ = forced_cpu;
-    Device::Cpu
-}
-
-/// The base model directory: `base_model` as a local path or Hub id, else the `model` channel.
-pub fn resolve_base_model(spec: &JobSpec, paths: &MlPaths) -> Result<PathBuf, TrainError> {
-    let name = spec.base_model.as_str();
-    if name.is_empty() {
-        return paths.optional_channel("model").ok_or_else(|| {
-            TrainError::BadInput(format!(
-                "no base model: give the job a `model` channel ({}) with config.json, tokenizer files and *.safetensors, or set base_model",
-                paths.channel("model").display()
-            ))
-        });
-    }
-    let as_path = Path::new(name);
-    if as_path.is_dir() {
-        return Ok(as_path.to_path_buf());
-    }
-    if let Some(ch) = paths.optional_channel(name) {
-        return Ok(ch);
-    }
-    if as_path.is_absolute() || name.starts_with('.') {
-        return Err(TrainError::BadInput(format!("base_model `{name}` is not a directory")));
-    }
-    fetch_from_hub(name)
-}
-
-#[cfg(feature = "hub")]
-fn fetch_from_hub(id: &str) -> Result<PathBuf, TrainError> {
-    use hf_hub::api::sync::ApiBuilder;
-    let token = std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty());
-    let fail = |e: String| {
-        TrainError::BadInput(format!(
-            "base_model `{id}` is not a local directory or channel, and downloading it from the Hugging Face Hub failed: {e}. \
-             Offline jobs must ship the model in the `model` channel; gated models need HF_TOKEN in the job environment"
-        ))
-    };
-    let api = ApiBuilder::from_env().with_token(token).with_progress(false).build().map_err(|e| fail(e.to_string()))?;
-    let repo = api.model(id.to_string());
-    let config = repo.get("config.json").map_err(|e| fail(e.to_string()))?;
-    for f in [
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "special_tokens_map.json",
-        "generation_config.json",
-        "chat_template.jinja",
-    ] {
-        let _ = repo.get(f); // optional files
-    }
-    match repo.get("model.safetensors.index.json") {
-        Ok(index) => {
-            for shard in crate::model::weights::shard_files(index.parent().unwrap_or(Path::new(".")))?
-                .iter()
-                .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().to_string()))
-            {
-                repo.get(&shard).map_err(|e| fail(e.to_string()))?;
-            }
-        }
-        Err(_) => {
-            repo.get("model.safetensors").map_err(|e| fail(e.to_string()))?;
-        }
-    }
-    Ok(config.parent().unwrap_or(Path::new(".")).to_path_buf())
-}
-
-#[cfg(not(feature = "hub"))]
-fn fetch_from_hub(id: &str) -> Result<PathBuf, TrainError> {
-    Err(TrainError::BadInput(format!(
-        "base_model `{id}` is not a local directory or channel, and this build has no Hub download (feature `hub`)"
-    )))
-}
-
 /// Run one job. Errors carry the exit code; the caller writes the failure file.
 pub fn run(opts: JobOptions) -> Result<JobResult, TrainError> {
     let started = Instant::now();
     let paths = &opts.paths;
     paths.clear_stale_failure();
     let spec = resolve_spec(paths, &opts.env, &opts.cli)?;
-    let channels = sagemaker::read_input_data_config(paths)?;
+    let resources = check_contract(paths)?;
+    let device = JobDevice::select(&opts.env)?;
+    device.enter();
+    let dtype = device.dtype(spec.dtype);
+    announce(paths, &resources, &device, dtype, &spec)?;
+    let base = load_base(&spec, paths)?;
+    let data = load_data(&spec, paths, &base.tok)?;
+    let model = load_model(&spec, &base, dtype, &device)?;
+    let outcome = train(&spec, paths, &base, &model, &data, &opts.stop)?;
+    device.report_launches();
+    write_outputs(&spec, paths, &base, &model, &data, &outcome, &device, dtype, started)
+}
+
+/// The job's channels and hosts as SageMaker describes them; one host only, output dirs made.
+fn check_contract(paths: &MlPaths) -> Result<ResourceConfig, TrainError> {
+    sagemaker::read_input_data_config(paths)?;
     let resources = sagemaker::read_resource_config(paths)?;
     if resources.hosts.len() > 1 {
         return Err(TrainError::Unsupported(format!(
@@ -152,26 +85,40 @@ pub fn run(opts: JobOptions) -> Result<JobResult, TrainError> {
         )));
     }
     paths.ensure_output_dirs()?;
-    let device = select_device(&opts.env);
-    let dtype = match (spec.dtype, &device) {
-        (DTypeChoice::F32, _) => DType::F32,
-        (DTypeChoice::Bf16, _) => DType::BF16,
-        (DTypeChoice::Auto, Device::Cpu) => DType::F32,
-        (DTypeChoice::Auto, _) => DType::BF16,
-    };
-    println!(
+    Ok(resources)
+}
+
+fn announce(
+    paths: &MlPaths,
+    resources: &ResourceConfig,
+    device: &JobDevice,
+    dtype: DType,
+    spec: &JobSpec,
+) -> Result<(), TrainError> {
+    let channels = sagemaker::read_input_data_config(paths)?;
+    tracing::info!(
         "oxtune train {} | root {} | host {} | device {} | dtype {:?} | channels {:?}",
         env!("CARGO_PKG_VERSION"),
         paths.root.display(),
         resources.current_host,
-        device_name(&device),
+        device.name(),
         dtype,
         channels.keys().collect::<Vec<_>>()
     );
-    println!("Hyperparameters: {}", serde_json::to_string(&spec.resolved).unwrap_or_default());
+    tracing::info!("Hyperparameters: {}", serde_json::to_string(&spec.resolved).unwrap_or_default());
+    Ok(())
+}
 
-    let base_dir = resolve_base_model(&spec, paths)?;
-    let cfg = ModelConfig::from_file(&base_dir.join("config.json"))?;
+/// The base model's directory, config and tokenizer.
+struct Base {
+    dir: PathBuf,
+    cfg: ModelConfig,
+    tok: TokenizerBundle,
+}
+
+fn load_base(spec: &JobSpec, paths: &MlPaths) -> Result<Base, TrainError> {
+    let dir = hub::resolve_base_model(&spec.base_model, paths)?;
+    let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
     if let Some(window) = cfg.effective_sliding_window() {
         if spec.max_seq_length > window {
             return Err(TrainError::Unsupported(format!(
@@ -180,46 +127,50 @@ pub fn run(opts: JobOptions) -> Result<JobResult, TrainError> {
             )));
         }
     }
-    let tok = TokenizerBundle::load(&base_dir)?;
-    tok.check_matches_model(cfg.vocab_size, &base_dir)?;
-    println!(
+    let tok = TokenizerBundle::load(&dir)?;
+    tok.check_matches_model(cfg.vocab_size, &dir)?;
+    tracing::info!(
         "Base model: {} ({} family, {} layers, hidden {}, vocab {})",
-        base_dir.display(),
+        dir.display(),
         cfg.family()?.name(),
         cfg.num_hidden_layers,
         cfg.hidden_size,
         cfg.vocab_size
     );
+    Ok(Base { dir, cfg, tok })
+}
 
-    // Data.
+/// The training data, read and checked before any model is loaded: SFT examples (with a
+/// validation set from its channel or split off) or GRPO prompts.
+struct TrainData {
+    read: ReadReport,
+    train: Vec<Example>,
+    validation: Vec<Example>,
+    grpo_prompts: Option<Vec<PromptRow>>,
+}
+
+fn load_data(spec: &JobSpec, paths: &MlPaths, tok: &TokenizerBundle) -> Result<TrainData, TrainError> {
     let train_dir = paths.train_channel()?;
-    let train_read = data::read_path(&train_dir, &spec.data)?;
-    report_read("train", &train_read);
-    let grpo_prompts = if spec.method == Method::Grpo {
-        let prompts = grpo::prompt_rows(&train_read.records, &tok, &spec)?;
-        println!("train: {} prompts for GRPO", prompts.len());
-        Some(prompts)
-    } else {
-        None
-    };
-    let train_tok = if grpo_prompts.is_some() {
-        data::TokenizeReport::default()
-    } else {
-        let t = data::tokenize(&train_read.records, &tok, &spec.data)?;
-        report_tokens("train", &t);
-        t
-    };
+    let read = data::read_path(&train_dir, &spec.data)?;
+    report_read("train", &read);
+    if spec.method == Method::Grpo {
+        let prompts = grpo::prompt_rows(&read.records, tok, spec)?;
+        tracing::info!("train: {} prompts for GRPO", prompts.len());
+        return Ok(TrainData { read, train: vec![], validation: vec![], grpo_prompts: Some(prompts) });
+    }
+    let train_tok = data::tokenize(&read.records, tok, &spec.data)?;
+    report_tokens("train", &train_tok);
     let (train, validation) = match paths.optional_channel("validation") {
         Some(dir) => {
-            let read = data::read_path(&dir, &spec.data)?;
-            report_read("validation", &read);
-            let val = data::tokenize(&read.records, &tok, &spec.data)?;
+            let val_read = data::read_path(&dir, &spec.data)?;
+            report_read("validation", &val_read);
+            let val = data::tokenize(&val_read.records, tok, &spec.data)?;
             report_tokens("validation", &val);
             (train_tok.examples, val.examples)
         }
         None if spec.validation_split > 0.0 => {
             let (t, v) = data::split_validation(train_tok.examples, spec.validation_split, spec.seed);
-            println!(
+            tracing::info!(
                 "validation: {} examples held out of the training data (validation_split={})",
                 v.len(),
                 spec.validation_split
@@ -228,31 +179,31 @@ pub fn run(opts: JobOptions) -> Result<JobResult, TrainError> {
         }
         None => (train_tok.examples, vec![]),
     };
-    if train.is_empty() && grpo_prompts.is_none() {
+    if train.is_empty() {
         return Err(TrainError::BadInput(format!(
             "no training examples left in {} after tokenisation (all rows were empty, had no completion tokens, or were skipped)",
             train_dir.display()
         )));
     }
+    Ok(TrainData { read, train, validation, grpo_prompts: None })
+}
 
-    // Model + adapters.
-    let lora_cfg = LoraConfig::from_spec(&spec);
+/// The base weights (NF4 for QLoRA: quantised while loading; a bitsandbytes 4-bit checkpoint
+/// loads as NF4 regardless) with freshly initialised LoRA adapters.
+fn load_model(spec: &JobSpec, base: &Base, dtype: DType, device: &JobDevice) -> Result<Decoder, TrainError> {
+    let lora_cfg = spec.lora_config();
     let mut init_rng = Rng::derive(spec.seed, "lora-init");
-    // QLoRA: NF4 base quantised while loading (a bitsandbytes 4-bit checkpoint loads as NF4 regardless).
-    let load_opts = LoadOptions {
-        quantize_nf4: spec
-            .load_in_4bit
-            .then_some(Nf4Options { double_quant: spec.bnb_4bit_use_double_quant, ..Nf4Options::default() }),
-    };
-    let model = Decoder::load_with(&base_dir, &cfg, dtype, &device, Some((&lora_cfg, &mut init_rng)), &load_opts)?;
+    let load_opts = LoadOptions { quantize_nf4: spec.nf4_options() };
+    let model =
+        Decoder::load_with(&base.dir, &base.cfg, dtype, &device.device, Some((&lora_cfg, &mut init_rng)), &load_opts)?;
     if model.is_quantized() {
-        println!(
+        tracing::info!(
             "QLoRA: decoder projections are NF4 (blocksize 64, double quant {}), compute dtype {:?}",
-            spec.bnb_4bit_use_double_quant || cfg.quantization_config.is_some(),
+            spec.bnb_4bit_use_double_quant || base.cfg.quantization_config.is_some(),
             dtype
         );
     }
-    println!(
+    tracing::info!(
         "LoRA r={} alpha={} scale={:.4} dropout={} on {:?}: {} trainable parameters",
         lora_cfg.r,
         lora_cfg.alpha,
@@ -261,79 +212,86 @@ pub fn run(opts: JobOptions) -> Result<JobResult, TrainError> {
         lora_cfg.targets,
         model.trainable_param_count()
     );
+    Ok(model)
+}
 
+fn train(
+    spec: &JobSpec,
+    paths: &MlPaths,
+    base: &Base,
+    model: &Decoder,
+    data: &TrainData,
+    stop: &StopFlag,
+) -> Result<Outcome, TrainError> {
     let checkpoint_dir = paths.checkpoint_dir();
-    let outcome = match &grpo_prompts {
+    match &data.grpo_prompts {
         Some(prompts) => {
-            let rewards = grpo::build_rewards(&spec, &paths.data_dir())?;
-            let mut eos_ids = cfg.eos_token_ids();
-            eos_ids.extend(tok.eos_id());
+            let rewards = grpo::build_rewards(spec, &paths.data_dir())?;
+            let mut eos_ids = base.cfg.eos_token_ids();
+            eos_ids.extend(base.tok.eos_id());
             grpo::train(GrpoInputs {
-                spec: &spec,
-                model: &model,
-                tok: &tok,
+                spec,
+                model,
+                tok: &base.tok,
                 prompts,
                 rewards: &rewards,
                 eos_ids,
                 checkpoint_dir: &checkpoint_dir,
                 output_data_dir: &paths.output_data_dir(),
-                stop: &opts.stop,
-            })?
+                stop,
+            })
         }
         None => sft::train(SftInputs {
-            spec: &spec,
-            model: &model,
-            train: &train,
-            validation: &validation,
-            pad_id: tok.pad_id(),
+            spec,
+            model,
+            train: &data.train,
+            validation: &data.validation,
+            pad_id: base.tok.pad_id(),
             checkpoint_dir: &checkpoint_dir,
-            stop: &opts.stop,
-        })?,
-    };
+            stop,
+        }),
+    }
+}
 
-    // Outputs.
+#[allow(clippy::too_many_arguments)]
+fn write_outputs(
+    spec: &JobSpec,
+    paths: &MlPaths,
+    base: &Base,
+    model: &Decoder,
+    data: &TrainData,
+    outcome: &Outcome,
+    device: &JobDevice,
+    dtype: DType,
+    started: Instant,
+) -> Result<JobResult, TrainError> {
     let model_dir = paths.model_dir();
-    let base_name = if spec.base_model.is_empty() { base_dir.display().to_string() } else { spec.base_model.clone() };
-    output::write_adapter(&model_dir, &model, &lora_cfg, &base_name)?;
-    output::copy_tokenizer_files(&base_dir, &model_dir)?;
+    let base_name = if spec.base_model.is_empty() { base.dir.display().to_string() } else { spec.base_model.clone() };
+    output::write_adapter(&model_dir, model, &spec.lora_config(), &base_name)?;
+    output::copy_tokenizer_files(&base.dir, &model_dir)?;
     let merged = if spec.merge_adapter {
-        Some(output::write_merged(&model_dir.join("merged"), &model, &base_dir)?)
+        Some(output::write_merged(&model_dir.join("merged"), model, &base.dir)?)
     } else {
         None
     };
-    let history = &outcome.state.history;
-    let final_loss = history.iter().rev().find_map(|r| r.loss);
-    let final_eval_loss = history.iter().rev().find_map(|r| r.eval_loss);
-    let summary = serde_json::json!({
-        "status": "completed",
-        "method": spec.resolved.get("method"),
-        "base_model": base_name,
-        "model_family": cfg.family()?.name(),
-        "device": device_name(&device),
-        "dtype": format!("{dtype:?}"),
-        "steps": outcome.state.step,
-        "total_steps": outcome.total_steps,
-        "epochs_completed": outcome.state.epoch as f64 + 0.0,
-        "tokens_seen": outcome.state.tokens_seen,
-        "train_examples": train.len(),
-        "validation_examples": validation.len(),
-        "trainable_parameters": model.trainable_param_count(),
-        "final_train_loss": final_loss,
-        "final_eval_loss": final_eval_loss,
-        "wall_time_secs": started.elapsed().as_secs_f64(),
-        "training_time_secs": outcome.state.elapsed_secs,
-        "resumed_from": outcome.resumed_from.as_ref().map(|p| p.display().to_string()),
-        "merged_model": merged.as_ref().map(|p| p.display().to_string()),
-        "data": {"format": train_read.format.name(), "files": train_read.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
-                 "rows": train_read.records.len(), "skipped_rows": train_read.skipped.len()},
-        "hyperparameters": spec.resolved,
-        "history": history,
-    });
-    output::write_json(&model_dir.join("training_summary.json"), &summary)?;
-    let out_data = paths.output_data_dir();
-    output::write_json(&out_data.join("training_summary.json"), &summary)?;
-    output::write_metrics(&out_data, history)?;
-    println!(
+    let summary = Summary {
+        spec,
+        base_name: &base_name,
+        family: base.cfg.family()?.name(),
+        device: device.name(),
+        dtype,
+        outcome,
+        data: &data.read,
+        train_examples: data.train.len(),
+        validation_examples: data.validation.len(),
+        trainable_parameters: model.trainable_param_count(),
+        wall_time_secs: started.elapsed().as_secs_f64(),
+        merged: merged.as_deref(),
+    };
+    output::write_summary(paths, &summary)?;
+    output::write_metrics(&paths.output_data_dir(), &outcome.state.history)?;
+    let (final_loss, final_eval_loss) = summary.final_losses();
+    tracing::info!(
         "Done: {} steps, final loss {}, adapter written to {}",
         outcome.state.step,
         final_loss.map(|l| format!("{l:.4}")).unwrap_or_else(|| "n/a".into()),
@@ -343,20 +301,20 @@ pub fn run(opts: JobOptions) -> Result<JobResult, TrainError> {
 }
 
 fn report_read(channel: &str, r: &data::ReadReport) {
-    println!("{channel}: {} rows from {} file(s), format {}", r.records.len(), r.files.len(), r.format.name());
+    tracing::info!("{channel}: {} rows from {} file(s), format {}", r.records.len(), r.files.len(), r.format.name());
     if !r.skipped.is_empty() {
-        println!("{channel}: skipped {} bad row(s) (skip_bad_rows=true):", r.skipped.len());
+        tracing::info!("{channel}: skipped {} bad row(s) (skip_bad_rows=true):", r.skipped.len());
         for (row, why) in r.skipped.iter().take(20) {
-            println!("  {}:{}: {why}", row.file.display(), row.line);
+            tracing::info!("  {}:{}: {why}", row.file.display(), row.line);
         }
         if r.skipped.len() > 20 {
-            println!("  … and {} more", r.skipped.len() - 20);
+            tracing::info!("  … and {} more", r.skipped.len() - 20);
         }
     }
 }
 
 fn report_tokens(channel: &str, t: &data::TokenizeReport) {
-    println!(
+    tracing::info!(
         "{channel}: {} examples, {} tokens ({} targets), {} truncated, {} dropped without target tokens",
         t.examples.len(),
         t.total_tokens,
@@ -364,12 +322,4 @@ fn report_tokens(channel: &str, t: &data::TokenizeReport) {
         t.truncated,
         t.dropped_no_target
     );
-}
-
-pub fn device_name(device: &Device) -> String {
-    match device {
-        Device::Cpu => "cpu".into(),
-        Device::Cuda(_) => "cuda:0".into(),
-        other => format!("{other:?}"),
-    }
 }

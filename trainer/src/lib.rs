@@ -1,12 +1,16 @@
-//! oxtune trainer library: the job spec, the SageMaker `/opt/ml` contract, data,
-//! model, LoRA, optimizer, the SFT loop, checkpoints and outputs.
+//! oxtune trainer library. From the top down (imports run one way, see ARCHITECTURE.md):
+//! [`job`] is the script of one training job; it uses the `/opt/ml` contract ([`sagemaker`]), the
+//! job spec ([`spec`]), the device choice ([`device`]), the loops ([`train`]) and the outputs
+//! ([`output`]). Below them: the model ([`model`]), LoRA, NF4 quantisation, the optimizer, the
+//! GRPO loss, data, checkpoints on disk and the metric/report format.
 //! The `train` binary is a thin wrapper over [`job::run`].
 
 pub mod checkpoint;
 pub mod data;
 pub mod demo;
+pub mod device;
 pub mod error;
-pub mod grpo;
+pub mod grpo_loss;
 pub mod job;
 pub mod lora;
 pub mod model;
@@ -15,9 +19,8 @@ pub mod output;
 pub mod quant;
 pub mod report;
 pub mod rng;
-pub mod run_state;
 pub mod sagemaker;
-pub mod sft;
 pub mod spec;
+pub mod train;
 
 pub use error::TrainError;

@@ -8,7 +8,15 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 use crate::rng::Rng;
 use kernels::lora_linear::{lora_delta, Dropout};
 
-use crate::spec::{JobSpec, Targets, LINEAR_MODULES};
+/// LoRA target modules: explicit names or all linear projections of the decoder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Targets {
+    AllLinear,
+    Names(Vec<String>),
+}
+
+/// Module names the decoder has; `all-linear` means all of them (PEFT excludes lm_head too).
+pub const LINEAR_MODULES: &[&str] = &["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
 
 /// One adapter: `A` [r, in] and `B` [out, r], trainable, always f32.
 pub struct LoraAdapter {
@@ -29,20 +37,6 @@ pub struct LoraConfig {
 }
 
 impl LoraConfig {
-    pub fn from_spec(spec: &JobSpec) -> LoraConfig {
-        let targets = match &spec.target_modules {
-            Targets::AllLinear => LINEAR_MODULES.iter().map(|s| s.to_string()).collect(),
-            Targets::Names(n) => n.clone(),
-        };
-        LoraConfig {
-            r: spec.lora_r,
-            alpha: spec.lora_alpha,
-            dropout: spec.lora_dropout,
-            use_rslora: spec.use_rslora,
-            targets,
-        }
-    }
-
     pub fn scale(&self) -> f64 {
         if self.use_rslora {
             self.alpha / (self.r as f64).sqrt()

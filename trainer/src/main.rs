@@ -91,11 +91,26 @@ fn parse_args(raw: Vec<String>) -> Result<Option<Args>, String> {
     Ok(Some(args))
 }
 
-fn main() -> ProcessExit {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("OXTUNE_LOG").unwrap_or_else(|_| "warn".into()))
+/// The library logs through `tracing`; this binary decides where it goes: the trainer's `info`
+/// lines (the job's progress and the `METRIC` lines SageMaker parses) to stdout as bare text,
+/// diagnostics to stderr at the level `OXTUNE_LOG` names (default `warn`).
+fn init_logging() {
+    use tracing_subscriber::{filter, fmt, prelude::*, EnvFilter};
+    let progress = fmt::layer()
+        .with_writer(std::io::stdout)
+        .without_time()
+        .with_level(false)
+        .with_target(false)
+        .with_ansi(false)
+        .with_filter(filter::filter_fn(|m| *m.level() == tracing::Level::INFO && m.target().starts_with("trainer")));
+    let diagnostics = fmt::layer()
         .with_writer(std::io::stderr)
-        .init();
+        .with_filter(EnvFilter::try_from_env("OXTUNE_LOG").unwrap_or_else(|_| EnvFilter::new("warn")));
+    tracing_subscriber::registry().with(progress).with(diagnostics).init();
+}
+
+fn main() -> ProcessExit {
+    init_logging();
     let args = match parse_args(std::env::args().skip(1).collect()) {
         Ok(Some(a)) => a,
         Ok(None) => return ProcessExit::SUCCESS,

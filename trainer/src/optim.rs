@@ -1,11 +1,9 @@
-//! AdamW with decoupled weight decay (f32 moments), global grad-norm clipping,
-//! and learning-rate schedules with warmup.
+//! AdamW with decoupled weight decay (f32 moments) and global grad-norm clipping; the
+//! learning-rate schedule lives with the loops (`train::schedule`).
 
 use candle_core::{DType, Result, Tensor, Var};
 
 use kernels::recompute::SideGrads;
-
-use crate::spec::Scheduler;
 
 pub use kernels::adamw::AdamWConfig;
 
@@ -78,19 +76,6 @@ pub fn accumulate(
     Ok(())
 }
 
-/// Learning rate at optimizer step `step` (0-based, the step about to be taken), as transformers' schedulers.
-pub fn lr_at(step: u64, total: u64, warmup: u64, peak: f64, kind: Scheduler) -> f64 {
-    if step < warmup {
-        return peak * step as f64 / warmup.max(1) as f64;
-    }
-    let progress = (step - warmup) as f64 / total.saturating_sub(warmup).max(1) as f64;
-    match kind {
-        Scheduler::Constant => peak,
-        Scheduler::Linear => peak * (1.0 - progress).max(0.0),
-        Scheduler::Cosine => peak * (0.5 * (1.0 + (std::f64::consts::PI * progress).cos())).max(0.0),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,15 +110,5 @@ mod tests {
         assert!((norm - 5.0).abs() < 1e-6);
         let m = opt.m[0].to_vec1::<f32>().unwrap();
         assert!((m[0] - 0.6).abs() < 1e-5 && (m[1] - 0.8).abs() < 1e-5, "{m:?}");
-    }
-
-    #[test]
-    fn schedules() {
-        assert_eq!(lr_at(0, 100, 10, 1.0, Scheduler::Linear), 0.0);
-        assert!((lr_at(5, 100, 10, 1.0, Scheduler::Linear) - 0.5).abs() < 1e-12);
-        assert!((lr_at(10, 100, 10, 1.0, Scheduler::Linear) - 1.0).abs() < 1e-12);
-        assert!((lr_at(55, 100, 10, 1.0, Scheduler::Linear) - 0.5).abs() < 1e-12);
-        assert!((lr_at(55, 100, 10, 1.0, Scheduler::Cosine) - 0.5).abs() < 1e-12);
-        assert_eq!(lr_at(99, 100, 0, 2.0, Scheduler::Constant), 2.0);
     }
 }

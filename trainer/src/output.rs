@@ -1,15 +1,19 @@
 //! Job outputs: the PEFT adapter, tokenizer files and summary in `/opt/ml/model`,
-//! the optional merged model, and metrics + loss curve in `/opt/ml/output/data`.
+//! the optional merged model, and summary, metrics + loss curve in `/opt/ml/output/data`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::DType;
 
+use crate::data::ReadReport;
 use crate::error::{io_err, TrainError};
 use crate::lora::{peft_config_json, save_adapter_tensors, save_safetensors, LoraConfig};
 use crate::model::Decoder;
 use crate::report::{loss_curve_svg, MetricRecord};
+use crate::sagemaker::MlPaths;
+use crate::spec::JobSpec;
+use crate::train::Outcome;
 
 /// Files copied next to the adapter so the output directory loads on its own.
 const TOKENIZER_FILES: &[&str] = &[
@@ -113,4 +117,65 @@ pub fn write_metrics(dir: &Path, history: &[MetricRecord]) -> Result<(), TrainEr
     std::fs::write(&path, lines.join("\n") + "\n").map_err(io_err(&path))?;
     let svg = dir.join("loss_curve.svg");
     std::fs::write(&svg, loss_curve_svg(history)).map_err(io_err(&svg))
+}
+
+/// What `training_summary.json` reports about a finished job.
+pub struct Summary<'a> {
+    pub spec: &'a JobSpec,
+    pub base_name: &'a str,
+    pub family: &'a str,
+    pub device: String,
+    pub dtype: DType,
+    pub outcome: &'a Outcome,
+    pub data: &'a ReadReport,
+    pub train_examples: usize,
+    pub validation_examples: usize,
+    pub trainable_parameters: usize,
+    pub wall_time_secs: f64,
+    pub merged: Option<&'a Path>,
+}
+
+impl Summary<'_> {
+    /// The last training loss and the last validation loss the loop logged.
+    pub fn final_losses(&self) -> (Option<f64>, Option<f64>) {
+        let history = &self.outcome.state.history;
+        (history.iter().rev().find_map(|r| r.loss), history.iter().rev().find_map(|r| r.eval_loss))
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        let (final_loss, final_eval_loss) = self.final_losses();
+        let o = self.outcome;
+        serde_json::json!({
+            "status": "completed",
+            "method": self.spec.resolved.get("method"),
+            "base_model": self.base_name,
+            "model_family": self.family,
+            "device": self.device,
+            "dtype": format!("{:?}", self.dtype),
+            "steps": o.state.step,
+            "total_steps": o.total_steps,
+            "epochs_completed": o.epochs_completed,
+            "tokens_seen": o.state.tokens_seen,
+            "train_examples": self.train_examples,
+            "validation_examples": self.validation_examples,
+            "trainable_parameters": self.trainable_parameters,
+            "final_train_loss": final_loss,
+            "final_eval_loss": final_eval_loss,
+            "wall_time_secs": self.wall_time_secs,
+            "training_time_secs": o.state.elapsed_secs,
+            "resumed_from": o.resumed_from.as_ref().map(|p| p.display().to_string()),
+            "merged_model": self.merged.map(|p| p.display().to_string()),
+            "data": {"format": self.data.format.name(), "files": self.data.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
+                     "rows": self.data.records.len(), "skipped_rows": self.data.skipped.len()},
+            "hyperparameters": self.spec.resolved,
+            "history": o.state.history,
+        })
+    }
+}
+
+/// `training_summary.json`, beside the adapter and in `output/data` (what SageMaker uploads as output).
+pub fn write_summary(paths: &MlPaths, summary: &Summary) -> Result<(), TrainError> {
+    let value = summary.to_json();
+    write_json(&paths.model_dir().join("training_summary.json"), &value)?;
+    write_json(&paths.output_data_dir().join("training_summary.json"), &value)
 }

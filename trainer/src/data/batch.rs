@@ -1,6 +1,7 @@
 //! Batching (causal shift, packing or length-grouped padding) and the validation split.
 
 use super::Example;
+use crate::rng::SplitMix64;
 
 /// One micro-batch, row-major `[batch, seq]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -134,21 +135,9 @@ pub fn make_batches(examples: &[Example], order: &[usize], spec: &BatchSpec) -> 
     out
 }
 
-/// SplitMix64: a tiny seeded generator so the split does not depend on other modules.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (((self.next() >> 11) as f64 / (1u64 << 53) as f64) * n as f64) as usize % n.max(1)
-    }
+/// Uniform index below `n` from 53 random bits.
+fn below(rng: &mut SplitMix64, n: usize) -> usize {
+    (((rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64) * n as f64) as usize % n.max(1)
 }
 
 /// Hold out `round(fraction * n)` examples (at least 1 when `fraction > 0` and there are at
@@ -161,9 +150,9 @@ pub fn split_validation(examples: Vec<Example>, fraction: f64, seed: u64) -> (Ve
     }
     let n_val = ((fraction.min(1.0) * n as f64).round() as usize).clamp(1, n - 1);
     let mut idx: Vec<usize> = (0..n).collect();
-    let mut rng = SplitMix(seed ^ 0x7661_6C69_6461_7465); // "validate"
+    let mut rng = SplitMix64(seed ^ 0x7661_6C69_6461_7465); // "validate"
     for i in (1..n).rev() {
-        let j = rng.below(i + 1);
+        let j = below(&mut rng, i + 1);
         idx.swap(i, j);
     }
     let mut is_val = vec![false; n];

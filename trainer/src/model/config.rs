@@ -103,6 +103,37 @@ fn default_max_pos() -> usize {
     2048
 }
 
+/// The two fields that name a model's family; everything else depends on the family.
+#[derive(Deserialize)]
+struct Identity {
+    #[serde(default)]
+    model_type: String,
+    #[serde(default)]
+    architectures: Vec<String>,
+}
+
+/// Supported families, as the "not supported" message lists them.
+const SUPPORTED: &str = "llama (Llama 2/3/3.1/3.2), mistral, qwen2 (Qwen2/2.5)";
+
+fn family_of(model_type: &str, architectures: &[String]) -> Result<Family, ModelError> {
+    let mt = model_type.to_ascii_lowercase();
+    let arch = architectures.first().map(|a| a.to_ascii_lowercase()).unwrap_or_default();
+    match mt.as_str() {
+        "llama" => Ok(Family::Llama),
+        "mistral" => Ok(Family::Mistral),
+        "qwen2" => Ok(Family::Qwen2),
+        "" if arch.starts_with("llama") => Ok(Family::Llama),
+        "" if arch.starts_with("mistral") => Ok(Family::Mistral),
+        "" if arch.starts_with("qwen2") => Ok(Family::Qwen2),
+        "" => Err(ModelError::Unsupported(format!(
+            "config.json names no model_type (architectures {architectures:?}); supported families: {SUPPORTED}"
+        ))),
+        _ => Err(ModelError::Unsupported(format!(
+            "model_type `{model_type}` is not supported; supported families: {SUPPORTED} (architectures {architectures:?})"
+        ))),
+    }
+}
+
 impl ModelConfig {
     pub fn from_file(path: &Path) -> Result<Self, ModelError> {
         let text = std::fs::read_to_string(path).map_err(|e| ModelError::Io { path: path.to_path_buf(), source: e })?;
@@ -112,9 +143,15 @@ impl ModelConfig {
         })
     }
 
+    /// The family is decided first, from `model_type` / `architectures` alone, so an unsupported
+    /// model gets "not supported" rather than a schema error about a field its family lacks; then
+    /// the family's fields are parsed, and a missing or mistyped one is named with the family.
     pub fn from_json_str(text: &str) -> Result<Self, ModelError> {
-        let cfg: ModelConfig = serde_json::from_str(text)
-            .map_err(|e| ModelError::Config { path: "config.json".into(), problem: format!("{e}") })?;
+        let config_err = |problem: String| ModelError::Config { path: "config.json".into(), problem };
+        let identity: Identity = serde_json::from_str(text).map_err(|e| config_err(format!("{e}")))?;
+        let family = family_of(&identity.model_type, &identity.architectures)?;
+        let cfg: ModelConfig =
+            serde_json::from_str(text).map_err(|e| config_err(format!("not a valid {} config: {e}", family.name())))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -142,23 +179,7 @@ impl ModelConfig {
     }
 
     pub fn family(&self) -> Result<Family, ModelError> {
-        let mt = self.model_type.to_ascii_lowercase();
-        let arch = self.architectures.first().map(|a| a.to_ascii_lowercase()).unwrap_or_default();
-        let family = match mt.as_str() {
-            "llama" => Family::Llama,
-            "mistral" => Family::Mistral,
-            "qwen2" => Family::Qwen2,
-            "" if arch.starts_with("llama") => Family::Llama,
-            "" if arch.starts_with("mistral") => Family::Mistral,
-            "" if arch.starts_with("qwen2") => Family::Qwen2,
-            _ => {
-                return Err(ModelError::Unsupported(format!(
-                    "model_type `{}` (architectures {:?}) is not supported; supported families: llama (Llama 2/3/3.1/3.2), mistral, qwen2 (Qwen2/2.5)",
-                    self.model_type, self.architectures
-                )))
-            }
-        };
-        Ok(family)
+        family_of(&self.model_type, &self.architectures)
     }
 
     pub fn num_kv_heads(&self) -> usize {
@@ -357,5 +378,17 @@ mod tests {
         let text = LLAMA_8B.replace("\"model_type\":\"llama\"", "\"model_type\":\"gemma2\"");
         let err = ModelConfig::from_json_str(&text).unwrap_err().to_string();
         assert!(err.contains("gemma2") && err.contains("supported families"), "{err}");
+    }
+
+    #[test]
+    fn family_is_decided_before_its_fields() {
+        // A T5 config has none of the decoder's fields: the family decides the message.
+        let t5 = r#"{"architectures":["T5ForConditionalGeneration"],"model_type":"t5","d_model":512,"num_layers":6,"vocab_size":32128}"#;
+        let err = ModelConfig::from_json_str(t5).unwrap_err().to_string();
+        assert!(err.contains("model_type `t5` is not supported; supported families: llama"), "{err}");
+        // A supported family missing a field names the family and the field.
+        let text = LLAMA_8B.replace("\"hidden_size\":4096,", "");
+        let err = ModelConfig::from_json_str(&text).unwrap_err().to_string();
+        assert!(err.contains("not a valid llama config") && err.contains("missing field `hidden_size`"), "{err}");
     }
 }

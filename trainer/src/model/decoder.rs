@@ -9,35 +9,13 @@ use candle_core::{DType, Device, Result, Tensor, Var, D};
 use kernels::recompute::SideGrads;
 
 use super::config::ModelConfig;
+use super::forward::ForwardCtx;
 use super::linear::{BaseWeight, Linear};
 use super::weights::Weights;
 use super::ModelError;
 use crate::lora::{LoraAdapter, LoraConfig};
 use crate::quant::nf4::{self, BnbQuantState, Nf4Options};
 use crate::rng::Rng;
-
-/// Per-forward switches.
-#[derive(Clone)]
-pub struct ForwardCtx {
-    /// Adapters on (policy) or off (the frozen base, e.g. the GRPO reference policy).
-    pub adapters: bool,
-    /// Some = training: LoRA dropout draws from this RNG.
-    pub dropout_rng: Option<Rng>,
-    /// Some = activation checkpointing per decoder layer (training without a KV cache): adapter
-    /// gradients of recomputed layers arrive here instead of in the backward's GradStore.
-    pub checkpoint: Option<SideGrads>,
-}
-
-impl ForwardCtx {
-    pub fn eval() -> ForwardCtx {
-        ForwardCtx { adapters: true, dropout_rng: None, checkpoint: None }
-    }
-
-    /// Training: dropout from `rng`; checkpointing when `checkpoint` is Some.
-    pub fn train(rng: Rng, checkpoint: Option<SideGrads>) -> ForwardCtx {
-        ForwardCtx { adapters: true, dropout_rng: Some(rng), checkpoint }
-    }
-}
 
 /// Keys and values of every layer for the tokens decoded so far: [b, kv_heads, t, head_dim] each.
 #[derive(Default)]

@@ -2,7 +2,7 @@
 
 use candle_core::{DType, Result, Tensor};
 
-use super::decoder::ForwardCtx;
+use super::forward::ForwardCtx;
 use crate::lora::LoraAdapter;
 
 /// The frozen base weight. QLoRA adds an NF4 variant beside `Dense`; callers only see `Linear`.

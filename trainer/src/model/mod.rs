@@ -1,8 +1,12 @@
 //! The model: HF config, weight loading, linear layers (frozen base + LoRA) and
-//! the one decoder shared by the Llama, Mistral and Qwen2 families.
+//! the one decoder shared by the Llama, Mistral and Qwen2 families, generation with a KV cache,
+//! and finding the base model (local directory, channel or the Hugging Face Hub).
 
 pub mod config;
 pub mod decoder;
+pub mod forward;
+pub mod generate;
+pub mod hub;
 pub mod linear;
 pub mod random;
 pub mod weights;
@@ -10,12 +14,16 @@ pub mod weights;
 use std::path::PathBuf;
 
 pub use config::{Family, ModelConfig};
-pub use decoder::{Decoder, ForwardCtx, KvCache, LoadOptions};
+pub use decoder::{Decoder, KvCache, LoadOptions};
+pub use forward::ForwardCtx;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error("{path}: {problem}")]
     Config { path: PathBuf, problem: String },
+    /// The base model could not be found (no channel, no directory, no config.json, Hub failed).
+    #[error("{0}")]
+    NotFound(String),
     #[error("unsupported model: {0}")]
     Unsupported(String),
     #[error("{dir}: no model weights (expected model.safetensors, model.safetensors.index.json with its shards, or *.safetensors)")]

@@ -4,8 +4,8 @@
 
 use candle_core::{DType, Result, Tensor};
 
+use super::{Decoder, ForwardCtx, KvCache};
 use crate::data::TokenizerBundle;
-use crate::model::{Decoder, ForwardCtx, KvCache};
 use crate::rng::Rng;
 
 #[derive(Debug, Clone)]

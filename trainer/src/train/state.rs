@@ -1,14 +1,14 @@
 //! What a training loop starts from and saves: the optimizer and the loop state,
 //! fresh or restored from the newest checkpoint (adapter, moments, data position, RNGs).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::checkpoint::{self, TrainerState};
 use crate::error::TrainError;
 use crate::model::Decoder;
-use crate::optim::{AdamW, AdamWConfig};
+use crate::optim::AdamW;
 use crate::rng::Rng;
-use crate::sft::fingerprint;
 use crate::spec::JobSpec;
 
 pub struct RunState {
@@ -21,15 +21,7 @@ pub struct RunState {
 /// `generation` adds GRPO's sampling RNG to a fresh state.
 pub fn start(spec: &JobSpec, model: &Decoder, checkpoint_dir: &Path, generation: bool) -> Result<RunState, TrainError> {
     let vars = model.trainable_vars();
-    let mut opt = AdamW::new(
-        vars.clone(),
-        AdamWConfig {
-            beta1: spec.adam_beta1,
-            beta2: spec.adam_beta2,
-            eps: spec.adam_epsilon,
-            weight_decay: spec.weight_decay,
-        },
-    )?;
+    let mut opt = AdamW::new(vars.clone(), spec.adamw_config())?;
     let fp = fingerprint(spec, model);
     checkpoint::clean_partial(checkpoint_dir);
     if let Some(loaded) = checkpoint::load_latest(checkpoint_dir, vars.len(), &model.device)? {
@@ -39,13 +31,12 @@ pub fn start(spec: &JobSpec, model: &Decoder, checkpoint_dir: &Path, generation:
         opt.v = loaded.moments.1;
         opt.step = loaded.state.step;
         tracing::info!(
-            "resuming from {} (step {}, epoch {}, position {})",
+            "Resuming from checkpoint {} at step {} (epoch {}, position {})",
             loaded.dir.display(),
             loaded.state.step,
             loaded.state.epoch,
             loaded.state.batch_in_epoch
         );
-        println!("Resuming from checkpoint {} at step {}", loaded.dir.display(), loaded.state.step);
         return Ok(RunState { opt, state: loaded.state, resumed_from: Some(loaded.dir) });
     }
     let state = TrainerState {
@@ -78,4 +69,29 @@ pub fn save(
         |p| crate::lora::save_adapter_tensors(p, &adapters),
         spec.save_total_limit,
     )?)
+}
+
+/// Settings a checkpoint must share with the job resuming it.
+pub fn fingerprint(spec: &JobSpec, model: &Decoder) -> BTreeMap<String, String> {
+    let mut f: BTreeMap<String, String> = [
+        "lora_r",
+        "lora_alpha",
+        "use_rslora",
+        "target_modules",
+        "seed",
+        "per_device_batch_size",
+        "gradient_accumulation_steps",
+        "max_seq_length",
+        "packing",
+        "method",
+    ]
+    .iter()
+    .map(|k| (k.to_string(), spec.resolved.get(*k).cloned().unwrap_or_default()))
+    .collect();
+    f.insert("trainable_params".into(), model.trainable_param_count().to_string());
+    f.insert(
+        "model".into(),
+        format!("{} L{} H{}", model.cfg.model_type, model.cfg.num_hidden_layers, model.cfg.hidden_size),
+    );
+    f
 }

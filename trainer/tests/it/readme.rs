@@ -2,7 +2,7 @@
 
 #[test]
 fn readme_hyperparameter_table_matches_the_schema() {
-    let readme = include_str!("../../README.md");
+    let readme = include_str!("../../../README.md");
     let (begin, end) = ("<!-- hyperparameters:begin -->\n", "<!-- hyperparameters:end -->");
     let start = readme.find(begin).expect("begin marker") + begin.len();
     let stop = readme.find(end).expect("end marker");

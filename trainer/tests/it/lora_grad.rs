@@ -2,8 +2,6 @@
 //! candle-autograd reference for the LoRA linear, exact gradient accumulation,
 //! and a measurement that the frozen base holds no weight gradient.
 
-mod common;
-
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -14,7 +12,7 @@ use trainer::model::linear::{BaseWeight, Linear};
 use trainer::model::{Decoder, ForwardCtx, ModelConfig};
 use trainer::optim::accumulate;
 use trainer::rng::Rng;
-use trainer::sft::{summed_nll, BatchTensors};
+use trainer::train::sft::{summed_nll, BatchTensors};
 
 fn random(shape: &[usize], std: f64, rng: &mut Rng) -> Tensor {
     let n: usize = shape.iter().product();
@@ -27,7 +25,7 @@ fn model(dir: &std::path::Path) -> Decoder {
 
 /// A tiny decoder with adapters on every projection and non-zero B (so A gets gradients too).
 fn model_with(dir: &std::path::Path, hidden: usize, layers: usize, dropout: f64) -> Decoder {
-    common::write_model(dir, &common::tiny_config_json(layers, hidden), 11);
+    crate::common::write_model(dir, &crate::common::tiny_config_json(layers, hidden), 11);
     let cfg = ModelConfig::from_file(&dir.join("config.json")).unwrap();
     let lora = LoraConfig {
         r: 2,

@@ -1,9 +1,7 @@
 //! The `/opt/ml` contract, end to end through the `train` binary: outputs on
 //! success; message, exit code and failure file for every bad-input case.
 
-mod common;
-
-use common::{rows, text, Job};
+use crate::common::{rows, text, Job};
 
 /// Runs the job, expects `code`, and returns the failure file's first line.
 fn expect_failure(job: &Job, args: &[&str], code: i32) -> String {
@@ -18,7 +16,7 @@ fn expect_failure(job: &Job, args: &[&str], code: i32) -> String {
 
 #[test]
 fn success_writes_peft_adapter_tokenizer_summary_and_metrics() {
-    let job = Job::new(common::SMALL_JOB, &rows(24));
+    let job = Job::new(crate::common::SMALL_JOB, &rows(24));
     let out = job.run(&[]);
     assert!(out.status.success(), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -59,7 +57,7 @@ fn success_writes_peft_adapter_tokenizer_summary_and_metrics() {
 
 #[test]
 fn training_channel_alias_env_and_cli_precedence() {
-    let job = Job::new(common::SMALL_JOB, &rows(16));
+    let job = Job::new(crate::common::SMALL_JOB, &rows(16));
     std::fs::rename(job.channel("train"), job.channel("training")).unwrap();
     // hyperparameters.json says 3 steps, the environment 2, the command line 1: CLI wins.
     let out = job.command(&["--max-steps", "1"]).env("OXTUNE_HP_MAX_STEPS", "2").output().unwrap();
@@ -87,7 +85,7 @@ fn bad_value_names_key_value_and_allowed() {
 
 #[test]
 fn missing_train_channel() {
-    let job = Job::new(common::SMALL_JOB, &rows(8));
+    let job = Job::new(crate::common::SMALL_JOB, &rows(8));
     std::fs::remove_dir_all(job.channel("train")).unwrap();
     let reason = expect_failure(&job, &[], 2);
     assert!(reason.contains("channel `train`"), "{reason}");
@@ -95,7 +93,7 @@ fn missing_train_channel() {
 
 #[test]
 fn missing_model_channel() {
-    let job = Job::new(common::SMALL_JOB, &rows(8));
+    let job = Job::new(crate::common::SMALL_JOB, &rows(8));
     std::fs::remove_dir_all(job.channel("model")).unwrap();
     let reason = expect_failure(&job, &[], 2);
     assert!(reason.contains("`model` channel"), "{reason}");
@@ -105,7 +103,7 @@ fn missing_model_channel() {
 fn bad_row_names_file_and_line_and_skip_bad_rows_reports() {
     let mut lines: Vec<String> = rows(6).lines().map(String::from).collect();
     lines.insert(2, "{\"prompt\": broken".into()); // line 3
-    let job = Job::new(common::SMALL_JOB, &(lines.join("\n") + "\n"));
+    let job = Job::new(crate::common::SMALL_JOB, &(lines.join("\n") + "\n"));
     let reason = expect_failure(&job, &[], 2);
     assert!(reason.contains("data.jsonl") && reason.contains('3'), "{reason}");
     let out = job.run(&["--skip_bad_rows", "true"]);
@@ -115,30 +113,30 @@ fn bad_row_names_file_and_line_and_skip_bad_rows_reports() {
 
 #[test]
 fn empty_dataset() {
-    let job = Job::new(common::SMALL_JOB, "");
+    let job = Job::new(crate::common::SMALL_JOB, "");
     let reason = expect_failure(&job, &[], 2);
     assert!(reason.to_lowercase().contains("empty") || reason.contains("no training"), "{reason}");
 }
 
 #[test]
 fn tokenizer_larger_than_model_vocab() {
-    let job = Job::new(common::SMALL_JOB, &rows(8));
-    let mut cfg = common::tiny_config_json(2, 32);
+    let job = Job::new(crate::common::SMALL_JOB, &rows(8));
+    let mut cfg = crate::common::tiny_config_json(2, 32);
     cfg["vocab_size"] = serde_json::json!(100);
-    common::write_model(&job.channel("model"), &cfg, 1);
+    crate::common::write_model(&job.channel("model"), &cfg, 1);
     let reason = expect_failure(&job, &[], 2);
     assert!(reason.contains("tokenizer") && reason.contains("100"), "{reason}");
 }
 
 #[test]
 fn corrupt_weights_and_unsupported_model() {
-    let job = Job::new(common::SMALL_JOB, &rows(8));
+    let job = Job::new(crate::common::SMALL_JOB, &rows(8));
     std::fs::write(job.channel("model").join("model.safetensors"), b"not a safetensors file").unwrap();
     let reason = expect_failure(&job, &[], 2);
     assert!(reason.contains("model.safetensors") || reason.contains("safetensors"), "{reason}");
 
-    let job = Job::new(common::SMALL_JOB, &rows(8));
-    let mut cfg = common::tiny_config_json(2, 32);
+    let job = Job::new(crate::common::SMALL_JOB, &rows(8));
+    let mut cfg = crate::common::tiny_config_json(2, 32);
     cfg["model_type"] = serde_json::json!("gpt2");
     std::fs::write(job.channel("model").join("config.json"), cfg.to_string()).unwrap();
     let reason = expect_failure(&job, &[], 2);
@@ -146,8 +144,64 @@ fn corrupt_weights_and_unsupported_model() {
 }
 
 #[test]
+fn an_unsupported_family_and_a_model_channel_without_config_say_so() {
+    // A T5 config has none of the decoder's fields: the message is about the family, not a field.
+    let job = Job::new(crate::common::SMALL_JOB, &rows(8));
+    let t5 = r#"{"architectures":["T5ForConditionalGeneration"],"model_type":"t5","d_model":64,"num_layers":2,"vocab_size":32128}"#;
+    std::fs::write(job.channel("model").join("config.json"), t5).unwrap();
+    let reason = expect_failure(&job, &[], 2);
+    assert!(reason.contains("model_type `t5` is not supported; supported families: llama"), "{reason}");
+    // A supported family with a field missing names the family and the field.
+    let mut cfg = crate::common::tiny_config_json(2, 32);
+    cfg.as_object_mut().unwrap().remove("num_hidden_layers");
+    std::fs::write(job.channel("model").join("config.json"), cfg.to_string()).unwrap();
+    let reason = expect_failure(&job, &[], 2);
+    assert!(reason.contains("not a valid llama config") && reason.contains("num_hidden_layers"), "{reason}");
+    // A model channel that holds no config.json is bad input (exit 2), named as such.
+    std::fs::remove_file(job.channel("model").join("config.json")).unwrap();
+    let reason = expect_failure(&job, &[], 2);
+    assert!(reason.contains("has no config.json") && reason.contains("model"), "{reason}");
+}
+
+/// The `epoch` of the last METRIC line on stdout.
+fn last_metric_epoch(stdout: &str) -> f64 {
+    let line = stdout.lines().filter(|l| l.starts_with("METRIC ")).last().expect("a METRIC line");
+    let field = line.split_whitespace().find_map(|f| f.strip_prefix("epoch=")).expect("epoch= in the METRIC line");
+    field.parse().unwrap()
+}
+
+#[test]
+fn epochs_completed_says_what_the_metric_lines_say() {
+    let hp = [("lora_r", "4"), ("per_device_batch_size", "4"), ("max_seq_length", "32"), ("logging_steps", "1")];
+    // Two whole epochs: 24 rows, 4 per batch, no packing = 6 steps an epoch.
+    let job = Job::new(&[&hp[..], &[("epochs", "2"), ("packing", "false")]].concat(), &rows(24));
+    let out = job.run(&[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(last_metric_epoch(&String::from_utf8_lossy(&out.stdout)), 2.0, "{}", text(&out));
+    assert_eq!(job.summary()["epochs_completed"], 2.0);
+    assert_eq!(job.summary()["steps"], 12);
+    // max_steps stopping inside the first epoch: a fraction, the same as the METRIC line's.
+    let job =
+        Job::new(&[&hp[..], &[("max_steps", "4"), ("save_steps", "2"), ("packing", "false")]].concat(), &rows(24));
+    let out = job.run(&[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let epochs = job.summary()["epochs_completed"].as_f64().unwrap();
+    assert!((epochs - 4.0 / 6.0).abs() < 1e-9, "{epochs}");
+    assert!((last_metric_epoch(&String::from_utf8_lossy(&out.stdout)) - epochs).abs() < 0.005);
+    // Run again: it resumes from checkpoint-2 and must report the same.
+    std::fs::remove_dir_all(job.root().join("model")).unwrap();
+    let out = job.run(&[]);
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("Resuming from checkpoint"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(job.summary()["epochs_completed"].as_f64().unwrap(), epochs);
+}
+
+#[test]
 fn pipe_mode_multi_host_and_methods_not_built_are_refused() {
-    let job = Job::new(common::SMALL_JOB, &rows(8));
+    let job = Job::new(crate::common::SMALL_JOB, &rows(8));
     let cfg = job.root().join("input/config");
     std::fs::write(cfg.join("inputdataconfig.json"), r#"{"train":{"TrainingInputMode":"Pipe"}}"#).unwrap();
     assert!(expect_failure(&job, &[], 2).contains("Pipe"));
@@ -162,7 +216,7 @@ fn pipe_mode_multi_host_and_methods_not_built_are_refused() {
 
 #[test]
 fn help_serve_and_stale_failure_file() {
-    let job = Job::new(common::SMALL_JOB, &rows(8));
+    let job = Job::new(crate::common::SMALL_JOB, &rows(8));
     let help = std::process::Command::new(env!("CARGO_BIN_EXE_train")).arg("--help").output().unwrap();
     assert!(help.status.success() && String::from_utf8_lossy(&help.stdout).contains("Usage"));
     let serve = std::process::Command::new(env!("CARGO_BIN_EXE_train")).arg("serve").output().unwrap();

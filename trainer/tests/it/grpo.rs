@@ -2,22 +2,20 @@
 //! external reward protocol (incl. crashing and hanging scorers), and a seeded
 //! learning test whose mean reward rises.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use candle_core::{DType, Device, Tensor};
 use serde_json::Map;
 use trainer::data::TokenizerBundle;
-use trainer::grpo::generate::{generate, SamplingConfig};
-use trainer::grpo::rewards::{ExternalScorer, RewardInput};
 use trainer::lora::LoraConfig;
+use trainer::model::generate::{generate, SamplingConfig};
 use trainer::model::{Decoder, ForwardCtx, KvCache, ModelConfig};
 use trainer::rng::Rng;
+use trainer::train::grpo::rewards::{ExternalScorer, RewardInput};
 
 fn model(dir: &std::path::Path) -> Decoder {
-    common::write_model(dir, &common::tiny_config_json(2, 32), 4);
+    crate::common::write_model(dir, &crate::common::tiny_config_json(2, 32), 4);
     let cfg = ModelConfig::from_file(&dir.join("config.json")).unwrap();
     let lora = LoraConfig {
         r: 2,
@@ -184,11 +182,11 @@ fn grpo_learning_raises_mean_reward() {
         ("seed", "1"),
         ("save_steps", "0"),
     ];
-    let job = common::Job::new(hp, &prompts);
+    let job = crate::common::Job::new(hp, &prompts);
     // The 2-layer test model is too small to learn this in a few steps; use the demo's size.
-    common::write_model(&job.channel("model"), &common::tiny_config_json(4, 128), 7);
+    crate::common::write_model(&job.channel("model"), &crate::common::tiny_config_json(4, 128), 7);
     let out = job.run(&[]);
-    assert!(out.status.success(), "{}", common::text(&out));
+    assert!(out.status.success(), "{}", crate::common::text(&out));
     let summary = job.summary();
     let rewards: Vec<f64> =
         summary["history"].as_array().unwrap().iter().filter_map(|r| r["reward"].as_f64()).collect();
@@ -245,7 +243,7 @@ fn grpo_on_qlora_base_with_chat_prompts() {
         ("logging_steps", "1"),
         ("save_steps", "0"),
     ];
-    let job = common::Job::new(hp, &rows);
+    let job = crate::common::Job::new(hp, &rows);
     std::fs::create_dir_all(job.channel("scorer")).unwrap();
     // Pays 1 only when the templated prompt (system + user turns, assistant header) and the extra
     // column both arrive; anything else scores 0, so the mean reward says exactly what arrived.
@@ -261,7 +259,7 @@ fn grpo_on_qlora_base_with_chat_prompts() {
 done"#,
     );
     let out = job.run(&[]);
-    let log = common::text(&out);
+    let log = crate::common::text(&out);
     assert!(out.status.success(), "{log}");
     assert!(log.contains("QLoRA: decoder projections are NF4"), "{log}");
     let summary = job.summary();

@@ -8,13 +8,11 @@
 //! models amplify weight noise), and our NF4 of the bf16 weights dequantises to bnb's values
 //! (≤ 1% of values one bf16 ulp apart, from the double-quant offset).
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use crate::common::{rows, text, Job};
 use candle_core::{DType, Device, Tensor};
-use common::{rows, text, Job};
 use trainer::model::{Decoder, ForwardCtx, LoadOptions, ModelConfig};
 use trainer::quant::nf4::{self, Nf4Options, Nf4Weight};
 

@@ -12,8 +12,6 @@
 //!
 //! The release binary comes from `OXTUNE_RELEASE_TRAIN` (`tests/run.sh` builds it and sets it).
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -21,7 +19,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::{rows, text, Job};
+use crate::common::{rows, text, Job};
 
 /// SageMaker's StopTrainingJob / MaxRuntime grace between SIGTERM and SIGKILL.
 const GRACE: Duration = Duration::from_secs(120);
@@ -583,7 +581,7 @@ fn help_and_serve_through_the_entrypoint() {
 
 #[test]
 fn job_writes_outputs_at_opt_ml_with_only_the_sagemaker_environment() {
-    let job = Job::new(common::SMALL_JOB, &rows(24));
+    let job = Job::new(crate::common::SMALL_JOB, &rows(24));
     // The job's Environment reaches train through the entrypoint: it overrides hyperparameters.json.
     let run = Run { environment: &[("OXTUNE_HP_MAX_STEPS", "2")], ..Run::new(job.root()) };
     let out = run.output(&["train"]);

@@ -1,13 +1,11 @@
 //! SIGTERM → checkpoint → exit 143 → restart resumes automatically and produces
 //! the same loss sequence and adapter, bit for bit, as an uninterrupted run.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{loss_bits, rows, text, Job};
+use crate::common::{loss_bits, rows, text, Job};
 
 const HP: &[(&str, &str)] = &[
     ("max_steps", "160"),

@@ -5,24 +5,25 @@
 //! divided by the target-token count of the whole optimizer step, so the
 //! accumulated gradient equals the gradient of the full batch.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::checkpoint::TrainerState;
 use crate::data::{make_batches, Batch, BatchSpec, Example};
 use crate::error::TrainError;
 use crate::model::{Decoder, ForwardCtx};
 use kernels::recompute::SideGrads;
 
-use crate::optim::{accumulate, lr_at};
+use crate::optim::accumulate;
 use crate::report::{MetricRecord, Progress};
 use crate::rng::Rng;
-use crate::run_state::{self, RunState};
 use crate::sagemaker::StopFlag;
 use crate::spec::JobSpec;
+
+use super::schedule::{epoch_order, epochs_done, Schedule};
+use super::state::{self, RunState};
+use super::Outcome;
 
 pub struct SftInputs<'a> {
     pub spec: &'a JobSpec,
@@ -32,12 +33,6 @@ pub struct SftInputs<'a> {
     pub pad_id: u32,
     pub checkpoint_dir: &'a Path,
     pub stop: &'a StopFlag,
-}
-
-pub struct SftOutcome {
-    pub state: TrainerState,
-    pub total_steps: u64,
-    pub resumed_from: Option<PathBuf>,
 }
 
 /// Tensors of one micro-batch on the model's device.
@@ -69,13 +64,6 @@ pub fn summed_nll(model: &Decoder, t: &BatchTensors, ctx: &mut ForwardCtx) -> ca
     logp.mul(&t.mask)?.sum_all()?.neg()
 }
 
-/// Order of the training examples in an epoch: a seeded shuffle per epoch.
-pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..n).collect();
-    Rng::derive(seed, &format!("shuffle-epoch-{epoch}")).shuffle(&mut order);
-    order
-}
-
 /// Micro-batches of an epoch, grouped into optimizer steps (a group never spans two epochs).
 fn epoch_plan(inp: &SftInputs, epoch: u64) -> Vec<Batch> {
     let spec = batch_spec(inp.spec, inp.pad_id);
@@ -89,31 +77,6 @@ fn batch_spec(spec: &JobSpec, pad_id: u32) -> BatchSpec {
         packing: spec.packing,
         pad_id,
     }
-}
-
-/// Settings a checkpoint must share with the job resuming it.
-pub fn fingerprint(spec: &JobSpec, model: &Decoder) -> BTreeMap<String, String> {
-    let mut f: BTreeMap<String, String> = [
-        "lora_r",
-        "lora_alpha",
-        "use_rslora",
-        "target_modules",
-        "seed",
-        "per_device_batch_size",
-        "gradient_accumulation_steps",
-        "max_seq_length",
-        "packing",
-        "method",
-    ]
-    .iter()
-    .map(|k| (k.to_string(), spec.resolved.get(*k).cloned().unwrap_or_default()))
-    .collect();
-    f.insert("trainable_params".into(), model.trainable_param_count().to_string());
-    f.insert(
-        "model".into(),
-        format!("{} L{} H{}", model.cfg.model_type, model.cfg.num_hidden_layers, model.cfg.hidden_size),
-    );
-    f
 }
 
 /// Validation loss: mean −log p over all target tokens, adapters on, no dropout.
@@ -132,7 +95,7 @@ pub fn evaluate(model: &Decoder, examples: &[Example], spec: &JobSpec, pad_id: u
     Ok((tokens > 0).then(|| nll / tokens as f64))
 }
 
-pub fn train(inp: SftInputs) -> Result<SftOutcome, TrainError> {
+pub fn train(inp: SftInputs) -> Result<Outcome, TrainError> {
     let spec = inp.spec;
     let model = inp.model;
     let ga = spec.gradient_accumulation_steps.max(1);
@@ -140,17 +103,15 @@ pub fn train(inp: SftInputs) -> Result<SftOutcome, TrainError> {
     if micro_per_epoch == 0 {
         return Err(TrainError::BadInput("the training set produced no batches".into()));
     }
-    let steps_per_epoch = micro_per_epoch.div_ceil(ga) as u64;
-    let total_steps = spec.max_steps.unwrap_or_else(|| ((spec.epochs * steps_per_epoch as f64).ceil() as u64).max(1));
-    let warmup =
-        if spec.warmup_steps > 0 { spec.warmup_steps } else { (spec.warmup_ratio * total_steps as f64).ceil() as u64 };
+    let schedule = Schedule::new(spec, micro_per_epoch.div_ceil(ga) as u64);
+    let total_steps = schedule.total_steps;
 
     let vars = model.trainable_vars();
-    let RunState { mut opt, mut state, resumed_from } = run_state::start(spec, model, inp.checkpoint_dir, false)?;
+    let RunState { mut opt, mut state, resumed_from } = state::start(spec, model, inp.checkpoint_dir, false)?;
 
-    println!(
+    tracing::info!(
         "Training: {} examples, {} micro-batches/epoch, gradient accumulation {}, {} optimizer steps (warmup {}), {} trainable parameters",
-        inp.train.len(), micro_per_epoch, ga, total_steps, warmup, model.trainable_param_count()
+        inp.train.len(), micro_per_epoch, ga, total_steps, schedule.warmup_steps, model.trainable_param_count()
     );
     let started = Instant::now();
     let base_elapsed = state.elapsed_secs;
@@ -158,7 +119,7 @@ pub fn train(inp: SftInputs) -> Result<SftOutcome, TrainError> {
     let mut plan = epoch_plan(&inp, state.epoch);
     let (mut log_loss, mut log_steps, mut log_tokens, mut log_t0) = (0f64, 0u64, 0u64, Instant::now());
 
-    while state.step < total_steps {
+    while !schedule.is_done(state.step) {
         if state.batch_in_epoch >= plan.len() {
             state.epoch += 1;
             state.batch_in_epoch = 0;
@@ -175,7 +136,7 @@ pub fn train(inp: SftInputs) -> Result<SftOutcome, TrainError> {
             if inp.stop.is_set() {
                 // Drop the partial step: the checkpoint holds the state after the last complete one.
                 state.elapsed_secs = base_elapsed + started.elapsed().as_secs_f64();
-                let dir = run_state::save(spec, model, inp.checkpoint_dir, &state, &opt)?;
+                let dir = state::save(spec, model, inp.checkpoint_dir, &state, &opt)?;
                 return Err(TrainError::Interrupted { step: state.step, checkpoint: dir.display().to_string() });
             }
             if b.target_tokens == 0 || step_targets == 0 {
@@ -198,7 +159,7 @@ pub fn train(inp: SftInputs) -> Result<SftOutcome, TrainError> {
                 spec.learning_rate
             )));
         }
-        let lr = lr_at(state.step, total_steps, warmup, spec.learning_rate, spec.lr_scheduler);
+        let lr = schedule.lr(state.step);
         let grad_norm = if grads.is_empty() { 0.0 } else { opt.step(&grads, lr, spec.max_grad_norm)? };
         drop(grads);
         state.dropout_rng = rng;
@@ -208,9 +169,9 @@ pub fn train(inp: SftInputs) -> Result<SftOutcome, TrainError> {
         log_loss += step_loss;
         log_steps += 1;
         log_tokens += step_tokens;
-        let epoch_f = state.epoch as f64 + state.batch_in_epoch as f64 / plan.len().max(1) as f64;
+        let epoch_f = epochs_done(state.epoch, state.batch_in_epoch, plan.len());
 
-        if state.step % spec.logging_steps == 0 || state.step == total_steps {
+        if schedule.log_now(state.step) {
             let secs = log_t0.elapsed().as_secs_f64().max(1e-9);
             let rec = MetricRecord {
                 step: state.step,
@@ -221,25 +182,25 @@ pub fn train(inp: SftInputs) -> Result<SftOutcome, TrainError> {
                 tokens_per_sec: Some(log_tokens as f64 / secs),
                 ..Default::default()
             };
-            println!("{}", rec.line());
+            tracing::info!("{}", rec.line());
             state.history.push(rec);
             (log_loss, log_steps, log_tokens, log_t0) = (0.0, 0, 0, Instant::now());
         }
         progress.update(state.step, step_loss);
-        let eval_now = spec.eval_steps > 0 && state.step % spec.eval_steps == 0;
-        if eval_now || state.step == total_steps {
+        if schedule.eval_now(state.step) {
             if let Some(eval_loss) = evaluate(model, inp.validation, spec, inp.pad_id)? {
                 let rec =
                     MetricRecord { step: state.step, epoch: epoch_f, eval_loss: Some(eval_loss), ..Default::default() };
-                println!("{}", rec.line());
+                tracing::info!("{}", rec.line());
                 state.history.push(rec);
             }
         }
         state.elapsed_secs = base_elapsed + started.elapsed().as_secs_f64();
-        if spec.save_steps > 0 && state.step % spec.save_steps == 0 && state.step < total_steps {
-            let dir = run_state::save(spec, model, inp.checkpoint_dir, &state, &opt)?;
+        if schedule.save_now(state.step) {
+            let dir = state::save(spec, model, inp.checkpoint_dir, &state, &opt)?;
             tracing::info!("checkpoint saved: {}", dir.display());
         }
     }
-    Ok(SftOutcome { state, total_steps, resumed_from })
+    let epochs_completed = epochs_done(state.epoch, state.batch_in_epoch, plan.len());
+    Ok(Outcome { state, total_steps, epochs_completed, resumed_from })
 }

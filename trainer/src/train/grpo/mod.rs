@@ -2,8 +2,6 @@
 //! score them, normalise rewards within each group, and take clipped policy-gradient
 //! steps with a KL term to the reference policy (the same weights, adapters off).
 
-pub mod generate;
-pub mod loss;
 pub mod rewards;
 
 use std::collections::BTreeMap;
@@ -18,16 +16,18 @@ use crate::error::{io_err, TrainError};
 use crate::model::{Decoder, ForwardCtx};
 use kernels::recompute::SideGrads;
 
-use crate::optim::{accumulate, lr_at};
+use crate::grpo_loss::{advantages, grpo_loss, LossConfig, LossStats};
+use crate::model::generate::{generate, Completion, Finish, SamplingConfig};
+use crate::optim::accumulate;
 use crate::report::{MetricRecord, Progress};
 use crate::rng::Rng;
-use crate::run_state::{self, RunState};
 use crate::sagemaker::StopFlag;
-use crate::sft::{epoch_order, SftOutcome};
 use crate::spec::JobSpec;
-use generate::{generate, Completion, Finish, SamplingConfig};
-use loss::{advantages, grpo_loss, LossConfig, LossStats};
 use rewards::{ExternalScorer, RewardFn, RewardInput};
+
+use super::schedule::{epoch_order, epochs_done, Schedule};
+use super::state::{self, RunState};
+use super::Outcome;
 
 /// One prompt of the dataset, tokenised, with the columns its rewards may read.
 #[derive(Debug, Clone)]
@@ -182,7 +182,7 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
     (m, var.sqrt())
 }
 
-pub fn train(inp: GrpoInputs) -> Result<SftOutcome, TrainError> {
+pub fn train(inp: GrpoInputs) -> Result<Outcome, TrainError> {
     let spec = inp.spec;
     let g = &spec.grpo;
     let model = inp.model;
@@ -193,14 +193,11 @@ pub fn train(inp: GrpoInputs) -> Result<SftOutcome, TrainError> {
         return Err(TrainError::BadInput("no prompts in the training data".into()));
     }
     let rounds_per_epoch = inp.prompts.len().div_ceil(per_round) as u64;
-    let total_steps = spec
-        .max_steps
-        .unwrap_or_else(|| ((spec.epochs * (rounds_per_epoch * g.num_iterations as u64) as f64).ceil() as u64).max(1));
-    let warmup =
-        if spec.warmup_steps > 0 { spec.warmup_steps } else { (spec.warmup_ratio * total_steps as f64).ceil() as u64 };
+    let schedule = Schedule::new(spec, rounds_per_epoch * g.num_iterations as u64);
+    let total_steps = schedule.total_steps;
     let vars = model.trainable_vars();
-    let RunState { mut opt, mut state, resumed_from } = run_state::start(spec, model, inp.checkpoint_dir, true)?;
-    println!(
+    let RunState { mut opt, mut state, resumed_from } = state::start(spec, model, inp.checkpoint_dir, true)?;
+    tracing::info!(
         "GRPO: {} prompts, {} per step × {} generations, {} optimizer steps, rewards {:?} (weights {:?}), loss {:?}, beta {}",
         inp.prompts.len(), per_round, group, total_steps, g.reward_funcs, g.reward_weights, g.loss_type, g.beta
     );
@@ -217,10 +214,10 @@ pub fn train(inp: GrpoInputs) -> Result<SftOutcome, TrainError> {
     let mut progress = Progress::new(total_steps, state.step);
     let mut order = epoch_order(inp.prompts.len(), spec.seed, state.epoch);
 
-    while state.step < total_steps {
+    while !schedule.is_done(state.step) {
         if inp.stop.is_set() {
             state.elapsed_secs = base_elapsed + started.elapsed().as_secs_f64();
-            let dir = run_state::save(spec, model, inp.checkpoint_dir, &state, &opt)?;
+            let dir = state::save(spec, model, inp.checkpoint_dir, &state, &opt)?;
             return Err(TrainError::Interrupted { step: state.step, checkpoint: dir.display().to_string() });
         }
         if state.batch_in_epoch >= order.len() {
@@ -305,7 +302,7 @@ pub fn train(inp: GrpoInputs) -> Result<SftOutcome, TrainError> {
 
         // 4. num_iterations optimizer steps on this generation batch.
         for _ in 0..g.num_iterations {
-            if state.step >= total_steps {
+            if schedule.is_done(state.step) {
                 break;
             }
             let mut grads: Vec<Tensor> = vec![];
@@ -328,7 +325,7 @@ pub fn train(inp: GrpoInputs) -> Result<SftOutcome, TrainError> {
             if !loss_sum.is_finite() {
                 return Err(TrainError::Diverged(format!("GRPO loss is {loss_sum} at step {}", state.step + 1)));
             }
-            let lr = lr_at(state.step, total_steps, warmup, spec.learning_rate, spec.lr_scheduler);
+            let lr = schedule.lr(state.step);
             let grad_norm = opt.step(&grads, lr, spec.max_grad_norm)?;
             state.step += 1;
             state.tokens_seen += gen_tokens as u64;
@@ -351,7 +348,7 @@ pub fn train(inp: GrpoInputs) -> Result<SftOutcome, TrainError> {
             extra.insert("step_time".into(), round_start.elapsed().as_secs_f64());
             let rec = MetricRecord {
                 step: state.step,
-                epoch: state.epoch as f64 + end as f64 / order.len().max(1) as f64,
+                epoch: epochs_done(state.epoch, end, order.len()),
                 loss: Some(loss_sum),
                 lr: Some(lr),
                 grad_norm: Some(grad_norm),
@@ -359,8 +356,8 @@ pub fn train(inp: GrpoInputs) -> Result<SftOutcome, TrainError> {
                 eval_loss: None,
                 extra,
             };
-            if state.step % spec.logging_steps == 0 || state.step == total_steps {
-                println!("{}", rec.line());
+            if schedule.log_now(state.step) {
+                tracing::info!("{}", rec.line());
             }
             state.history.push(rec);
             progress.update(state.step, loss_sum);
@@ -371,11 +368,12 @@ pub fn train(inp: GrpoInputs) -> Result<SftOutcome, TrainError> {
         state.batch_in_epoch = end;
         state.generation_rng = Some(gen_rng);
         state.elapsed_secs = base_elapsed + started.elapsed().as_secs_f64();
-        if spec.save_steps > 0 && state.step % spec.save_steps == 0 && state.step < total_steps {
-            run_state::save(spec, model, inp.checkpoint_dir, &state, &opt)?;
+        if schedule.save_now(state.step) {
+            state::save(spec, model, inp.checkpoint_dir, &state, &opt)?;
         }
     }
-    Ok(SftOutcome { state, total_steps, resumed_from })
+    let epochs_completed = epochs_done(state.epoch, state.batch_in_epoch, order.len());
+    Ok(Outcome { state, total_steps, epochs_completed, resumed_from })
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -1,0 +1,102 @@
+//! Where a job computes, and in which dtype.
+//!
+//! `OXTUNE_DEVICE` (environment): unset = the first CUDA GPU when the build has `cuda` and one is
+//! present, else the CPU; `cpu` forces the CPU; `emulated-cuda` (a test aid) runs the GPU code
+//! path — every fused kernel in `kernels/cuda/`, bf16 by default — on the CPU through the host
+//! emulation of CUDA, so the path a GPU job takes can be checked on a machine without one.
+
+use candle_core::{DType, Device};
+
+use crate::error::TrainError;
+use crate::spec::DTypeChoice;
+
+/// The environment variable that picks the device.
+pub const DEVICE_VAR: &str = "OXTUNE_DEVICE";
+
+/// The device of one job.
+#[derive(Debug, Clone)]
+pub struct JobDevice {
+    pub device: Device,
+    /// CPU tensors whose ops run the CUDA kernels under the host emulation (see module docs).
+    pub emulated_cuda: bool,
+}
+
+impl JobDevice {
+    /// Reads `OXTUNE_DEVICE` from `env` (the process environment, passed in so tests can set it).
+    pub fn select(env: &[(String, String)]) -> Result<JobDevice, TrainError> {
+        let choice = env.iter().rev().find(|(k, _)| k == DEVICE_VAR).map(|(_, v)| v.trim().to_ascii_lowercase());
+        match choice.as_deref() {
+            None | Some("") | Some("auto") | Some("cuda") => Ok(JobDevice { device: first_gpu_or_cpu(), emulated_cuda: false }),
+            Some("cpu") => Ok(JobDevice { device: Device::Cpu, emulated_cuda: false }),
+            Some("emulated-cuda") => Ok(JobDevice { device: Device::Cpu, emulated_cuda: true }),
+            Some(other) => Err(TrainError::BadInput(format!(
+                "{DEVICE_VAR}={other} is not a device: use cpu, cuda (the default: the first GPU when there is one) or emulated-cuda (the GPU code path on the CPU, for tests)"
+            ))),
+        }
+    }
+
+    /// Turns the emulation on for the calling thread (the one that trains): the kernels choose
+    /// their path per thread.
+    pub fn enter(&self) {
+        kernels::launch::emulate_on_this_thread(self.emulated_cuda);
+    }
+
+    /// Under emulation: which kernels ran and how often (one info line), so a test can check that
+    /// the job went through every fused kernel.
+    pub fn report_launches(&self) {
+        if self.emulated_cuda {
+            let counts = kernels::launch::emulated::take_launch_counts();
+            let list: Vec<String> = counts.iter().map(|(k, n)| format!("{k}={n}")).collect();
+            tracing::info!("Emulated CUDA launches: {}", list.join(" "));
+        }
+    }
+
+    /// `dtype=auto`: bf16 wherever the fused kernels run (GPU or emulated), f32 on the plain CPU.
+    pub fn dtype(&self, choice: DTypeChoice) -> DType {
+        match choice {
+            DTypeChoice::F32 => DType::F32,
+            DTypeChoice::Bf16 => DType::BF16,
+            DTypeChoice::Auto if matches!(self.device, Device::Cpu) && !self.emulated_cuda => DType::F32,
+            DTypeChoice::Auto => DType::BF16,
+        }
+    }
+
+    /// As printed at start-up and written to the summary: `cpu`, `cuda:0` or `emulated-cuda`.
+    pub fn name(&self) -> String {
+        match &self.device {
+            Device::Cpu if self.emulated_cuda => "emulated-cuda".into(),
+            Device::Cpu => "cpu".into(),
+            Device::Cuda(_) => "cuda:0".into(),
+            other => format!("{other:?}"),
+        }
+    }
+}
+
+fn first_gpu_or_cpu() -> Device {
+    #[cfg(feature = "cuda")]
+    match Device::new_cuda(0) {
+        Ok(d) => return d,
+        Err(e) => tracing::warn!("no usable CUDA device ({e}); training on CPU"),
+    }
+    Device::Cpu
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(v: &str) -> Vec<(String, String)> {
+        vec![(DEVICE_VAR.to_string(), v.to_string())]
+    }
+
+    #[test]
+    fn choices() {
+        let cpu = JobDevice::select(&env("CPU")).unwrap();
+        assert_eq!((cpu.name(), cpu.dtype(DTypeChoice::Auto)), ("cpu".to_string(), DType::F32));
+        let emu = JobDevice::select(&env("emulated-cuda")).unwrap();
+        assert_eq!((emu.name(), emu.dtype(DTypeChoice::Auto)), ("emulated-cuda".to_string(), DType::BF16));
+        assert_eq!(emu.dtype(DTypeChoice::F32), DType::F32);
+        let err = JobDevice::select(&env("tpu")).unwrap_err().to_string();
+        assert!(err.contains("OXTUNE_DEVICE=tpu") && err.contains("emulated-cuda"), "{err}");
+    }
+}

@@ -1,0 +1,209 @@
+//! The job spec: one typed schema, resolved from CLI flags > environment
+//! (`OXTUNE_HP_<KEY>`) > `hyperparameters.json` > defaults.
+//!
+//! The schema is the table [`PARAMS`]; parsing, aliases, "did you mean"
+//! suggestions, the README reference table and the launcher's validation all
+//! read it, so a parameter is declared in exactly one place.
+
+mod grpo;
+mod resolve;
+mod table;
+
+use std::collections::BTreeMap;
+
+use crate::data::DataSpec;
+use crate::lora::LoraConfig;
+use crate::optim::AdamWConfig;
+use crate::quant::Nf4Options;
+
+pub use grpo::{GrpoSpec, REWARD_FUNCS};
+pub use resolve::{parse_bool, BadValue, Origin, Sources, SpecError, ENV_PREFIX};
+pub use table::{lookup, markdown_table, suggest, Kind, ParamDef, PARAMS};
+// The LoRA names the launcher validates against live with LoRA; re-exported for the spec's users.
+pub use crate::lora::{Targets, LINEAR_MODULES};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Lora,
+    Qlora,
+    Grpo,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheduler {
+    Constant,
+    Linear,
+    Cosine,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DTypeChoice {
+    Auto,
+    Bf16,
+    F32,
+}
+
+/// The typed, validated job spec.
+#[derive(Debug, Clone)]
+pub struct JobSpec {
+    pub base_model: String,
+    pub method: Method,
+    pub lora_r: usize,
+    pub lora_alpha: f64,
+    pub lora_dropout: f64,
+    pub use_rslora: bool,
+    pub target_modules: Targets,
+    pub learning_rate: f64,
+    pub lr_scheduler: Scheduler,
+    pub warmup_ratio: f64,
+    pub warmup_steps: u64,
+    pub epochs: f64,
+    pub max_steps: Option<u64>,
+    pub per_device_batch_size: usize,
+    pub gradient_accumulation_steps: usize,
+    pub max_seq_length: usize,
+    pub packing: bool,
+    pub weight_decay: f64,
+    pub max_grad_norm: f64,
+    pub adam_beta1: f64,
+    pub adam_beta2: f64,
+    pub adam_epsilon: f64,
+    pub seed: u64,
+    pub dtype: DTypeChoice,
+    pub data: DataSpec,
+    pub validation_split: f64,
+    pub logging_steps: u64,
+    pub eval_steps: u64,
+    pub save_steps: u64,
+    pub save_total_limit: usize,
+    /// QLoRA: NF4 base (method=qlora, or load_in_4bit).
+    pub load_in_4bit: bool,
+    /// QLoRA: double-quantise the absmax.
+    pub bnb_4bit_use_double_quant: bool,
+    pub merge_adapter: bool,
+    /// Activation checkpointing per decoder layer.
+    pub gradient_checkpointing: bool,
+    pub grpo: GrpoSpec,
+    /// Every parameter's final value as text, canonical names, for the summary.
+    pub resolved: BTreeMap<String, String>,
+}
+
+impl JobSpec {
+    /// What every adapter of the model shares (the spec builds LoRA's own config).
+    pub fn lora_config(&self) -> LoraConfig {
+        let targets = match &self.target_modules {
+            Targets::AllLinear => LINEAR_MODULES.iter().map(|s| s.to_string()).collect(),
+            Targets::Names(n) => n.clone(),
+        };
+        LoraConfig {
+            r: self.lora_r,
+            alpha: self.lora_alpha,
+            dropout: self.lora_dropout,
+            use_rslora: self.use_rslora,
+            targets,
+        }
+    }
+
+    /// The optimizer's settings.
+    pub fn adamw_config(&self) -> AdamWConfig {
+        AdamWConfig {
+            beta1: self.adam_beta1,
+            beta2: self.adam_beta2,
+            eps: self.adam_epsilon,
+            weight_decay: self.weight_decay,
+        }
+    }
+
+    /// QLoRA: how the base is quantised while loading (None: a bf16/f32 base).
+    pub fn nf4_options(&self) -> Option<Nf4Options> {
+        self.load_in_4bit
+            .then_some(Nf4Options { double_quant: self.bnb_4bit_use_double_quant, ..Nf4Options::default() })
+    }
+
+    /// Validate a SageMaker-style string map (what the launcher sends) exactly as the trainer reads it.
+    pub fn from_hyperparameters(hp: &BTreeMap<String, String>) -> Result<JobSpec, SpecError> {
+        let mut sources = Sources::default();
+        for (k, v) in hp {
+            sources.push(k, v, Origin::Hyperparameters("hyperparameters".into()))?;
+        }
+        sources.resolve()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hp(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_resolve() {
+        let spec = JobSpec::from_hyperparameters(&BTreeMap::new()).unwrap();
+        assert_eq!(spec.method, Method::Lora);
+        assert_eq!(spec.lora_r, 16);
+        assert_eq!(spec.target_modules, Targets::AllLinear);
+        assert_eq!(spec.max_steps, None);
+        assert!((spec.lora_config().scale() - 2.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn aliases_and_json_strings() {
+        let spec = JobSpec::from_hyperparameters(&hp(&[
+            ("batch_size", "8"),
+            ("max-seq-length", "\"512\""),
+            ("lora-rank", "4"),
+            ("num-train-epochs", "2"),
+            ("learning-rate", "1e-4"),
+            ("max_sequence_length", "256"),
+            ("target_modules", "[\"q_proj\", \"v_proj\"]"),
+            ("sagemaker_program", "ignored.py"),
+        ]))
+        .unwrap();
+        assert_eq!(spec.per_device_batch_size, 8);
+        assert_eq!(spec.lora_r, 4);
+        assert_eq!(spec.epochs, 2.0);
+        assert_eq!(spec.learning_rate, 1e-4);
+        assert_eq!(spec.target_modules, Targets::Names(vec!["q_proj".into(), "v_proj".into()]));
+        assert_eq!(spec.max_seq_length, 256);
+    }
+
+    #[test]
+    fn unknown_key_suggests() {
+        let err = JobSpec::from_hyperparameters(&hp(&[("learning_rat", "1")])).unwrap_err().to_string();
+        assert!(err.contains("learning_rat") && err.contains("did you mean `learning_rate`"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_key_value_and_allowed() {
+        let err = JobSpec::from_hyperparameters(&hp(&[("lora_r", "abc")])).unwrap_err().to_string();
+        assert!(err.contains("lora_r") && err.contains("abc") && err.contains("integer"), "{err}");
+        let err = JobSpec::from_hyperparameters(&hp(&[("lr_scheduler", "cosin")])).unwrap_err().to_string();
+        assert!(err.contains("did you mean `cosine`") && err.contains("constant | linear | cosine"), "{err}");
+        let err = JobSpec::from_hyperparameters(&hp(&[("target_modules", "q_prj")])).unwrap_err().to_string();
+        assert!(err.contains("did you mean `q_proj`"), "{err}");
+        let err = JobSpec::from_hyperparameters(&hp(&[("packing", "maybe")])).unwrap_err().to_string();
+        assert!(err.contains("true or false"), "{err}");
+    }
+
+    #[test]
+    fn precedence_cli_over_env_over_file() {
+        let mut s = Sources::default();
+        s.push("lora_r", "4", Origin::Hyperparameters("hp.json".into())).unwrap();
+        s.push_env([
+            ("OXTUNE_HP_LORA_R".to_string(), "8".to_string()),
+            ("OXTUNE_ML_ROOT".to_string(), "/x".to_string()),
+        ])
+        .unwrap();
+        assert_eq!(s.resolve().unwrap().lora_r, 8);
+        s.push("--lora-r", "2", Origin::Cli).unwrap();
+        assert_eq!(s.resolve().unwrap().lora_r, 2);
+    }
+
+    #[test]
+    fn warmup_conflict() {
+        let err = JobSpec::from_hyperparameters(&hp(&[("warmup_ratio", "0.1"), ("warmup_steps", "3")])).unwrap_err();
+        assert!(err.to_string().contains("warmup"));
+    }
+}
