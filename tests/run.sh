@@ -50,6 +50,9 @@ mkdir -p target && : > "$OXTUNE_EMU_LAUNCH_LOG"
 # One build for everything: the container contract test runs the `train` binary of this build
 # through the image's entrypoint (the image's release build differs only in optimisation level).
 stage "build (workspace, tests)" cargo test --workspace --no-run "$@"
+# The container tests run the `train` of this build (optimised, like the image's release build).
+OXTUNE_RELEASE_TRAIN="$PWD/target/debug/train"
+export OXTUNE_RELEASE_TRAIN
 stage "tests" cargo test --workspace --no-fail-fast "$@"
 
 # Every __global__ entry point must have run, under emulation, in a passing test.

@@ -42,7 +42,7 @@ pack() {
   export CARGO_PROFILE_TEST_DEBUG=0 CARGO_PROFILE_DEV_DEBUG=0 CARGO_PROFILE_TEST_STRIP=symbols CARGO_PROFILE_DEV_STRIP=symbols
   rm -rf "${out:?}/tests" "${out:?}/bin"
   mkdir -p "$out/tests" "$out/bin"
-  cargo nextest archive --features cuda -p kernels -p trainer --test gpu \
+  cargo nextest archive --features cuda -p kernels -p trainer --test it \
     --archive-file "$out/tests/gpu-tests.tar.zst"
   store "$(command -v cargo-nextest)" "$out/tests/cargo-nextest"
   cargo build --release --features cuda -p trainer --bin train
@@ -85,8 +85,11 @@ run() {
   export LD_LIBRARY_PATH
   echo "== GPU: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null || echo unknown)"
   echo "== CUDA libraries from: $LD_LIBRARY_PATH"
+  # The `cuda` variant of every on-every-device test (OXTUNE_GPU_TESTS=<nextest filter> to choose others);
+  # a variant that finds no GPU fails instead of skipping.
+  export OXTUNE_REQUIRE_GPU=1
   "$out/tests/cargo-nextest" nextest run --archive-file "$out/tests/gpu-tests.tar.zst" --workspace-remap "$root" \
-    --no-fail-fast --test-threads 1 "$@"
+    --no-fail-fast --test-threads 1 -E "${OXTUNE_GPU_TESTS:-test(/::cuda\$/)}" "$@"
 }
 
 case "${1:-}" in

@@ -30,13 +30,8 @@ pub fn start(spec: &JobSpec, model: &Decoder, checkpoint_dir: &Path, generation:
         opt.m = loaded.moments.0;
         opt.v = loaded.moments.1;
         opt.step = loaded.state.step;
-        tracing::info!(
-            "Resuming from checkpoint {} at step {} (epoch {}, position {})",
-            loaded.dir.display(),
-            loaded.state.step,
-            loaded.state.epoch,
-            loaded.state.batch_in_epoch
-        );
+        tracing::info!("Resuming from checkpoint {} at step {}", loaded.dir.display(), loaded.state.step);
+        tracing::debug!("resume position: epoch {}, micro-batch {}", loaded.state.epoch, loaded.state.batch_in_epoch);
         return Ok(RunState { opt, state: loaded.state, resumed_from: Some(loaded.dir) });
     }
     let state = TrainerState {

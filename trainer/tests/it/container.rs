@@ -39,7 +39,7 @@ fn release_train() -> PathBuf {
         panic!(
             "OXTUNE_RELEASE_TRAIN is not set: the container tests need the release binary. Run ./tests/run.sh \
              (it builds it), or `cargo build --release -p trainer --bin train` and \
-             OXTUNE_RELEASE_TRAIN=$PWD/target/release/train cargo test -p trainer --test container"
+             OXTUNE_RELEASE_TRAIN=$PWD/target/release/train cargo test -p trainer --test it container::"
         )
     };
     let path = PathBuf::from(path);

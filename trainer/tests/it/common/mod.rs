@@ -49,6 +49,11 @@ pub fn rows(n: usize) -> String {
         + "\n"
 }
 
+/// The `train` binary: nextest's archive (GPU machine) remaps it to NEXTEST_BIN_EXE_train.
+pub fn train_bin() -> String {
+    std::env::var("NEXTEST_BIN_EXE_train").unwrap_or_else(|_| env!("CARGO_BIN_EXE_train").to_string())
+}
+
 pub struct Job {
     pub dir: tempfile::TempDir,
 }
@@ -82,7 +87,7 @@ impl Job {
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_train"));
+        let mut c = Command::new(train_bin());
         c.arg("train").arg("--ml-root").arg(self.root()).args(args);
         c.env_remove("OXTUNE_ML_ROOT").env_remove("SAGEMAKER_BASE_DIR").env("OXTUNE_DEVICE", "cpu");
         c
