@@ -1,10 +1,11 @@
 //! The GPU code path of `train` — bf16 and every fused kernel of `kernels/cuda/` — against the CPU
 //! path (f32, the kernels' CPU references), on every GPU path this machine has: the host emulation
-//! of CUDA always (`OXTUNE_DEVICE=emulated-cuda`), a real GPU in a `--features cuda` build.
+//! of CUDA always (`OXTUNE_DEVICE=emulated-cuda`), a real GPU in a `--features cuda` build. The demo
+//! covers the LoRA path's kernels, a QLoRA job the NF4 one.
 
 use crate::common::{rows, text, Job};
 
-/// A head dim the attention kernels take (64), LoRA dropout on (the mask kernel), 3 steps.
+/// QLoRA (the NF4 kernel) on a tiny model: a head dim the attention kernels take (64), 3 steps.
 const JOB: &[(&str, &str)] = &[
     ("max_steps", "3"),
     ("lora_r", "4"),
@@ -70,11 +71,33 @@ macro_rules! on_every_gpu_path {
     };
 }
 
+/// `train demo` for 3 steps with LoRA dropout on (the mask kernel) on `device`: console text and losses.
+fn demo(device: &str) -> (String, Vec<(u64, f64)>) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("demo");
+    let out = std::process::Command::new(crate::common::train_bin())
+        .args(["demo", "--steps", "3", "--logging_steps", "1", "--lora_dropout", "0.05", "--ml-root"])
+        .arg(&root)
+        .env("OXTUNE_DEVICE", device)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{device}:\n{}", text(&out));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("model/training_summary.json")).unwrap()).unwrap();
+    let losses = summary["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| Some((r["step"].as_u64()?, r.get("loss")?.as_f64()?)))
+        .collect();
+    (text(&out), losses)
+}
+
 on_every_gpu_path! {
-    fn lora_job_matches_cpu(device) {
-        let job = job();
-        let (_, cpu) = losses(&job, "cpu", &[]);
-        let (log, gpu) = losses(&job, device, &[]);
+    fn demo_matches_cpu(device) {
+        let (cpu_log, cpu) = demo("cpu");
+        assert!(cpu_log.contains("device cpu") && cpu_log.contains("dtype F32"), "{cpu_log}");
+        let (log, gpu) = demo(device);
         assert!(log.contains("dtype BF16"), "{log}");
         assert_same_curve(&cpu, &gpu, &log);
         if device == "emulated-cuda" {
@@ -97,6 +120,7 @@ on_every_gpu_path! {
         let job = job();
         let (_, cpu) = losses(&job, "cpu", &["--method", "qlora"]);
         let (log, gpu) = losses(&job, device, &["--method", "qlora"]);
+        assert!(log.contains("dtype BF16"), "{log}");
         assert_same_curve(&cpu, &gpu, &log);
         if device == "emulated-cuda" {
             assert!(log.contains("oxt_nf4_dequant_bf16="), "the NF4 kernel did not run:\n{log}");
