@@ -165,7 +165,7 @@ fn an_unsupported_family_and_a_model_channel_without_config_say_so() {
 
 /// The `epoch` of the last METRIC line on stdout.
 fn last_metric_epoch(stdout: &str) -> f64 {
-    let line = stdout.lines().filter(|l| l.starts_with("METRIC ")).last().expect("a METRIC line");
+    let line = stdout.lines().rfind(|l| l.starts_with("METRIC ")).expect("a METRIC line");
     let field = line.split_whitespace().find_map(|f| f.strip_prefix("epoch=")).expect("epoch= in the METRIC line");
     field.parse().unwrap()
 }
