@@ -106,6 +106,10 @@ fn read_examples(opts: &PrepareOptions) -> Result<ReadExamples, String> {
         .into_iter()
         .collect::<Vec<_>>()
         .join("+");
+    // Which recognised column pair became prompt/completion (the trainer's one detection decides).
+    let pairs: std::collections::BTreeSet<String> =
+        report.column_pairs.iter().map(|(_, p, c)| format!(", columns `{p}` → prompt, `{c}` → completion")).collect();
+    let detected = detected + &pairs.into_iter().collect::<String>();
     let examples = report
         .records
         .into_iter()
@@ -138,7 +142,11 @@ fn read_examples(opts: &PrepareOptions) -> Result<ReadExamples, String> {
 
 /// The trainer's DataSpec for reading: format and field names from the flags, bad rows skipped.
 pub fn data_spec(opts: &PrepareOptions) -> Result<trainer::data::DataSpec, String> {
-    let mut spec = trainer::data::DataSpec { skip_bad_rows: true, ..Default::default() };
+    let mut spec = trainer::data::DataSpec {
+        skip_bad_rows: true,
+        mapping_help: "or pass --prompt-field and --completion-field (and --format) to map your keys".into(),
+        ..Default::default()
+    };
     spec.format = opts.format.parse()?;
     if let Some(p) = &opts.fields.prompt {
         spec.fields.prompt = p.clone();

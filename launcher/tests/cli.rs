@@ -652,6 +652,44 @@ fn prepare_data_txt_and_csv_targets() {
     );
 }
 
+/// A SAMSum-shaped CSV (`dialogue,summary`) needs no flags: the trainer's detection maps the pair and
+/// the report names the mapping; keys nothing recognises fail with this program's flags as the remedy.
+#[test]
+fn prepare_data_recognises_column_pairs_and_names_its_own_flags() {
+    let home = tempfile::tempdir().unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let csv = d.path().join("survey.csv");
+    std::fs::write(
+        &csv,
+        "id,dialogue,summary
+1,\"A: hi\nB: hello\",They greet.\n",
+    )
+    .unwrap();
+    let out = oxtune(home.path())
+        .args(["prepare-data", "--to", "instruction", "-o"])
+        .arg(d.path().join("o.jsonl"))
+        .arg(&csv)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("columns `dialogue` → prompt, `summary` → completion"), "{stdout}");
+    let written = std::fs::read_to_string(d.path().join("o.jsonl")).unwrap();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(written.trim()).unwrap(),
+        serde_json::json!({"instruction": "A: hi\nB: hello", "output": "They greet."})
+    );
+
+    let odd = d.path().join("odd.csv");
+    std::fs::write(&odd, "speech,gist\nhello,hi\n").unwrap();
+    let out = oxtune(home.path()).args(["prepare-data", "--check"]).arg(&odd).output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stdout}{stderr}");
+    let all = format!("{stdout}{stderr}");
+    assert!(all.contains("`speech`") && all.contains("--prompt-field") && all.contains("--completion-field"), "{all}");
+    assert!(!all.contains("hyperparameters"), "names prepare-data's flags, not the trainer's hyperparameters: {all}");
+}
+
 fn demo_assets() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../trainer/assets/demo")
 }

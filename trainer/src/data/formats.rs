@@ -2,7 +2,6 @@
 
 use serde_json::{Map, Value};
 
-use super::read::json_kind;
 use super::{Content, DataError, DataFormat, DataSpec, Message, Record, RowRef};
 
 /// The Stanford Alpaca prompt with an input (stanford_alpaca train.py `prompt_input`).
@@ -12,29 +11,65 @@ Write a response that appropriately completes the request.\n\n### Instruction:\n
 pub const ALPACA_PROMPT_NO_INPUT: &str =
     "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n";
 
+/// Column pairs public instruction and summarisation datasets use for prompt → completion, in the
+/// order they are tried (SAMSum/DialogSum, QA sets, seq2seq sets, XSum, dialogue-response sets).
+pub const COLUMN_PAIRS: &[(&str, &str)] = &[
+    ("dialogue", "summary"),
+    ("question", "answer"),
+    ("input", "target"),
+    ("source", "target"),
+    ("document", "summary"),
+    ("context", "response"),
+    ("query", "response"),
+];
+
+/// A detected format; `columns` names the pair that maps onto prompt/completion when it was one of
+/// [`COLUMN_PAIRS`] rather than the configured fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Detection {
+    pub format: DataFormat,
+    pub columns: Option<(&'static str, &'static str)>,
+}
+
 /// The format of a row from its keys; `None` when no accepted shape matches.
 ///
-/// Order: messages → conversations → instruction+output → prompt+completion → text →
-/// prompt alone (only with `prompt_only`) → instruction alone (only with `prompt_only`).
-pub(crate) fn detect(obj: &Map<String, Value>, spec: &DataSpec) -> Option<DataFormat> {
+/// Order: messages → conversations → instruction+output → prompt+completion → a known column pair
+/// ([`COLUMN_PAIRS`]) → text → prompt alone (only with `prompt_only`) → instruction alone (only with
+/// `prompt_only`). One detection for every reader of data: the trainer and `oxtune prepare-data`.
+pub fn detect(obj: &Map<String, Value>, spec: &DataSpec) -> Option<Detection> {
     let f = &spec.fields;
     let has = |k: &str| obj.contains_key(k);
+    let plain = |format| Some(Detection { format, columns: None });
     if has(&f.messages) {
-        Some(DataFormat::Messages)
+        plain(DataFormat::Messages)
     } else if has(&f.conversations) {
-        Some(DataFormat::ShareGpt)
+        plain(DataFormat::ShareGpt)
     } else if has(&f.instruction) && has(&f.output) {
-        Some(DataFormat::Alpaca)
+        plain(DataFormat::Alpaca)
     } else if has(&f.prompt) && has(&f.completion) {
-        Some(DataFormat::PromptCompletion)
+        plain(DataFormat::PromptCompletion)
+    } else if let Some(&(p, c)) = COLUMN_PAIRS.iter().find(|(p, c)| has(p) && has(c)) {
+        Some(Detection { format: DataFormat::PromptCompletion, columns: Some((p, c)) })
     } else if has(&f.text) {
-        Some(DataFormat::Text)
+        plain(DataFormat::Text)
     } else if spec.prompt_only && has(&f.prompt) {
-        Some(DataFormat::PromptCompletion)
+        plain(DataFormat::PromptCompletion)
     } else if spec.prompt_only && has(&f.instruction) {
-        Some(DataFormat::Alpaca)
+        plain(DataFormat::Alpaca)
     } else {
         None
+    }
+}
+
+/// "a string", "an array", …: what a JSON value is, for error messages.
+pub fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
     }
 }
 

@@ -42,8 +42,8 @@ pub enum DataError {
     EmptyDataset { path: PathBuf, skipped: usize },
     #[error("no data files in {}{}: put *.jsonl, *.json, *.csv, *.tsv or *.txt files there (or point the channel at the S3 prefix that holds them){}", dir.display(), if dir.exists() { "" } else { " (it does not exist)" }, ignored_text(ignored))]
     NoDataFiles { dir: PathBuf, ignored: Vec<String> },
-    #[error("{}: cannot tell the data format from the keys of the first record ({}); accepted shapes: {ACCEPTED_SHAPES}; or set `format` and the `*_field` hyperparameters to map your keys", path.display(), keys_text(keys_seen))]
-    UnknownFormat { path: PathBuf, keys_seen: Vec<String> },
+    #[error("{}: cannot tell the data format from the keys of the first record ({}); accepted shapes: {ACCEPTED_SHAPES}; {mapping_help}", path.display(), keys_text(keys_seen))]
+    UnknownFormat { path: PathBuf, keys_seen: Vec<String>, mapping_help: String },
     #[error("{}: {problem}", path.display())]
     UnsupportedFile { path: PathBuf, problem: String },
     #[error("tokenizer {}: {problem}", path.display())]
@@ -86,7 +86,12 @@ impl DataError {
 
 const ACCEPTED_SHAPES: &str = "{\"messages\": [{\"role\", \"content\"}]} (OpenAI / Bedrock conversation), \
 {\"conversations\": [{\"from\", \"value\"}]} (ShareGPT), {\"instruction\", \"input\"?, \"output\"} (Alpaca), \
-{\"prompt\", \"completion\"}, {\"text\"}";
+{\"prompt\", \"completion\"}, a column pair (dialogue/summary, question/answer, input/target, source/target, \
+document/summary, context/response, query/response), {\"text\"}";
+
+/// The trainer's way to map other keys, shown when the format cannot be detected.
+pub const TRAINER_MAPPING_HELP: &str =
+    "or set the `prompt_field` and `completion_field` hyperparameters (or `format` and the other `*_field` ones) to map your keys";
 
 /// `file:line` for line-oriented files, `file (element N)` for JSON arrays.
 pub(crate) fn location(path: &Path, line: usize) -> String {
@@ -261,6 +266,9 @@ pub struct DataSpec {
     pub text_mode: TextMode,
     /// Accept rows with only a prompt (GRPO): they become prompt/completion with an empty completion.
     pub prompt_only: bool,
+    /// What the running program offers to map other keys (its hyperparameters or its flags), shown
+    /// when the format cannot be detected.
+    pub mapping_help: String,
 }
 
 impl Default for DataSpec {
@@ -273,6 +281,7 @@ impl Default for DataSpec {
             skip_bad_rows: false,
             text_mode: TextMode::Lines,
             prompt_only: false,
+            mapping_help: TRAINER_MAPPING_HELP.to_string(),
         }
     }
 }
@@ -332,6 +341,8 @@ pub struct ReadReport {
     pub skipped: Vec<(RowRef, String)>,
     /// The format of every file (files may differ when `format` is auto).
     pub file_formats: Vec<(PathBuf, DataFormat)>,
+    /// Files whose prompt/completion came from a recognised column pair: (file, prompt, completion).
+    pub column_pairs: Vec<(PathBuf, &'static str, &'static str)>,
 }
 
 /// Read and tokenise exactly as the job will; used by the launcher's estimate.

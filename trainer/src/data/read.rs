@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
-use super::formats::{convert, detect};
-use super::{Content, DataError, DataFormat, DataSpec, ReadReport, Record, RowRef, TextMode};
+use super::formats::{convert, detect, json_kind};
+use super::{Content, DataError, DataFormat, DataSpec, FieldMap, ReadReport, Record, RowRef, TextMode};
 
 /// Extensions read from a directory (case-insensitive).
 const DATA_EXTENSIONS: &[&str] = &["jsonl", "ndjson", "json", "csv", "tsv", "txt"];
@@ -160,6 +160,8 @@ fn read_file(path: &Path, spec: &DataSpec, report: &mut ReadReport) -> Result<()
         DataFormat::Auto => None,
         f => Some(f),
     };
+    // A recognised column pair (e.g. dialogue/summary) maps the rest of the file the same way.
+    let mut column_spec: Option<DataSpec> = None;
     for (line, row) in rows {
         let source = RowRef { file: path.to_path_buf(), line };
         let result =
@@ -167,15 +169,31 @@ fn read_file(path: &Path, spec: &DataSpec, report: &mut ReadReport) -> Result<()
                 let f = match format {
                     Some(f) => f,
                     None => {
-                        let f = detect(&obj, spec).ok_or_else(|| DataError::UnknownFormat {
+                        let found = detect(&obj, spec).ok_or_else(|| DataError::UnknownFormat {
                             path: path.to_path_buf(),
                             keys_seen: obj.keys().cloned().collect(),
+                            mapping_help: spec.mapping_help.clone(),
                         })?;
-                        format = Some(f);
-                        f
+                        if let Some((prompt, completion)) = found.columns {
+                            tracing::info!(
+                                "{}: using columns `{prompt}` as the prompt and `{completion}` as the completion",
+                                path.display()
+                            );
+                            column_spec = Some(DataSpec {
+                                fields: FieldMap {
+                                    prompt: prompt.to_string(),
+                                    completion: completion.to_string(),
+                                    ..spec.fields.clone()
+                                },
+                                ..spec.clone()
+                            });
+                            report.column_pairs.push((path.to_path_buf(), prompt, completion));
+                        }
+                        format = Some(found.format);
+                        found.format
                     }
                 };
-                convert(obj, f, spec, source.clone())
+                convert(obj, f, column_spec.as_ref().unwrap_or(spec), source.clone())
             });
         match result {
             Ok(r) => report.records.push(r),
@@ -229,17 +247,6 @@ fn object_or_problem(v: Value) -> Result<Map<String, Value>, String> {
     match v {
         Value::Object(m) => Ok(m),
         other => Err(format!("expected a JSON object per record, found {}", json_kind(&other))),
-    }
-}
-
-pub(crate) fn json_kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 

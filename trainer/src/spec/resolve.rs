@@ -228,6 +228,7 @@ impl Sources {
             skip_bad_rows: boolean("skip_bad_rows"),
             text_mode: if text("text_mode").eq_ignore_ascii_case("file") { TextMode::File } else { TextMode::Lines },
             prompt_only: method == Method::Grpo,
+            mapping_help: crate::data::TRAINER_MAPPING_HELP.to_string(),
         };
         let grpo =
             self.grpo_spec(method, int("per_device_batch_size") as usize, int("gradient_accumulation_steps") as usize)?;

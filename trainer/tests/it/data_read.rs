@@ -350,3 +350,49 @@ fn invalid_utf8_is_reported_with_its_line() {
     let e = read_path(&p, &DataSpec::default()).unwrap_err().to_string();
     assert!(e.contains("latin1.csv:3") && e.contains("UTF-8"), "{e}");
 }
+
+/// Column pairs of public datasets map onto prompt/completion with no settings, each one, and the
+/// report says which pair was used; explicit fields still win.
+#[test]
+fn common_column_pairs_are_recognised() {
+    let dir = tempfile::tempdir().unwrap();
+    for (p, c) in [
+        ("dialogue", "summary"),
+        ("question", "answer"),
+        ("input", "target"),
+        ("source", "target"),
+        ("document", "summary"),
+        ("context", "response"),
+        ("query", "response"),
+    ] {
+        let f = write(dir.path(), &format!("{p}_{c}.csv"), &format!("id,{p},{c}\n1,\"the {p}\",the {c}\n"));
+        let r = read(&f);
+        assert_eq!(r.format, DataFormat::PromptCompletion, "{p}/{c}");
+        assert_eq!(r.records[0].content, pc(&format!("the {p}"), &format!("the {c}")), "{p}/{c}");
+        assert_eq!(r.records[0].extra.get("id"), Some(&serde_json::json!("1")), "other columns are kept");
+        assert_eq!(r.column_pairs, vec![(f.clone(), p, c)]);
+    }
+    // Alpaca's instruction/input/output is still Alpaca, not input/…; prompt/completion still wins.
+    let f = write(
+        dir.path(),
+        "a.jsonl",
+        "{\"instruction\": \"i\", \"input\": \"x\", \"output\": \"o\", \"target\": \"t\"}\n",
+    );
+    assert_eq!(read(&f).format, DataFormat::Alpaca);
+    assert!(read(&f).column_pairs.is_empty());
+    let f = write(
+        dir.path(),
+        "p.jsonl",
+        "{\"prompt\": \"p\", \"completion\": \"c\", \"question\": \"q\", \"answer\": \"a\"}\n",
+    );
+    assert_eq!(read(&f).records[0].content, pc("p", "c"));
+}
+
+#[test]
+fn undetectable_keys_name_the_trainers_hyperparameters() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(dir.path(), "odd.csv", "speech,gist\nhello,hi\n");
+    let msg = read_path(&f, &DataSpec::default()).unwrap_err().to_string();
+    assert!(msg.contains("`speech`") && msg.contains("`prompt_field`") && msg.contains("`completion_field`"), "{msg}");
+    assert!(msg.contains("dialogue/summary"), "the accepted shapes list the column pairs: {msg}");
+}
