@@ -10,6 +10,8 @@ use launcher::jobfile::{resolve, Job, JobFile, Overrides};
 use launcher::local::{run, LocalOptions, LocalStatus};
 use launcher::util::Redactor;
 
+use crate::common::tar_names;
+
 fn fake_train() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/launcher/fake-train.sh")
 }
@@ -40,13 +42,6 @@ fn opts(dir: &Path, job: &Job) -> LocalOptions {
         fresh: false,
         copy_channels: false,
     }
-}
-
-fn tar_names(p: &Path) -> Vec<String> {
-    let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(std::fs::File::open(p).unwrap()));
-    let mut v: Vec<String> = ar.entries().unwrap().map(|e| e.unwrap().path().unwrap().display().to_string()).collect();
-    v.sort();
-    v
 }
 
 #[test]

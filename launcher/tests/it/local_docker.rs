@@ -9,6 +9,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use crate::common::tar_names;
+
 const IMAGE: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com/oxtune:0.1.0";
 const TOKEN: &str = "hf_dockerTestTokenAbCdEfGhIjKlMnOpQrStUv";
 
@@ -79,11 +81,6 @@ fn user() -> String {
 
 fn all_output(o: &Output) -> String {
     format!("{}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-fn tar_names(p: &Path) -> Vec<String> {
-    let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(std::fs::File::open(p).unwrap()));
-    ar.entries().unwrap().map(|e| e.unwrap().path().unwrap().display().to_string()).collect()
 }
 
 fn strs(v: &[&str]) -> Vec<String> {

@@ -6,8 +6,10 @@
 //! (target/<profile>/train), or `$OXTUNE_TRAIN_BIN`. Without it the test fails when `CI` is set,
 //! else prints a loud SKIPPED line.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
+
+use crate::common::tar_names;
 
 fn train_binary() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("OXTUNE_TRAIN_BIN") {
@@ -24,11 +26,6 @@ fn train_binary() -> Option<PathBuf> {
     }
     eprintln!("\n*** SKIPPED oxtune local end-to-end test: no `train` binary at {} (run `cargo build -p trainer` or set OXTUNE_TRAIN_BIN) ***\n", candidate.display());
     None
-}
-
-fn tar_names(p: &Path) -> Vec<String> {
-    let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(std::fs::File::open(p).unwrap()));
-    ar.entries().unwrap().map(|e| e.unwrap().path().unwrap().display().to_string()).collect()
 }
 
 #[test]
