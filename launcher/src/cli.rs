@@ -11,8 +11,9 @@ use crate::aws::{AwsOptions, ErrorContext, ErrorKind};
 use crate::calibration::Calibration;
 use crate::catalogue::{find_model, Catalogue, PriceTable};
 use crate::estimate::{self, Checkpointing, EstimateInput, GrpoParams, Method, TokenCount};
+use crate::format::{fmt_duration, fmt_usd, parse_duration};
 use crate::jobfile::{self, Job, Overrides, Source};
-use crate::util::{fmt_duration, fmt_usd, parse_duration, Redactor};
+use crate::redact::Redactor;
 
 /// Exit codes shared by the commands.
 pub const EXIT_OK: i32 = 0;
@@ -447,7 +448,7 @@ pub fn count_data_tokens(
         exact: false,
         source: format!(
             "estimated from {} at {} bytes/token ({}); give --tokenizer DIR for an exact count",
-            crate::util::fmt_bytes(bytes),
+            crate::format::fmt_bytes(bytes),
             cal.trainer.bytes_per_token,
             cal.trainer.bytes_per_token_source
         ),
@@ -541,7 +542,7 @@ fn cmd_estimate(cli: &Cli, a: &EstimateArgs) -> Res {
                 .unwrap_or_else(|_| "not supported".into());
             rows.push(vec![m.id.into(), m.hub_id.into(), params, m.unsupported.unwrap_or(m.source).into()]);
         }
-        print!("{}", crate::util::table(&rows));
+        print!("{}", crate::format::table(&rows));
         return Ok(EXIT_OK);
     }
     let cal = Calibration::load(a.calibration.as_deref()).map_err(Failure::invalid)?;
@@ -849,7 +850,7 @@ pub fn prepare_submission(cli: &Cli, a: &SubmitArgs, now: u64) -> Result<Prepare
 }
 
 fn cmd_submit(cli: &Cli, a: &SubmitArgs) -> Res {
-    let now = crate::util::now_epoch() as u64;
+    let now = crate::clock::now_epoch() as u64;
     let p = prepare_submission(cli, a, now)?;
     if a.dry_run {
         println!("{}", p.request.redacted_json(&p.job.passed_env));
@@ -901,7 +902,7 @@ fn cmd_submit(cli: &Cli, a: &SubmitArgs) -> Res {
 fn redactor_for(job: &Job) -> Redactor {
     let mut r = Redactor::from_env();
     for (k, v) in &job.environment {
-        if crate::util::is_secret_name(k) || job.passed_env.contains(k) {
+        if crate::redact::is_secret_name(k) || job.passed_env.contains(k) {
             r.add(v);
         }
     }
@@ -928,7 +929,7 @@ async fn cmd_status(o: AwsOptions, a: &StatusArgs, _cli: &Cli) -> Res {
     let clients = connect(o).await?;
     let info = crate::jobs::describe(&clients, &a.job).await?;
     let prices = region_prices(&clients.region);
-    let cost = crate::jobs::job_cost(&info, &prices, crate::util::now_epoch());
+    let cost = crate::jobs::job_cost(&info, &prices, crate::clock::now_epoch());
     if a.json {
         println!(
             "{}",
@@ -943,7 +944,7 @@ async fn cmd_status(o: AwsOptions, a: &StatusArgs, _cli: &Cli) -> Res {
 async fn cmd_list(o: AwsOptions, a: &ListArgs, _cli: &Cli) -> Res {
     let created_after = match &a.since {
         Some(s) => Some(
-            crate::util::now_epoch()
+            crate::clock::now_epoch()
                 - parse_duration(s).map_err(|e| Failure::invalid(format!("--since: {e}")))?.as_secs_f64(),
         ),
         None => None,
@@ -985,7 +986,7 @@ async fn cmd_stop(o: AwsOptions, a: &StopArgs) -> Res {
 async fn cmd_logs(o: AwsOptions, a: &LogsArgs) -> Res {
     let since = match &a.since {
         Some(s) => Some(
-            ((crate::util::now_epoch()
+            ((crate::clock::now_epoch()
                 - parse_duration(s).map_err(|e| Failure::invalid(format!("--since: {e}")))?.as_secs_f64())
                 * 1000.0) as i64,
         ),
@@ -1076,7 +1077,7 @@ fn cmd_prepare(a: &PrepareArgs) -> Res {
 
 fn cmd_local(_cli: &Cli, a: &LocalArgs) -> Res {
     let f = jobfile::read_job_file(&a.job_file).map_err(Failure::invalid)?;
-    let job = jobfile::resolve(Some((&a.job_file, f)), &a.overrides, &env_var, crate::util::now_epoch() as u64)
+    let job = jobfile::resolve(Some((&a.job_file, f)), &a.overrides, &env_var, crate::clock::now_epoch() as u64)
         .map_err(Failure::invalid)?;
     for w in &job.warnings {
         if !w.contains("max_runtime") {

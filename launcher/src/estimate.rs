@@ -47,7 +47,7 @@ use trainer::model::config::ModelConfig;
 
 use crate::calibration::{Calibration, EfficiencyChoice};
 use crate::catalogue::{Catalogue, Gpu, Instance, PriceTable};
-use crate::util::GIB;
+use crate::format::GIB;
 
 /// QLoRA bytes per quantised parameter: NF4 codes + u8 absmax per 64 + f32 nested absmax per 256 blocks.
 pub const NF4_BYTES_PER_PARAM: f64 = 0.5 + 1.0 / 64.0 + 4.0 / (64.0 * 256.0);
@@ -623,14 +623,14 @@ pub fn render(e: &Estimate) -> String {
         };
         let (time, od, spot) = if r.supported {
             (
-                crate::util::fmt_duration(r.billable_seconds),
-                r.cost_on_demand.map(crate::util::fmt_usd).unwrap_or_else(|| "n/a".into()),
+                crate::format::fmt_duration(r.billable_seconds),
+                r.cost_on_demand.map(crate::format::fmt_usd).unwrap_or_else(|| "n/a".into()),
                 match (r.cost_spot, r.cost_spot_low, r.cost_spot_high) {
                     (Some(s), Some(lo), Some(hi)) => format!(
                         "{} ({}–{})",
-                        crate::util::fmt_usd(s),
-                        crate::util::fmt_usd(lo),
-                        crate::util::fmt_usd(hi)
+                        crate::format::fmt_usd(s),
+                        crate::format::fmt_usd(lo),
+                        crate::format::fmt_usd(hi)
                     ),
                     _ => "n/a".into(),
                 },
@@ -655,7 +655,7 @@ pub fn render(e: &Estimate) -> String {
             if r.cheapest { "◀ cheapest that fits".into() } else { String::new() },
         ]);
     }
-    out.push_str(&crate::util::table(&rows));
+    out.push_str(&crate::format::table(&rows));
     if let Some(best) = e.rows.iter().find(|r| r.cheapest) {
         let m = &best.memory;
         out.push_str(&format!(
@@ -683,7 +683,7 @@ pub fn render(e: &Estimate) -> String {
     }
     out.push_str(&format!(
         "time includes billable start-up/upload; provisioning (~{}) is not billed. Spot prices are a savings range, not a rate card.\n",
-        crate::util::fmt_duration(e.provisioning_seconds)
+        crate::format::fmt_duration(e.provisioning_seconds)
     ));
     for n in &e.notes {
         out.push_str(&format!("note: {n}\n"));

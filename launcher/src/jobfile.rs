@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::util::parse_duration;
+use crate::format::parse_duration;
 
 /// Default MaxRuntime when neither file nor flag gives one (the API's own default, 1 day).
 pub const DEFAULT_MAX_RUNTIME_S: u64 = 86_400;
@@ -309,7 +309,7 @@ pub fn resolve(
     let base_name =
         o.name.clone().or(f.name.clone()).ok_or("the job needs a name: `name = \"...\"` in the job file or --name")?;
     let job_name =
-        if o.exact_name { base_name.clone() } else { format!("{base_name}-{}", crate::util::utc_stamp(now)) };
+        if o.exact_name { base_name.clone() } else { format!("{base_name}-{}", crate::clock::utc_stamp(now)) };
 
     let max_runtime_s = match (&o.max_runtime, &sm.max_runtime) {
         (Some(t), _) => Some(parse_duration(t).map_err(|e| format!("--max-runtime: {e}"))?.as_secs()),
@@ -321,7 +321,7 @@ pub fn resolve(
     if max_runtime_defaulted {
         warnings.push(format!(
             "no max_runtime given: using the API default of {} — a runaway job can bill that long; set `max_runtime` in [sagemaker] or --max-runtime",
-            crate::util::fmt_duration(DEFAULT_MAX_RUNTIME_S as f64)
+            crate::format::fmt_duration(DEFAULT_MAX_RUNTIME_S as f64)
         ));
     }
     let spot = if o.spot {

@@ -12,7 +12,9 @@ use serde::Serialize;
 
 use crate::aws::{explain, Clients, ErrorContext, ErrorKind};
 use crate::catalogue::PriceTable;
-use crate::util::{fmt_duration, fmt_usd, now_epoch, table, utc_datetime, Redactor};
+use crate::clock::{now_epoch, utc_datetime};
+use crate::format::{fmt_duration, fmt_usd, table};
+use crate::redact::Redactor;
 
 pub const LOG_GROUP: &str = "/aws/sagemaker/TrainingJobs";
 

@@ -173,7 +173,7 @@ pub fn check_request(req: &CreateTrainingJobRequest) -> Vec<String> {
         if k.contains(['\n', '\r']) || v.contains(['\n', '\r']) {
             errs.push(format!("hyperparameter `{}` contains a line break; the API pattern `.*` rejects it", short(k)));
         }
-        if k.eq_ignore_ascii_case("hf_token") || crate::util::is_secret_name(k) {
+        if k.eq_ignore_ascii_case("hf_token") || crate::redact::is_secret_name(k) {
             errs.push(format!(
                 "hyperparameter `{}` looks like a secret; hyperparameters are visible in the console and DescribeTrainingJob — pass it with `pass_env = [\"HF_TOKEN\"]` / --pass-env instead",
                 short(k)

@@ -21,8 +21,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use crate::format::fmt_duration;
 use crate::jobfile::{Job, Source};
-use crate::util::{fmt_duration, Redactor};
+use crate::redact::Redactor;
 
 #[derive(Debug, Clone)]
 pub struct LocalOptions {

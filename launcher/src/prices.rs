@@ -176,7 +176,7 @@ pub fn refresh(region: &str, url: Option<&str>, file: Option<&Path>) -> Result<P
     let cached = CachedTable {
         region: region.to_string(),
         publication_date: publication,
-        fetched: crate::util::utc_datetime(crate::util::now_epoch()),
+        fetched: crate::clock::utc_datetime(crate::clock::now_epoch()),
         url,
         prices,
     };
@@ -216,7 +216,7 @@ pub fn render(table: &PriceTable, catalogue: &crate::catalogue::Catalogue) -> St
         ]);
     }
     let mut s = format!("SageMaker training, on-demand USD/hour, {} — {}\n\n", table.region, table.origin);
-    s.push_str(&crate::util::table(&rows));
+    s.push_str(&crate::format::table(&rows));
     s.push_str("\nsources:\n");
     let used: std::collections::BTreeSet<&String> = table.prices.values().map(|p| &p.src).collect();
     for (k, v) in &table.sources {

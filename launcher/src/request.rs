@@ -198,8 +198,8 @@ impl CreateTrainingJobRequest {
     pub fn redacted_json(&self, secret_names: &[String]) -> String {
         let mut copy = self.clone();
         for (k, v) in copy.environment.iter_mut() {
-            if crate::util::is_secret_name(k) || secret_names.iter().any(|s| s == k) {
-                *v = crate::util::REDACTED.to_string();
+            if crate::redact::is_secret_name(k) || secret_names.iter().any(|s| s == k) {
+                *v = crate::redact::REDACTED.to_string();
             }
         }
         serde_json::to_string_pretty(&copy).unwrap_or_default()

@@ -171,7 +171,7 @@ pub async fn sync_channel(
             report.skipped.push(key.clone());
             pb.inc(f.size);
             if plain && !quiet {
-                eprintln!("  unchanged  s3://{}/{key} ({})", loc.bucket, crate::util::fmt_bytes(f.size));
+                eprintln!("  unchanged  s3://{}/{key} ({})", loc.bucket, crate::format::fmt_bytes(f.size));
             }
             continue;
         }
@@ -193,7 +193,7 @@ pub async fn sync_channel(
         report.uploaded.push(key.clone());
         report.bytes_uploaded += f.size;
         if plain && !quiet {
-            eprintln!("  uploaded   s3://{}/{key} ({})", loc.bucket, crate::util::fmt_bytes(f.size));
+            eprintln!("  uploaded   s3://{}/{key} ({})", loc.bucket, crate::format::fmt_bytes(f.size));
         }
     }
     pb.finish_and_clear();
@@ -326,7 +326,7 @@ pub async fn upload_job_channels(
                     "channel `{}`: {} uploaded ({}), {} unchanged, {} removed",
                     c.name,
                     r.uploaded.len(),
-                    crate::util::fmt_bytes(r.bytes_uploaded),
+                    crate::format::fmt_bytes(r.bytes_uploaded),
                     r.skipped.len(),
                     r.deleted.len()
                 );

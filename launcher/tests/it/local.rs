@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use launcher::jobfile::{resolve, Job, JobFile, Overrides};
 use launcher::local::{run, LocalOptions, LocalStatus};
-use launcher::util::Redactor;
+use launcher::redact::Redactor;
 
 use crate::common::tar_names;
 

@@ -13,7 +13,7 @@ use aws_smithy_mocks::{create_mock_http_client, mock, MockResponseInterceptor, R
 use launcher::aws::{advice, classify, explain, Clients, ErrorContext, ErrorKind};
 use launcher::catalogue::embedded_prices;
 use launcher::jobs::{self, StopOutcome, WaitOptions};
-use launcher::util::Redactor;
+use launcher::redact::Redactor;
 
 const JOB: &str = "llama-sft-20261123-120000";
 

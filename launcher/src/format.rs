@@ -1,4 +1,4 @@
-//! Small helpers shared by the commands: durations, sizes, money, tables, secret redaction.
+//! How the commands write numbers for people: durations (and parsing them), money, sizes, tables.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -129,112 +129,6 @@ pub fn table(rows: &[Vec<String>]) -> String {
     out
 }
 
-/// Environment variable names whose values are secrets: never printed.
-pub fn is_secret_name(name: &str) -> bool {
-    let n = name.to_ascii_uppercase();
-    ["TOKEN", "SECRET", "PASSWORD", "PASSWD", "API_KEY", "ACCESS_KEY", "PRIVATE_KEY", "CREDENTIAL"]
-        .iter()
-        .any(|s| n.contains(s))
-}
-
-pub const REDACTED: &str = "***REDACTED***";
-
-/// Replaces known secret values (and anything shaped like a Hugging Face token) in text.
-#[derive(Debug, Clone, Default)]
-pub struct Redactor {
-    secrets: Vec<String>,
-}
-
-impl Redactor {
-    /// Secrets from this process's environment (HF_TOKEN and anything named like a secret).
-    pub fn from_env() -> Self {
-        let mut r = Redactor::default();
-        for (k, v) in std::env::vars() {
-            if is_secret_name(&k) {
-                r.add(&v);
-            }
-        }
-        r
-    }
-
-    pub fn add(&mut self, secret: &str) {
-        // Short values ("1", "true") would redact half the log; tokens are long.
-        if secret.len() >= 8 && !self.secrets.iter().any(|s| s == secret) {
-            self.secrets.push(secret.to_string());
-            self.secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        }
-    }
-
-    pub fn redact(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        for s in &self.secrets {
-            if out.contains(s.as_str()) {
-                out = out.replace(s.as_str(), REDACTED);
-            }
-        }
-        redact_hf_tokens(&out)
-    }
-}
-
-/// `hf_` followed by 30+ alphanumerics is a Hugging Face access token.
-fn redact_hf_tokens(text: &str) -> String {
-    if !text.contains("hf_") {
-        return text.to_string();
-    }
-    let bytes = text.as_bytes();
-    let mut out = String::with_capacity(text.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if text[i..].starts_with("hf_") && (i == 0 || !bytes[i - 1].is_ascii_alphanumeric()) {
-            let run = bytes[i + 3..].iter().take_while(|b| b.is_ascii_alphanumeric()).count();
-            if run >= 30 {
-                out.push_str("hf_");
-                out.push_str(REDACTED);
-                i += 3 + run;
-                continue;
-            }
-        }
-        let ch = text[i..].chars().next().unwrap_or(' ');
-        out.push(ch);
-        i += ch.len_utf8();
-    }
-    out
-}
-
-/// Seconds since the Unix epoch, now.
-pub fn now_epoch() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
-}
-
-/// UTC `YYYYMMDD-HHMMSS` for job-name suffixes.
-pub fn utc_stamp(epoch: u64) -> String {
-    let (y, mo, d, h, mi, s) = civil(epoch);
-    format!("{y:04}{mo:02}{d:02}-{h:02}{mi:02}{s:02}")
-}
-
-/// UTC `YYYY-MM-DD HH:MM:SS`.
-pub fn utc_datetime(epoch: f64) -> String {
-    let (y, mo, d, h, mi, s) = civil(epoch.max(0.0) as u64);
-    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}Z")
-}
-
-/// Days-from-civil inverse (Howard Hinnant's algorithm) for UTC timestamps without a date crate.
-fn civil(epoch: u64) -> (i64, u32, u32, u32, u32, u32) {
-    let days = (epoch / 86400) as i64;
-    let secs = epoch % 86400;
-    let z = days + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z.rem_euclid(146097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = if m <= 2 { y + 1 } else { y };
-    (y, m, d, (secs / 3600) as u32, ((secs % 3600) / 60) as u32, (secs % 60) as u32)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,23 +143,5 @@ mod tests {
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("h").is_err());
         assert_eq!(fmt_duration(3725.0), "1h 02m");
-    }
-
-    #[test]
-    fn redaction() {
-        let mut r = Redactor::default();
-        r.add("supersecretvalue123");
-        let tok = format!("hf_{}", "a1B2".repeat(9));
-        let out = r.redact(&format!("token=supersecretvalue123 other={tok} hf_short"));
-        assert!(!out.contains("supersecretvalue123") && !out.contains(&tok), "{out}");
-        assert!(out.contains("hf_short"));
-        assert!(is_secret_name("HF_TOKEN") && !is_secret_name("HF_HUB_OFFLINE"));
-    }
-
-    #[test]
-    fn stamps() {
-        assert_eq!(utc_stamp(0), "19700101-000000");
-        assert_eq!(utc_stamp(1_700_000_000), "20231114-221320");
-        assert_eq!(utc_datetime(951_782_400.0), "2000-02-29 00:00:00Z");
     }
 }
