@@ -1,0 +1,188 @@
+//! Following jobs: `status`, `list`, `stop`, `logs`, `wait`, `compare`.
+
+use super::*;
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    pub job: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// InProgress | Completed | Failed | Stopping | Stopped.
+    #[arg(long)]
+    pub status: Option<String>,
+    #[arg(long)]
+    pub name_contains: Option<String>,
+    /// Created within this long, e.g. 2d, 12h.
+    #[arg(long)]
+    pub since: Option<String>,
+    #[arg(long, default_value_t = 20)]
+    pub max: usize,
+    /// Skip the per-job describe (no instance/cost columns; one call in total).
+    #[arg(long)]
+    pub brief: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    pub job: String,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    pub job: String,
+    /// Follow until the job reaches a final status.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// Only events newer than this, e.g. 30m.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Poll interval when following.
+    #[arg(long, default_value = "5s")]
+    pub poll: String,
+}
+
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    pub job: String,
+    /// Give up after this long (exit 3).
+    #[arg(long)]
+    pub timeout: Option<String>,
+    #[arg(long, default_value = "15s")]
+    pub poll: String,
+    /// Also print the job's log lines.
+    #[arg(long)]
+    pub logs: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    #[arg(required = true, num_args = 2..)]
+    pub jobs: Vec<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub(super) async fn connect(o: AwsOptions) -> Result<crate::aws::Clients, Failure> {
+    crate::aws::connect(&o).await.map_err(Failure::error)
+}
+
+pub(super) fn region_prices(region: &str) -> PriceTable {
+    crate::prices::load(region).unwrap_or_else(|_| PriceTable {
+        region: region.into(),
+        origin: "no price table".into(),
+        date: String::new(),
+        prices: BTreeMap::new(),
+        sources: BTreeMap::new(),
+    })
+}
+
+pub(super) async fn cmd_status(o: AwsOptions, a: &StatusArgs, _cli: &Cli) -> Res {
+    let clients = connect(o).await?;
+    let info = crate::jobs::describe(&clients, &a.job).await?;
+    let prices = region_prices(&clients.region);
+    let cost = crate::jobs::job_cost(&info, &prices, crate::clock::now_epoch());
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "job": info, "cost": cost })).unwrap_or_default()
+        );
+    } else {
+        print!("{}", crate::jobs::render_status(&info, cost.as_ref()));
+    }
+    Ok(EXIT_OK)
+}
+
+pub(super) async fn cmd_list(o: AwsOptions, a: &ListArgs, _cli: &Cli) -> Res {
+    let created_after = match &a.since {
+        Some(s) => Some(
+            crate::clock::now_epoch()
+                - parse_duration(s).map_err(|e| Failure::invalid(format!("--since: {e}")))?.as_secs_f64(),
+        ),
+        None => None,
+    };
+    let clients = connect(o).await?;
+    let prices = region_prices(&clients.region);
+    let f = crate::jobs::ListFilter {
+        status: a.status.clone(),
+        name_contains: a.name_contains.clone(),
+        created_after,
+        max: a.max,
+        details: !a.brief,
+    };
+    let rows = crate::jobs::list(&clients, &f, &prices).await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default());
+    } else {
+        print!("{}", crate::jobs::render_list(&rows));
+    }
+    Ok(EXIT_OK)
+}
+
+pub(super) async fn cmd_stop(o: AwsOptions, a: &StopArgs) -> Res {
+    let clients = connect(o).await?;
+    match crate::jobs::stop(&clients, &a.job).await? {
+        crate::jobs::StopOutcome::Requested => {
+            println!(
+                "stop requested for {}: it goes Stopping → Stopped (the trainer gets SIGTERM and 120 s to checkpoint)",
+                a.job
+            );
+        }
+        crate::jobs::StopOutcome::AlreadyFinished(status) => {
+            println!("{} is not running ({status}); nothing to stop", a.job);
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+pub(super) async fn cmd_logs(o: AwsOptions, a: &LogsArgs) -> Res {
+    let since = match &a.since {
+        Some(s) => Some(
+            ((crate::clock::now_epoch()
+                - parse_duration(s).map_err(|e| Failure::invalid(format!("--since: {e}")))?.as_secs_f64())
+                * 1000.0) as i64,
+        ),
+        None => None,
+    };
+    let poll = parse_duration(&a.poll).map_err(|e| Failure::invalid(format!("--poll: {e}")))?;
+    let clients = connect(o).await?;
+    let mut out = std::io::stdout();
+    crate::jobs::logs(&clients, &a.job, a.follow, since, poll, &mut out, &Redactor::from_env()).await?;
+    Ok(EXIT_OK)
+}
+
+pub(super) async fn cmd_wait(o: AwsOptions, a: &WaitArgs, _cli: &Cli) -> Res {
+    let timeout = a
+        .timeout
+        .as_deref()
+        .map(parse_duration)
+        .transpose()
+        .map_err(|e| Failure::invalid(format!("--timeout: {e}")))?;
+    let poll = parse_duration(&a.poll).map_err(|e| Failure::invalid(format!("--poll: {e}")))?;
+    let clients = connect(o).await?;
+    let prices = region_prices(&clients.region);
+    let opts = crate::jobs::WaitOptions { poll, timeout, show_logs: a.logs };
+    let mut out = std::io::stdout();
+    let (code, _) = crate::jobs::wait(&clients, &a.job, &opts, &prices, &mut out, &Redactor::from_env()).await?;
+    Ok(code)
+}
+
+pub(super) async fn cmd_compare(o: AwsOptions, a: &CompareArgs, _cli: &Cli) -> Res {
+    let clients = connect(o).await?;
+    let mut infos = Vec::new();
+    for j in &a.jobs {
+        infos.push(crate::jobs::describe(&clients, j).await?);
+    }
+    let c = crate::jobs::compare(&infos, &region_prices(&clients.region));
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&c).unwrap_or_default());
+    } else {
+        print!("{}", crate::jobs::render_comparison(&c));
+    }
+    Ok(EXIT_OK)
+}
