@@ -74,28 +74,8 @@ impl LocalOutcome {
     }
 }
 
-/// The `/opt/ml` layout of one job under `root`.
-pub struct MlTree {
-    pub root: PathBuf,
-}
-
-impl MlTree {
-    pub fn config(&self) -> PathBuf {
-        self.root.join("input/config")
-    }
-    pub fn data(&self) -> PathBuf {
-        self.root.join("input/data")
-    }
-    pub fn model(&self) -> PathBuf {
-        self.root.join("model")
-    }
-    pub fn output(&self) -> PathBuf {
-        self.root.join("output")
-    }
-    pub fn checkpoints(&self) -> PathBuf {
-        self.root.join("checkpoints")
-    }
-}
+/// The `/opt/ml` layout of one job: the trainer's own path type, so both sides agree on it.
+pub type MlTree = trainer::sagemaker::MlPaths;
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> String + '_ {
     move |e| format!("{}: {e}", path.display())
@@ -144,24 +124,24 @@ pub fn config_files(job: &Job) -> Vec<(&'static str, serde_json::Value)> {
 
 /// Create the tree; channels become symlinks (binary) or copies; Docker mounts them instead.
 pub fn synthesise(job: &Job, root: &Path, link_channels: bool, copy: bool, fresh: bool) -> Result<MlTree, String> {
-    let t = MlTree { root: root.to_path_buf() };
-    for d in [t.config(), t.data(), t.checkpoints()] {
+    let t = MlTree::new(root);
+    for d in [t.config_dir(), t.data_dir(), t.checkpoint_dir()] {
         std::fs::create_dir_all(&d).map_err(io(&d))?;
     }
     if fresh {
-        let c = t.checkpoints();
+        let c = t.checkpoint_dir();
         std::fs::remove_dir_all(&c).map_err(io(&c))?;
         std::fs::create_dir_all(&c).map_err(io(&c))?;
     }
     for (name, v) in config_files(job) {
-        write_json(&t.config().join(name), &v)?;
+        write_json(&t.config_dir().join(name), &v)?;
     }
-    let cp = t.config().join("checkpointconfig.json");
+    let cp = t.config_dir().join("checkpointconfig.json");
     if !config_files(job).iter().any(|(n, _)| *n == "checkpointconfig.json") && cp.exists() {
         std::fs::remove_file(&cp).map_err(io(&cp))?;
     }
     // Channels: rebuilt every run.
-    let data = t.data();
+    let data = t.data_dir();
     std::fs::remove_dir_all(&data).map_err(io(&data))?;
     std::fs::create_dir_all(&data).map_err(io(&data))?;
     for c in &job.channels {
@@ -489,9 +469,9 @@ pub fn run(job: &Job, opts: &LocalOptions, redactor: &Redactor, out: &mut dyn Wr
     loop {
         attempts += 1;
         // A (re)started container sees empty model/ and output/, and the checkpoints it had.
-        reset_dir(&tree.model())?;
-        reset_dir(&tree.output())?;
-        std::fs::create_dir_all(tree.output().join("data")).map_err(io(&tree.output()))?;
+        reset_dir(&tree.model_dir())?;
+        reset_dir(&tree.output_dir())?;
+        std::fs::create_dir_all(tree.output_data_dir()).map_err(io(&tree.output_dir()))?;
         let container = format!("oxtune-{}-{attempts}", job.job_name);
         let attempt_start = Instant::now();
         let child = spawn(&runner, job, &tree, &container)?;
@@ -520,7 +500,7 @@ pub fn run(job: &Job, opts: &LocalOptions, redactor: &Redactor, out: &mut dyn Wr
         if why == Why::Interrupt {
             interrupt_pending = None;
             interrupt_step = None;
-            checkpoints_before_restart = list_dir(&tree.checkpoints());
+            checkpoints_before_restart = list_dir(&tree.checkpoint_dir());
             let _ = writeln!(
                 out,
                 "oxtune: checkpoints kept for the restart: {}",
@@ -535,9 +515,8 @@ pub fn run(job: &Job, opts: &LocalOptions, redactor: &Redactor, out: &mut dyn Wr
                 continue;
             }
         }
-        let failure_text = std::fs::read_to_string(tree.output().join("failure"))
-            .ok()
-            .map(|t| t.chars().take(1024).collect::<String>());
+        let failure_text =
+            std::fs::read_to_string(tree.failure_file()).ok().map(|t| t.chars().take(1024).collect::<String>());
         let (status_kind, failure_reason) =
             if why == Why::MaxRuntime || (why == Why::Interrupt && Instant::now() >= deadline) {
                 (LocalStatus::Stopped, None)
@@ -556,13 +535,13 @@ pub fn run(job: &Job, opts: &LocalOptions, redactor: &Redactor, out: &mut dyn Wr
         std::fs::create_dir_all(&artifacts).map_err(io(&artifacts))?;
         let model_tar = if status_kind != LocalStatus::Failed {
             let p = artifacts.join("model.tar.gz");
-            pack(&tree.model(), &p)?;
+            pack(&tree.model_dir(), &p)?;
             Some(p)
         } else {
             None
         };
         let output_tar = artifacts.join("output.tar.gz");
-        pack(&tree.output().join("data"), &output_tar)?;
+        pack(&tree.output_data_dir(), &output_tar)?;
         return Ok(LocalOutcome {
             status: status_kind,
             exit_code: code,
@@ -597,17 +576,20 @@ mod tests {
         let j = job(d.path());
         let t = synthesise(&j, &d.path().join("opt_ml"), true, false, false).unwrap();
         let hp: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(t.config().join("hyperparameters.json")).unwrap()).unwrap();
+            serde_json::from_str(&std::fs::read_to_string(t.config_dir().join("hyperparameters.json")).unwrap())
+                .unwrap();
         assert_eq!(hp, json!({"epochs": "1"}));
         let rc: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(t.config().join("resourceconfig.json")).unwrap()).unwrap();
+            serde_json::from_str(&std::fs::read_to_string(t.config_dir().join("resourceconfig.json")).unwrap())
+                .unwrap();
         assert_eq!(rc["current_host"], "algo-1");
         assert_eq!(rc["hosts"], json!(["algo-1"]));
         let idc: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(t.config().join("inputdataconfig.json")).unwrap()).unwrap();
+            serde_json::from_str(&std::fs::read_to_string(t.config_dir().join("inputdataconfig.json")).unwrap())
+                .unwrap();
         assert_eq!(idc["train"]["TrainingInputMode"], "File");
-        assert_eq!(std::fs::read_to_string(t.data().join("train/train.jsonl")).unwrap(), "{\"text\":\"hi\"}\n");
-        assert!(!t.config().join("checkpointconfig.json").exists());
+        assert_eq!(std::fs::read_to_string(t.data_dir().join("train/train.jsonl")).unwrap(), "{\"text\":\"hi\"}\n");
+        assert!(!t.config_dir().join("checkpointconfig.json").exists());
     }
 
     #[test]

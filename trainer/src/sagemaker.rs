@@ -82,6 +82,10 @@ impl MlPaths {
     pub fn model_dir(&self) -> PathBuf {
         self.root.join("model")
     }
+    /// `output/`: what SageMaker packs as output.tar.gz (`data/`) and the `failure` file.
+    pub fn output_dir(&self) -> PathBuf {
+        self.root.join("output")
+    }
     pub fn output_data_dir(&self) -> PathBuf {
         self.root.join("output/data")
     }
