@@ -2,6 +2,7 @@
 //! (`--endpoint-url`, `AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_<SERVICE>`), retries with backoff,
 //! and error messages that say what to do.
 
+use crate::error::Error;
 use std::time::Duration;
 
 use aws_config::retry::RetryConfig;
@@ -84,9 +85,9 @@ pub fn custom_s3_endpoint(o: &AwsOptions) -> bool {
         || std::env::var_os("AWS_ENDPOINT_URL").is_some()
 }
 
-pub fn clients_from_config(sdk: &SdkConfig, path_style: bool) -> Result<Clients, String> {
+pub fn clients_from_config(sdk: &SdkConfig, path_style: bool) -> Result<Clients, Error> {
     let region = sdk.region().map(|r| r.to_string()).ok_or_else(|| {
-        "no AWS region: pass --region, set `region` in the job file's [sagemaker] section, export AWS_REGION, or set `region` in ~/.aws/config for your profile".to_string()
+        Error::Invalid("no AWS region: pass --region, set `region` in the job file's [sagemaker] section, export AWS_REGION, or set `region` in ~/.aws/config for your profile".to_string())
     })?;
     let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(sdk).force_path_style(path_style).build());
     Ok(Clients {
@@ -98,19 +99,26 @@ pub fn clients_from_config(sdk: &SdkConfig, path_style: bool) -> Result<Clients,
 }
 
 /// Build clients and make sure credentials exist before the first call.
-pub async fn connect(o: &AwsOptions) -> Result<Clients, String> {
+pub async fn connect(o: &AwsOptions) -> Result<Clients, Error> {
     let sdk = load_sdk_config(o).await;
     let clients = clients_from_config(&sdk, custom_s3_endpoint(o))?;
     check_credentials(&sdk, o).await?;
     Ok(clients)
 }
 
-async fn check_credentials(sdk: &SdkConfig, o: &AwsOptions) -> Result<(), String> {
+async fn check_credentials(sdk: &SdkConfig, o: &AwsOptions) -> Result<(), Error> {
     let Some(provider) = sdk.credentials_provider() else {
-        return Err(no_credentials(o, "no credentials provider is configured"));
+        return Err(Error::Aws {
+            kind: ErrorKind::BadCredentials,
+            message: no_credentials(o, "no credentials provider is configured"),
+        });
     };
     use aws_sdk_sagemaker::config::ProvideCredentials;
-    provider.provide_credentials().await.map(|_| ()).map_err(|e| no_credentials(o, &format!("{e}")))
+    provider
+        .provide_credentials()
+        .await
+        .map(|_| ())
+        .map_err(|e| Error::Aws { kind: ErrorKind::BadCredentials, message: no_credentials(o, &format!("{e}")) })
 }
 
 fn no_credentials(o: &AwsOptions, detail: &str) -> String {

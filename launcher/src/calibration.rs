@@ -3,6 +3,7 @@
 //! The file is compiled in; `--calibration FILE` or `OXTUNE_CALIBRATION` reads another
 //! (the benchmark harness writes measured values there).
 
+use crate::error::Error;
 use std::path::Path;
 
 use serde::Deserialize;
@@ -116,17 +117,17 @@ impl Calibration {
         c
     }
 
-    pub fn from_file(path: &Path) -> Result<Calibration, String> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| format!("cannot read calibration {}: {e}", path.display()))?;
-        let mut c: Calibration =
-            toml::from_str(&text).map_err(|e| format!("calibration {} is not valid: {e}", path.display()))?;
+    pub fn from_file(path: &Path) -> Result<Calibration, Error> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Invalid(format!("cannot read calibration {}: {e}", path.display())))?;
+        let mut c: Calibration = toml::from_str(&text)
+            .map_err(|e| Error::Invalid(format!("calibration {} is not valid: {e}", path.display())))?;
         c.origin = path.display().to_string();
         Ok(c)
     }
 
     /// `--calibration`, else `$OXTUNE_CALIBRATION`, else the embedded file.
-    pub fn load(explicit: Option<&Path>) -> Result<Calibration, String> {
+    pub fn load(explicit: Option<&Path>) -> Result<Calibration, Error> {
         if let Some(p) = explicit {
             return Self::from_file(p);
         }

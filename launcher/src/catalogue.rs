@@ -4,6 +4,7 @@
 //! Data lives in `launcher/data/` and is compiled in; `oxtune prices refresh` writes a
 //! per-region cache that overrides the embedded prices (see [`crate::prices`]).
 
+use crate::error::Error;
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
@@ -186,11 +187,11 @@ pub fn find_model(name: &str) -> Option<&'static CatalogueModel> {
 }
 
 impl CatalogueModel {
-    pub fn model_config(&self) -> Result<ModelConfig, String> {
+    pub fn model_config(&self) -> Result<ModelConfig, Error> {
         match (self.config, self.unsupported) {
-            (_, Some(why)) => Err(why.to_string()),
-            (Some(text), None) => ModelConfig::from_json_str(text).map_err(|e| e.to_string()),
-            (None, None) => Err(format!("{} has no config", self.id)),
+            (_, Some(why)) => Err(Error::Invalid(why.to_string())),
+            (Some(text), None) => ModelConfig::from_json_str(text).map_err(|e| Error::Invalid(e.to_string())),
+            (None, None) => Err(Error::Invalid(format!("{} has no config", self.id))),
         }
     }
 }
@@ -280,7 +281,7 @@ mod tests {
         assert_eq!(find_model("mistral-7b").unwrap().id, "mistral-7b-v0.3");
         assert_eq!(find_model("LLAMA-3.2-1B").unwrap().id, "llama-3.2-1b");
         let t5 = find_model("google/flan-t5-xl").unwrap();
-        assert!(t5.model_config().unwrap_err().to_lowercase().contains("not supported"));
+        assert!(t5.model_config().unwrap_err().to_string().to_lowercase().contains("not supported"));
         assert!(find_model("gpt-5").is_none());
     }
 }

@@ -1,17 +1,18 @@
 //! How the commands write numbers for people: durations (and parsing them), money, sizes, tables.
 
+use crate::error::Error;
 use std::fmt::Write as _;
 use std::time::Duration;
 
 /// Parse `90`, `90s`, `15m`, `6h`, `2d`, `1h30m` (a bare number is seconds).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, Error> {
     let t = text.trim();
     if t.is_empty() {
-        return Err("empty duration".into());
+        return Err(Error::Invalid("empty duration".into()));
     }
     if let Ok(secs) = t.parse::<f64>() {
         if secs < 0.0 || !secs.is_finite() {
-            return Err(format!("`{text}` is negative or not finite"));
+            return Err(Error::Invalid(format!("`{text}` is negative or not finite")));
         }
         return Ok(Duration::from_secs_f64(secs));
     }
@@ -36,21 +37,22 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
                 break;
             }
         }
-        let value: f64 = num.parse().map_err(|_| format!("`{text}` is not a duration like 90s, 15m, 6h or 2d"))?;
+        let value: f64 =
+            num.parse().map_err(|_| Error::Invalid(format!("`{text}` is not a duration like 90s, 15m, 6h or 2d")))?;
         let factor = match unit.as_str() {
             "ms" => 0.001,
             "s" | "sec" | "secs" => 1.0,
             "m" | "min" | "mins" => 60.0,
             "h" | "hr" | "hrs" => 3600.0,
             "d" | "day" | "days" => 86400.0,
-            _ => return Err(format!("unknown unit `{unit}` in `{text}` (use ms, s, m, h or d)")),
+            _ => return Err(Error::Invalid(format!("unknown unit `{unit}` in `{text}` (use ms, s, m, h or d)"))),
         };
         total += value * factor;
         num.clear();
         saw_unit = true;
     }
     if !num.is_empty() || !saw_unit {
-        return Err(format!("`{text}` is not a duration like 90s, 15m, 6h or 2d"));
+        return Err(Error::Invalid(format!("`{text}` is not a duration like 90s, 15m, 6h or 2d")));
     }
     Ok(Duration::from_secs_f64(total))
 }

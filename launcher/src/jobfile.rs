@@ -20,6 +20,7 @@
 //! train = "data/train.jsonl"       # local path: uploaded; or an s3:// URI
 //! ```
 
+use crate::error::Error;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -83,10 +84,12 @@ pub enum DurationValue {
 }
 
 impl DurationValue {
-    pub fn seconds(&self, field: &str) -> Result<u64, String> {
+    pub fn seconds(&self, field: &str) -> Result<u64, Error> {
         match self {
             DurationValue::Seconds(s) => Ok(*s),
-            DurationValue::Text(t) => parse_duration(t).map(|d| d.as_secs()).map_err(|e| format!("{field}: {e}")),
+            DurationValue::Text(t) => {
+                parse_duration(t).map(|d| d.as_secs()).map_err(|e| Error::Invalid(format!("{field}: {e}")))
+            }
         }
     }
 }
@@ -230,9 +233,10 @@ pub struct Job {
     pub warnings: Vec<String>,
 }
 
-pub fn read_job_file(path: &Path) -> Result<JobFile, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read job file {}: {e}", path.display()))?;
-    toml::from_str(&text).map_err(|e| format!("job file {}: {e}", path.display()))
+pub fn read_job_file(path: &Path) -> Result<JobFile, Error> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Invalid(format!("cannot read job file {}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| Error::Invalid(format!("job file {}: {e}", path.display())))
 }
 
 /// Hyperparameter values are strings on the wire: TOML strings as they are, numbers and
@@ -269,10 +273,10 @@ fn toml_to_json(v: &toml::Value) -> serde_json::Value {
     }
 }
 
-fn split_kv(s: &str, what: &str) -> Result<(String, String), String> {
+fn split_kv(s: &str, what: &str) -> Result<(String, String), Error> {
     match s.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
-        _ => Err(format!("{what} `{s}` must look like KEY=VALUE")),
+        _ => Err(Error::Invalid(format!("{what} `{s}` must look like KEY=VALUE"))),
     }
 }
 
@@ -297,7 +301,7 @@ pub fn resolve(
     o: &Overrides,
     env: &dyn Fn(&str) -> Option<String>,
     now: u64,
-) -> Result<Job, String> {
+) -> Result<Job, Error> {
     let (base_dir, f) = match file {
         Some((path, f)) => (path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".")), f),
         None => (PathBuf::from("."), JobFile::default()),
@@ -306,13 +310,16 @@ pub fn resolve(
     let sm = &f.sagemaker;
     let mut warnings = Vec::new();
 
-    let base_name =
-        o.name.clone().or(f.name.clone()).ok_or("the job needs a name: `name = \"...\"` in the job file or --name")?;
+    let base_name = o
+        .name
+        .clone()
+        .or(f.name.clone())
+        .ok_or(Error::Invalid("the job needs a name: `name = \"...\"` in the job file or --name".into()))?;
     let job_name =
         if o.exact_name { base_name.clone() } else { format!("{base_name}-{}", crate::clock::utc_stamp(now)) };
 
     let max_runtime_s = match (&o.max_runtime, &sm.max_runtime) {
-        (Some(t), _) => Some(parse_duration(t).map_err(|e| format!("--max-runtime: {e}"))?.as_secs()),
+        (Some(t), _) => Some(parse_duration(t).map_err(|e| Error::Invalid(format!("--max-runtime: {e}")))?.as_secs()),
         (None, Some(v)) => Some(v.seconds("sagemaker.max_runtime")?),
         (None, None) => None,
     };
@@ -332,13 +339,13 @@ pub fn resolve(
         sm.spot.unwrap_or(false)
     };
     let max_wait_s = match (&o.max_wait, &sm.max_wait) {
-        (Some(t), _) => Some(parse_duration(t).map_err(|e| format!("--max-wait: {e}"))?.as_secs()),
+        (Some(t), _) => Some(parse_duration(t).map_err(|e| Error::Invalid(format!("--max-wait: {e}")))?.as_secs()),
         (None, Some(v)) => Some(v.seconds("sagemaker.max_wait")?),
         (None, None) if spot => Some(max_runtime_s.saturating_mul(2).min(2 * 2_419_200)),
         (None, None) => None,
     };
     let keep_alive_s = match (&o.keep_alive, &sm.keep_alive) {
-        (Some(t), _) => Some(parse_duration(t).map_err(|e| format!("--keep-alive: {e}"))?.as_secs()),
+        (Some(t), _) => Some(parse_duration(t).map_err(|e| Error::Invalid(format!("--keep-alive: {e}")))?.as_secs()),
         (None, Some(v)) => Some(v.seconds("sagemaker.keep_alive")?),
         (None, None) => None,
     };

@@ -7,6 +7,7 @@ pub mod calibration;
 pub mod catalogue;
 pub mod cli;
 pub mod clock;
+pub mod error;
 pub mod estimate;
 pub mod format;
 pub mod jobfile;
@@ -19,3 +20,5 @@ pub mod redact;
 pub mod request;
 pub mod tokens;
 pub mod upload;
+
+pub use error::Error;

@@ -4,6 +4,7 @@
 //! shared/reference/sagemaker.md §3). The service does enforce them, but only after S3
 //! uploads and credential look-ups; moto and the Rust SDK enforce none of them.
 
+use crate::error::Error;
 use crate::request::CreateTrainingJobRequest;
 
 pub const MAX_JOB_NAME: usize = 63;
@@ -29,30 +30,30 @@ pub const MAX_ROLE_ARN: usize = 2048;
 pub const MIN_ROLE_ARN: usize = 20;
 
 /// `[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}`: letters, digits and hyphens, starting and ending with a letter or digit.
-pub fn check_job_name(name: &str) -> Result<(), String> {
+pub fn check_job_name(name: &str) -> Result<(), Error> {
     let n = name.chars().count();
     if n == 0 || n > MAX_JOB_NAME {
-        return Err(format!(
+        return Err(Error::Invalid(format!(
             "TrainingJobName `{name}` is {n} characters; the limit is 1–{MAX_JOB_NAME} (the timestamp suffix adds 16: keep `name` ≤ 47 or use --exact-name)"
-        ));
+        )));
     }
     if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-')) {
-        return Err(format!(
+        return Err(Error::Invalid(format!(
             "TrainingJobName `{name}` contains `{bad}`; only letters, digits and hyphens are allowed (pattern [a-zA-Z0-9](-*[a-zA-Z0-9]){{0,62}})"
-        ));
+        )));
     }
     if name.starts_with('-') || name.ends_with('-') {
-        return Err(format!("TrainingJobName `{name}` must start and end with a letter or digit"));
+        return Err(Error::Invalid(format!("TrainingJobName `{name}` must start and end with a letter or digit")));
     }
     Ok(())
 }
 
 /// `^arn:aws[a-z\-]*:iam::\d{12}:role/?[a-zA-Z_0-9+=,.@\-_/]+$`, 20–2048 characters.
-pub fn check_role_arn(arn: &str) -> Result<(), String> {
+pub fn check_role_arn(arn: &str) -> Result<(), Error> {
     let err = |why: &str| {
-        Err(format!(
+        Err(Error::Invalid(format!(
             "RoleArn `{arn}` {why}; expected arn:aws:iam::<12-digit account>:role/<name>, e.g. arn:aws:iam::123456789012:role/SageMakerExecution"
-        ))
+        )))
     };
     if arn.len() < MIN_ROLE_ARN || arn.len() > MAX_ROLE_ARN {
         return err(&format!("is {} characters (limit {MIN_ROLE_ARN}–{MAX_ROLE_ARN})", arn.len()));
@@ -80,48 +81,55 @@ pub fn check_role_arn(arn: &str) -> Result<(), String> {
 
 /// ECR image URIs: `<account>.dkr.ecr.<region>.amazonaws.com[.cn]/<repository>[:tag | @sha256:<digest>]`.
 /// Returns the image's region when it is an ECR URI.
-pub fn check_image_uri(uri: &str) -> Result<Option<String>, String> {
+pub fn check_image_uri(uri: &str) -> Result<Option<String>, Error> {
     if uri.is_empty() || uri.len() > MAX_IMAGE_URI || uri.chars().any(char::is_whitespace) {
-        return Err(format!("TrainingImage `{uri}` must be 1–{MAX_IMAGE_URI} characters without spaces"));
+        return Err(Error::Invalid(format!(
+            "TrainingImage `{uri}` must be 1–{MAX_IMAGE_URI} characters without spaces"
+        )));
     }
     let shape = "expected <account>.dkr.ecr.<region>.amazonaws.com/<repository>:<tag> (or @sha256:<digest>)";
     let Some((host, path)) = uri.split_once('/') else {
-        return Err(format!("TrainingImage `{uri}` has no repository path; {shape}"));
+        return Err(Error::Invalid(format!("TrainingImage `{uri}` has no repository path; {shape}")));
     };
     if path.is_empty() {
-        return Err(format!("TrainingImage `{uri}` has no repository name; {shape}"));
+        return Err(Error::Invalid(format!("TrainingImage `{uri}` has no repository name; {shape}")));
     }
     let parts: Vec<&str> = host.split('.').collect();
     if parts.len() >= 6 && parts[1] == "dkr" && parts[2] == "ecr" && parts[4] == "amazonaws" {
         if parts[0].len() != 12 || !parts[0].chars().all(|c| c.is_ascii_digit()) {
-            return Err(format!("TrainingImage `{uri}`: `{}` is not a 12-digit account id; {shape}", parts[0]));
+            return Err(Error::Invalid(format!(
+                "TrainingImage `{uri}`: `{}` is not a 12-digit account id; {shape}",
+                parts[0]
+            )));
         }
         let last = path.rsplit('/').next().unwrap_or(path);
         if let Some((_, digest)) = path.split_once('@') {
             if !digest.starts_with("sha256:") || digest.len() != 7 + 64 {
-                return Err(format!("TrainingImage `{uri}` has a malformed digest; use @sha256:<64 hex digits>"));
+                return Err(Error::Invalid(format!(
+                    "TrainingImage `{uri}` has a malformed digest; use @sha256:<64 hex digits>"
+                )));
             }
         } else if !last.contains(':') {
-            return Err(format!(
+            return Err(Error::Invalid(format!(
                 "TrainingImage `{uri}` has no tag; pin one (`:0.1.0`) or a digest so the job runs the image you tested"
-            ));
+            )));
         }
         return Ok(Some(parts[3].to_string()));
     }
-    Err(format!(
+    Err(Error::Invalid(format!(
         "TrainingImage `{uri}` is not an Amazon ECR URI; SageMaker training pulls from ECR (private registries need TrainingImageConfig, not supported here); {shape}"
-    ))
+    )))
 }
 
 /// `^(https|s3)://([^/]+)/?(.*)$`, ≤ 1024 characters.
-pub fn check_s3_uri(field: &str, uri: &str) -> Result<(), String> {
+pub fn check_s3_uri(field: &str, uri: &str) -> Result<(), Error> {
     if uri.len() > MAX_S3_URI {
-        return Err(format!("{field} is {} characters; the limit is {MAX_S3_URI}", uri.len()));
+        return Err(Error::Invalid(format!("{field} is {} characters; the limit is {MAX_S3_URI}", uri.len())));
     }
     let rest = uri.strip_prefix("s3://").or_else(|| uri.strip_prefix("https://"));
     match rest {
         Some(r) if !r.is_empty() && !r.starts_with('/') => Ok(()),
-        _ => Err(format!("{field} `{uri}` is not an S3 URI like s3://bucket/prefix")),
+        _ => Err(Error::Invalid(format!("{field} `{uri}` is not an S3 URI like s3://bucket/prefix"))),
     }
 }
 
@@ -133,13 +141,13 @@ fn is_tag_char(c: char) -> bool {
 pub fn check_request(req: &CreateTrainingJobRequest) -> Vec<String> {
     let mut errs = Vec::new();
     if let Err(e) = check_job_name(&req.training_job_name) {
-        errs.push(e);
+        errs.push(e.to_string());
     }
     if let Err(e) = check_role_arn(&req.role_arn) {
-        errs.push(e);
+        errs.push(e.to_string());
     }
     if let Err(e) = check_image_uri(&req.algorithm_specification.training_image) {
-        errs.push(e);
+        errs.push(e.to_string());
     }
     let mode = &req.algorithm_specification.training_input_mode;
     if !["File", "FastFile", "Pipe"].contains(&mode.as_str()) {
@@ -222,7 +230,7 @@ pub fn check_request(req: &CreateTrainingJobRequest) -> Vec<String> {
             errs.push(format!("channel `{n}` is given twice"));
         }
         if let Err(e) = check_s3_uri(&format!("channel `{n}` S3Uri"), &c.data_source.s3_data_source.s3_uri) {
-            errs.push(e);
+            errs.push(e.to_string());
         }
         let dist = &c.data_source.s3_data_source.s3_data_distribution_type;
         if !["FullyReplicated", "ShardedByS3Key"].contains(&dist.as_str()) {
@@ -267,11 +275,11 @@ pub fn check_request(req: &CreateTrainingJobRequest) -> Vec<String> {
 
     // Output, checkpoints.
     if let Err(e) = check_s3_uri("OutputDataConfig.S3OutputPath", &req.output_data_config.s3_output_path) {
-        errs.push(e);
+        errs.push(e.to_string());
     }
     if let Some(c) = &req.checkpoint_config {
         if let Err(e) = check_s3_uri("CheckpointConfig.S3Uri", &c.s3_uri) {
-            errs.push(e);
+            errs.push(e.to_string());
         }
     }
 
@@ -355,9 +363,9 @@ mod tests {
         assert!(check_job_name("llama-sft-20260101-120000").is_ok());
         assert!(check_job_name("a--b").is_ok());
         assert!(check_job_name(&"a".repeat(63)).is_ok());
-        assert!(check_job_name(&"a".repeat(64)).unwrap_err().contains("1–63"));
-        assert!(check_job_name("my_job").unwrap_err().contains("`_`"));
-        assert!(check_job_name("-job").unwrap_err().contains("start and end"));
+        assert!(check_job_name(&"a".repeat(64)).unwrap_err().to_string().contains("1–63"));
+        assert!(check_job_name("my_job").unwrap_err().to_string().contains("`_`"));
+        assert!(check_job_name("-job").unwrap_err().to_string().contains("start and end"));
         assert!(check_job_name("").is_err());
     }
 
@@ -365,8 +373,11 @@ mod tests {
     fn role_arns() {
         assert!(check_role_arn("arn:aws:iam::123456789012:role/SageMakerExecution").is_ok());
         assert!(check_role_arn("arn:aws-cn:iam::123456789012:role/service-role/AmazonSageMaker-Exec").is_ok());
-        assert!(check_role_arn("arn:aws:iam::12345:role/x").unwrap_err().contains("12-digit"));
-        assert!(check_role_arn("arn:aws:iam::123456789012:user/bob").unwrap_err().contains("not a role ARN"));
+        assert!(check_role_arn("arn:aws:iam::12345:role/x").unwrap_err().to_string().contains("12-digit"));
+        assert!(check_role_arn("arn:aws:iam::123456789012:user/bob")
+            .unwrap_err()
+            .to_string()
+            .contains("not a role ARN"));
         assert!(check_role_arn("SageMakerExecution").is_err());
     }
 
@@ -378,8 +389,14 @@ mod tests {
         );
         let digest = format!("123456789012.dkr.ecr.us-east-1.amazonaws.com/oxtune@sha256:{}", "a".repeat(64));
         assert!(check_image_uri(&digest).is_ok());
-        assert!(check_image_uri("123456789012.dkr.ecr.us-east-1.amazonaws.com/oxtune").unwrap_err().contains("no tag"));
-        assert!(check_image_uri("docker.io/library/ubuntu:22.04").unwrap_err().contains("not an Amazon ECR URI"));
+        assert!(check_image_uri("123456789012.dkr.ecr.us-east-1.amazonaws.com/oxtune")
+            .unwrap_err()
+            .to_string()
+            .contains("no tag"));
+        assert!(check_image_uri("docker.io/library/ubuntu:22.04")
+            .unwrap_err()
+            .to_string()
+            .contains("not an Amazon ECR URI"));
         assert!(check_image_uri("oxtune:latest").is_err());
     }
 }

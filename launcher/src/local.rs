@@ -13,6 +13,7 @@
 //! * Packs `model/` into `model.tar.gz` and `output/data/` into `output.tar.gz` with the `tar`
 //!   and `flate2` crates (no external `tar`), under `<work>/output/`, like `<S3OutputPath>/<job>/output/`.
 
+use crate::error::Error;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -77,11 +78,11 @@ impl LocalOutcome {
 /// The `/opt/ml` layout of one job: the trainer's own path type, so both sides agree on it.
 pub type MlTree = trainer::sagemaker::MlPaths;
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> String + '_ {
-    move |e| format!("{}: {e}", path.display())
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    Error::io(path)
 }
 
-fn write_json(path: &Path, v: &serde_json::Value) -> Result<(), String> {
+fn write_json(path: &Path, v: &serde_json::Value) -> Result<(), Error> {
     std::fs::write(path, serde_json::to_string_pretty(v).unwrap_or_default() + "\n").map_err(io(path))
 }
 
@@ -123,7 +124,7 @@ pub fn config_files(job: &Job) -> Vec<(&'static str, serde_json::Value)> {
 }
 
 /// Create the tree; channels become symlinks (binary) or copies; Docker mounts them instead.
-pub fn synthesise(job: &Job, root: &Path, link_channels: bool, copy: bool, fresh: bool) -> Result<MlTree, String> {
+pub fn synthesise(job: &Job, root: &Path, link_channels: bool, copy: bool, fresh: bool) -> Result<MlTree, Error> {
     let t = MlTree::new(root);
     for d in [t.config_dir(), t.data_dir(), t.checkpoint_dir()] {
         std::fs::create_dir_all(&d).map_err(io(&d))?;
@@ -146,12 +147,12 @@ pub fn synthesise(job: &Job, root: &Path, link_channels: bool, copy: bool, fresh
     std::fs::create_dir_all(&data).map_err(io(&data))?;
     for c in &job.channels {
         let src = match &c.source {
-            Source::Local(p) => p.canonicalize().map_err(|e| format!("channel `{}`: {}: {e}", c.name, p.display()))?,
+            Source::Local(p) => p.canonicalize().map_err(|e| Error::Failed(format!("channel `{}`: {}: {e}", c.name, p.display())))?,
             Source::S3(uri) => {
-                return Err(format!(
+                return Err(Error::Failed(format!(
                     "channel `{}` is {uri}; `oxtune local` needs local data: `aws s3 sync {uri} ./{}` and pass --channel {}=./{}",
                     c.name, c.name, c.name, c.name
-                ))
+                )))
             }
         };
         let dest = data.join(&c.name);
@@ -165,14 +166,14 @@ pub fn synthesise(job: &Job, root: &Path, link_channels: bool, copy: bool, fresh
             std::os::unix::fs::symlink(&src, &dest).map_err(io(&dest))?;
         } else {
             std::fs::create_dir_all(&dest).map_err(io(&dest))?;
-            let name = src.file_name().ok_or_else(|| format!("channel `{}`: bad path", c.name))?;
+            let name = src.file_name().ok_or_else(|| Error::Failed(format!("channel `{}`: bad path", c.name)))?;
             std::os::unix::fs::symlink(&src, dest.join(name)).map_err(io(&dest))?;
         }
     }
     Ok(t)
 }
 
-fn copy_into(src: &Path, dest: &Path) -> Result<(), String> {
+fn copy_into(src: &Path, dest: &Path) -> Result<(), Error> {
     std::fs::create_dir_all(dest).map_err(io(dest))?;
     if src.is_file() {
         let to = dest.join(src.file_name().unwrap_or_default());
@@ -193,12 +194,12 @@ fn copy_into(src: &Path, dest: &Path) -> Result<(), String> {
 }
 
 /// `--train-bin`, `$OXTUNE_TRAIN_BIN`, `train` next to this executable, else `train` on PATH.
-pub fn find_train_binary(explicit: Option<&Path>) -> Result<PathBuf, String> {
+pub fn find_train_binary(explicit: Option<&Path>) -> Result<PathBuf, Error> {
     if let Some(p) = explicit {
         return if p.is_file() {
             Ok(p.to_path_buf())
         } else {
-            Err(format!("--train-bin {} does not exist", p.display()))
+            Err(Error::Failed(format!("--train-bin {} does not exist", p.display())))
         };
     }
     if let Some(p) = std::env::var_os("OXTUNE_TRAIN_BIN") {
@@ -224,7 +225,7 @@ pub fn find_train_binary(explicit: Option<&Path>) -> Result<PathBuf, String> {
             }
         }
     }
-    Err("cannot find the `train` binary: build it (`cargo build --release -p trainer`), pass --train-bin PATH, or run with --image IMAGE".into())
+    Err(Error::Failed("cannot find the `train` binary: build it (`cargo build --release -p trainer`), pass --train-bin PATH, or run with --image IMAGE".into()))
 }
 
 enum Runner {
@@ -232,7 +233,7 @@ enum Runner {
     Docker { image: String, gpus: String },
 }
 
-fn spawn(runner: &Runner, job: &Job, tree: &MlTree, container: &str) -> Result<Child, String> {
+fn spawn(runner: &Runner, job: &Job, tree: &MlTree, container: &str) -> Result<Child, Error> {
     let arn = format!("arn:aws:sagemaker:local:000000000000:training-job/{}", job.job_name);
     let mut cmd = match runner {
         Runner::Binary(bin) => {
@@ -253,7 +254,7 @@ fn spawn(runner: &Runner, job: &Job, tree: &MlTree, container: &str) -> Result<C
             c.arg("-v").arg(format!("{}:/opt/ml", tree.root.display()));
             for ch in &job.channels {
                 if let Source::Local(p) = &ch.source {
-                    let src = p.canonicalize().map_err(|e| format!("{}: {e}", p.display()))?;
+                    let src = p.canonicalize().map_err(|e| Error::Failed(format!("{}: {e}", p.display())))?;
                     let target = if src.is_dir() {
                         format!("/opt/ml/input/data/{}", ch.name)
                     } else {
@@ -281,9 +282,11 @@ fn spawn(runner: &Runner, job: &Job, tree: &MlTree, container: &str) -> Result<C
         cmd.env(k, v);
     }
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    cmd.spawn().map_err(|e| match runner {
-        Runner::Binary(b) => format!("cannot start {}: {e}", b.display()),
-        Runner::Docker { .. } => format!("cannot start docker: {e} (is Docker installed and running?)"),
+    cmd.spawn().map_err(|e| {
+        Error::Failed(match runner {
+            Runner::Binary(b) => format!("cannot start {}: {e}", b.display()),
+            Runner::Docker { .. } => format!("cannot start docker: {e} (is Docker installed and running?)"),
+        })
     })
 }
 
@@ -326,7 +329,7 @@ fn supervise(
     grace: Duration,
     redactor: &Redactor,
     out: &mut dyn Write,
-) -> Result<(AttemptEnd, Why), String> {
+) -> Result<(AttemptEnd, Why), Error> {
     let (tx, rx) = mpsc::channel::<String>();
     let mut readers = Vec::new();
     if let Some(stdout) = child.stdout.take() {
@@ -361,7 +364,7 @@ fn supervise(
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => {}
         }
-        if let Some(status) = child.try_wait().map_err(|e| format!("waiting for the trainer: {e}"))? {
+        if let Some(status) = child.try_wait().map_err(|e| Error::Failed(format!("waiting for the trainer: {e}")))? {
             // Drain what is left.
             for r in readers {
                 let _ = r.join();
@@ -408,7 +411,7 @@ fn list_dir(d: &Path) -> Vec<String> {
     v
 }
 
-fn reset_dir(d: &Path) -> Result<(), String> {
+fn reset_dir(d: &Path) -> Result<(), Error> {
     if d.exists() {
         std::fs::remove_dir_all(d).map_err(io(d))?;
     }
@@ -416,7 +419,7 @@ fn reset_dir(d: &Path) -> Result<(), String> {
 }
 
 /// `tar czf out -C dir .` with the tar/flate2 crates.
-pub fn pack(dir: &Path, out: &Path) -> Result<(), String> {
+pub fn pack(dir: &Path, out: &Path) -> Result<(), Error> {
     let f = std::fs::File::create(out).map_err(io(out))?;
     let gz = flate2::write::GzEncoder::new(f, flate2::Compression::default());
     let mut tar = tar::Builder::new(gz);
@@ -438,7 +441,7 @@ pub fn pack(dir: &Path, out: &Path) -> Result<(), String> {
 }
 
 /// Run the job locally; logs go to `out`.
-pub fn run(job: &Job, opts: &LocalOptions, redactor: &Redactor, out: &mut dyn Write) -> Result<LocalOutcome, String> {
+pub fn run(job: &Job, opts: &LocalOptions, redactor: &Redactor, out: &mut dyn Write) -> Result<LocalOutcome, Error> {
     let runner = match &opts.image {
         Some(img) => Runner::Docker { image: img.clone(), gpus: opts.gpus.clone() },
         None => Runner::Binary(find_train_binary(opts.train_bin.as_deref())?),

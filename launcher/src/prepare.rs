@@ -2,6 +2,7 @@
 //! messages) or Amazon Bedrock customisation JSONL (prompt/completion or
 //! `bedrock-conversation-2024`), with validation and statistics.
 
+use crate::error::Error;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -95,9 +96,9 @@ struct ReadExamples {
     skipped: Vec<(usize, String)>,
 }
 
-fn read_examples(opts: &PrepareOptions) -> Result<ReadExamples, String> {
+fn read_examples(opts: &PrepareOptions) -> Result<ReadExamples, Error> {
     let spec = data_spec(opts)?;
-    let report = trainer::data::read_path(&opts.input, &spec).map_err(|e| e.to_string())?;
+    let report = trainer::data::read_path(&opts.input, &spec).map_err(|e| Error::Invalid(e.to_string()))?;
     let detected = report
         .file_formats
         .iter()
@@ -141,13 +142,13 @@ fn read_examples(opts: &PrepareOptions) -> Result<ReadExamples, String> {
 }
 
 /// The trainer's DataSpec for reading: format and field names from the flags, bad rows skipped.
-pub fn data_spec(opts: &PrepareOptions) -> Result<trainer::data::DataSpec, String> {
+pub fn data_spec(opts: &PrepareOptions) -> Result<trainer::data::DataSpec, Error> {
     let mut spec = trainer::data::DataSpec {
         skip_bad_rows: true,
         mapping_help: "or pass --prompt-field and --completion-field (and --format) to map your keys".into(),
         ..Default::default()
     };
-    spec.format = opts.format.parse()?;
+    spec.format = opts.format.parse().map_err(Error::Invalid)?;
     if let Some(p) = &opts.fields.prompt {
         spec.fields.prompt = p.clone();
     }
@@ -164,7 +165,8 @@ pub fn data_spec(opts: &PrepareOptions) -> Result<trainer::data::DataSpec, Strin
     Ok(spec)
 }
 
-/// An example in the target format, or why not.
+/// An example in the target format, or why not: the `Err` is the reason the row is dropped, which the
+/// report counts per reason (not a failure of the command).
 pub fn render(e: &Example, to: Target, notes: &mut BTreeMap<String, usize>) -> Result<Value, String> {
     match (e, to) {
         (Example::Text(t), Target::Text) => {
@@ -266,7 +268,7 @@ pub fn default_output(input: &Path, to: Target) -> PathBuf {
 }
 
 /// Convert and validate. Writes the output unless `check_only`.
-pub fn prepare(opts: &PrepareOptions) -> Result<Report, String> {
+pub fn prepare(opts: &PrepareOptions) -> Result<Report, Error> {
     let ReadExamples { detected, examples: records, skipped } = read_examples(opts)?;
     let output = if opts.check_only {
         None
@@ -275,12 +277,12 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Report, String> {
     };
     if let Some(o) = &output {
         if o == &opts.input {
-            return Err(format!("the output {} would overwrite the input; pass -o", o.display()));
+            return Err(Error::Invalid(format!("the output {} would overwrite the input; pass -o", o.display())));
         }
     }
     let mut writer = match &output {
         Some(o) => Some(std::io::BufWriter::new(
-            std::fs::File::create(o).map_err(|e| format!("cannot create {}: {e}", o.display()))?,
+            std::fs::File::create(o).map_err(|e| Error::Invalid(format!("cannot create {}: {e}", o.display())))?,
         )),
         None => None,
     };
@@ -302,13 +304,13 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Report, String> {
         let result = render(example, opts.to, &mut notes);
         match result {
             Ok(v) => {
-                let line = serde_json::to_string(&v).map_err(|e| e.to_string())?;
+                let line = serde_json::to_string(&v).map_err(|e| Error::Invalid(e.to_string()))?;
                 let chars = example_chars(&v);
                 total_chars += chars;
                 report.chars_min = report.chars_min.min(chars);
                 report.chars_max = report.chars_max.max(chars);
                 if let Some(w) = writer.as_mut() {
-                    writeln!(w, "{line}").map_err(|e| format!("write failed: {e}"))?;
+                    writeln!(w, "{line}").map_err(|e| Error::Invalid(format!("write failed: {e}")))?;
                 }
                 report.rows_written += 1;
             }
@@ -316,7 +318,7 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Report, String> {
         }
     }
     if let Some(mut w) = writer {
-        w.flush().map_err(|e| format!("write failed: {e}"))?;
+        w.flush().map_err(|e| Error::Invalid(format!("write failed: {e}")))?;
     }
     if report.rows_written == 0 {
         report.chars_min = 0;

@@ -6,6 +6,7 @@
 //! header. Rows with `Component = Training`, `TermType = OnDemand`, `Unit = Hrs` and a usage type
 //! like `USE1-Train:ml.g5.xlarge` carry the hourly rate in `PricePerUnit`.
 
+use crate::error::Error;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -45,7 +46,7 @@ struct CachedTable {
 }
 
 /// The cached table for a region if any, else the embedded one.
-pub fn load(region: &str) -> Result<PriceTable, String> {
+pub fn load(region: &str) -> Result<PriceTable, Error> {
     let path = cache_file(region);
     if let Ok(text) = std::fs::read_to_string(&path) {
         match toml::from_str::<CachedTable>(&text) {
@@ -54,10 +55,10 @@ pub fn load(region: &str) -> Result<PriceTable, String> {
         }
     }
     embedded_prices(region).ok_or_else(|| {
-        format!(
+        Error::Invalid(format!(
             "no SageMaker prices for region `{region}`: the embedded table covers {}; run `oxtune prices refresh --region {region}`",
             crate::catalogue::EMBEDDED_REGIONS.join(", ")
-        )
+        ))
     })
 }
 
@@ -80,14 +81,14 @@ fn from_cache(c: CachedTable, path: &Path) -> PriceTable {
 /// Parse the bulk CSV: publication date and instance → USD/hour (Training, on-demand) in `region`.
 /// Rows of other regions are skipped when the file has a `Region Code` column (the all-region
 /// `current/index.csv` mixes them).
-pub fn parse_bulk_csv(reader: impl Read, region: &str) -> Result<(String, BTreeMap<String, f64>), String> {
+pub fn parse_bulk_csv(reader: impl Read, region: &str) -> Result<(String, BTreeMap<String, f64>), Error> {
     let mut rdr = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(reader);
     let mut records = rdr.records();
     let mut publication = String::from("unknown");
     let mut header: Option<csv::StringRecord> = None;
     // Preamble: key/value rows until the header (the row that has "SKU").
     for rec in records.by_ref() {
-        let rec = rec.map_err(|e| format!("price list is not CSV: {e}"))?;
+        let rec = rec.map_err(|e| Error::Failed(format!("price list is not CSV: {e}")))?;
         if rec.iter().any(|f| f == "SKU") {
             header = Some(rec);
             break;
@@ -96,11 +97,11 @@ pub fn parse_bulk_csv(reader: impl Read, region: &str) -> Result<(String, BTreeM
             publication = rec.get(1).unwrap_or("unknown").to_string();
         }
     }
-    let header = header.ok_or("price list has no header row (no `SKU` column)")?;
+    let header = header.ok_or(Error::Failed("price list has no header row (no `SKU` column)".into()))?;
     let col = |name: &str| header.iter().position(|h| h.eq_ignore_ascii_case(name));
-    let term = col("TermType").ok_or("price list has no TermType column")?;
-    let unit = col("Unit").ok_or("price list has no Unit column")?;
-    let price = col("PricePerUnit").ok_or("price list has no PricePerUnit column")?;
+    let term = col("TermType").ok_or(Error::Failed("price list has no TermType column".into()))?;
+    let unit = col("Unit").ok_or(Error::Failed("price list has no Unit column".into()))?;
+    let price = col("PricePerUnit").ok_or(Error::Failed("price list has no PricePerUnit column".into()))?;
     let usage = col("usageType");
     let component = col("Component");
     let instance_col = col("Instance Name").or_else(|| col("Instance Type"));
@@ -108,7 +109,7 @@ pub fn parse_bulk_csv(reader: impl Read, region: &str) -> Result<(String, BTreeM
     let mut other_regions = std::collections::BTreeSet::new();
     let mut prices = BTreeMap::new();
     for rec in records {
-        let rec = rec.map_err(|e| format!("price list row: {e}"))?;
+        let rec = rec.map_err(|e| Error::Failed(format!("price list row: {e}")))?;
         let get = |i: Option<usize>| i.and_then(|i| rec.get(i)).unwrap_or("");
         if get(Some(term)) != "OnDemand" || get(Some(unit)) != "Hrs" {
             continue;
@@ -140,35 +141,35 @@ pub fn parse_bulk_csv(reader: impl Read, region: &str) -> Result<(String, BTreeM
         }
     }
     if prices.is_empty() {
-        return Err(if other_regions.is_empty() {
+        return Err(Error::Invalid(if other_regions.is_empty() {
             "the price list had no SageMaker Training on-demand rows (Component = Training, TermType = OnDemand, Unit = Hrs)".into()
         } else {
             format!(
                 "the price list has no SageMaker Training on-demand rows for {region}, only for {}; download the file of {region} or pass --region",
                 other_regions.into_iter().collect::<Vec<_>>().join(", ")
             )
-        });
+        }));
     }
     Ok((publication, prices))
 }
 
 /// Download (or read `file`) and cache a region's rates. Returns the new table.
-pub fn refresh(region: &str, url: Option<&str>, file: Option<&Path>) -> Result<PriceTable, String> {
+pub fn refresh(region: &str, url: Option<&str>, file: Option<&Path>) -> Result<PriceTable, Error> {
     let url = url.map(str::to_string).unwrap_or_else(|| BULK_URL.replace("{region}", region));
     let (publication, prices) = match file {
         Some(f) => {
-            let r = std::fs::File::open(f).map_err(|e| format!("cannot read {}: {e}", f.display()))?;
+            let r = std::fs::File::open(f).map_err(|e| Error::Failed(format!("cannot read {}: {e}", f.display())))?;
             parse_bulk_csv(std::io::BufReader::new(r), region)?
         }
         None => {
             eprintln!("downloading {url} …");
             let resp = ureq::get(&url).timeout(std::time::Duration::from_secs(120)).call().map_err(|e| {
                 let offline = matches!(e, ureq::Error::Transport(_));
-                format!(
+                Error::Failed(format!(
                     "cannot download the AWS price list from {url}: {e}.{} The embedded price table ({}) stays in use; pass --file to read a downloaded copy.",
                     if offline { " You appear to be offline or behind a proxy." } else { "" },
                     crate::catalogue::embedded_prices(region).map(|t| t.date).unwrap_or_else(|| "none for this region".into())
-                )
+                ))
             })?;
             parse_bulk_csv(std::io::BufReader::new(resp.into_reader()), region)?
         }
@@ -182,10 +183,11 @@ pub fn refresh(region: &str, url: Option<&str>, file: Option<&Path>) -> Result<P
     };
     let path = cache_file(region);
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .map_err(|e| Error::Failed(format!("cannot create {}: {e}", parent.display())))?;
     }
-    let text = toml::to_string(&cached).map_err(|e| e.to_string())?;
-    std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    let text = toml::to_string(&cached).map_err(|e| Error::Failed(e.to_string()))?;
+    std::fs::write(&path, text).map_err(|e| Error::Failed(format!("cannot write {}: {e}", path.display())))?;
     Ok(from_cache(cached, &path))
 }
 
@@ -254,7 +256,7 @@ mod tests {
         // The eu-west-1 row only counts for eu-west-1.
         let (_, eu) = parse_bulk_csv(SAMPLE.as_bytes(), "eu-west-1").unwrap();
         assert_eq!(eu.into_iter().collect::<Vec<_>>(), [("ml.g5.xlarge".to_string(), 1.99)]);
-        let err = parse_bulk_csv(SAMPLE.as_bytes(), "ap-south-1").unwrap_err();
+        let err = parse_bulk_csv(SAMPLE.as_bytes(), "ap-south-1").unwrap_err().to_string();
         assert!(
             err.contains("no SageMaker Training on-demand rows for ap-south-1, only for eu-west-1, us-east-1"),
             "{err}"
@@ -263,10 +265,10 @@ mod tests {
 
     #[test]
     fn not_a_price_list_is_explained() {
-        let err = parse_bulk_csv("a,b\n1,2\n".as_bytes(), "us-east-1").unwrap_err();
+        let err = parse_bulk_csv("a,b\n1,2\n".as_bytes(), "us-east-1").unwrap_err().to_string();
         assert!(err.contains("no header row"), "{err}");
         let header_only = SAMPLE.lines().take(6).collect::<Vec<_>>().join("\n");
-        let err = parse_bulk_csv(header_only.as_bytes(), "us-east-1").unwrap_err();
+        let err = parse_bulk_csv(header_only.as_bytes(), "us-east-1").unwrap_err().to_string();
         assert!(err.contains("no SageMaker Training on-demand rows"), "{err}");
     }
 
@@ -274,7 +276,7 @@ mod tests {
     fn offline_error_is_clear() {
         // (Caching under OXTUNE_CACHE_DIR is tested through the CLI in tests/cli.rs.)
         // An unreachable URL fails with a message that says what to do.
-        let err = refresh("us-east-1", Some("http://127.0.0.1:1/index.csv"), None).unwrap_err();
+        let err = refresh("us-east-1", Some("http://127.0.0.1:1/index.csv"), None).unwrap_err().to_string();
         assert!(err.contains("cannot download") && err.contains("embedded price table"), "{err}");
     }
 }

@@ -1,6 +1,7 @@
 //! The CreateTrainingJob request: one struct whose JSON uses the API member names, so
 //! `--dry-run` prints exactly what [`send`] turns into the SDK call.
 
+use crate::error::Error;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -134,16 +135,25 @@ pub fn planned_channel_uri(job: &Job, channel: &str) -> Option<String> {
 
 /// Build the request. `channel_uris` maps channel name → S3 URI for local channels
 /// (after upload, or the planned URI for a dry run).
-pub fn build(job: &Job, channel_uris: &BTreeMap<String, String>) -> Result<CreateTrainingJobRequest, String> {
-    let image = job.image.clone().ok_or("no training image: set `image` in [sagemaker] or --image")?;
-    let role = job.role.clone().ok_or("no execution role: set `role` in [sagemaker] or --role")?;
-    let output = job.output_path.clone().ok_or("no output path: set `output_path` in [sagemaker] or --output-path")?;
+pub fn build(job: &Job, channel_uris: &BTreeMap<String, String>) -> Result<CreateTrainingJobRequest, Error> {
+    let image =
+        job.image.clone().ok_or(Error::Invalid("no training image: set `image` in [sagemaker] or --image".into()))?;
+    let role =
+        job.role.clone().ok_or(Error::Invalid("no execution role: set `role` in [sagemaker] or --role".into()))?;
+    let output = job
+        .output_path
+        .clone()
+        .ok_or(Error::Invalid("no output path: set `output_path` in [sagemaker] or --output-path".into()))?;
     let mut channels = Vec::new();
     for c in &job.channels {
         let uri = match &c.source {
             Source::S3(u) => u.clone(),
             Source::Local(p) => channel_uris.get(&c.name).cloned().ok_or_else(|| {
-                format!("channel `{}` is the local path {} and has not been uploaded", c.name, p.display())
+                Error::Invalid(format!(
+                    "channel `{}` is the local path {} and has not been uploaded",
+                    c.name,
+                    p.display()
+                ))
             })?,
         };
         channels.push(ChannelRequest {

@@ -1,6 +1,7 @@
 //! Exact token counts through the trainer's own tokenisation (`trainer::data::count_tokens`),
 //! so the estimate and `prepare-data` see the same tokens the job will train on.
 
+use crate::error::Error;
 use std::path::Path;
 
 /// Token totals of one data file or directory.
@@ -15,8 +16,8 @@ pub struct Tokenized {
 }
 
 /// Read and tokenise `data` with the tokenizer files in `tokenizer_dir` exactly as the job will.
-pub fn tokenize_file(data: &Path, tokenizer_dir: &Path, spec: &trainer::data::DataSpec) -> Result<Tokenized, String> {
-    let report = trainer::data::count_tokens(data, tokenizer_dir, spec).map_err(|e| e.to_string())?;
+pub fn tokenize_file(data: &Path, tokenizer_dir: &Path, spec: &trainer::data::DataSpec) -> Result<Tokenized, Error> {
+    let report = trainer::data::count_tokens(data, tokenizer_dir, spec).map_err(|e| Error::Invalid(e.to_string()))?;
     Ok(Tokenized {
         tokens: report.total_tokens as u64,
         samples: report.examples.len() as u64,

@@ -5,6 +5,7 @@
 //! ETag is the MD5 itself. Objects under the channel prefix that no longer exist locally are
 //! deleted, so the channel holds exactly the local data (the prefix belongs to oxtune).
 
+use crate::error::Error;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -27,11 +28,11 @@ pub struct S3Location {
 }
 
 /// Split `s3://bucket/key/prefix` into bucket and key (no leading slash).
-pub fn parse_s3_uri(uri: &str) -> Result<S3Location, String> {
-    let rest = uri.strip_prefix("s3://").ok_or_else(|| format!("`{uri}` is not an s3:// URI"))?;
+pub fn parse_s3_uri(uri: &str) -> Result<S3Location, Error> {
+    let rest = uri.strip_prefix("s3://").ok_or_else(|| Error::Failed(format!("`{uri}` is not an s3:// URI")))?;
     let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
     if bucket.is_empty() {
-        return Err(format!("`{uri}` has no bucket"));
+        return Err(Error::Failed(format!("`{uri}` has no bucket")));
     }
     Ok(S3Location { bucket: bucket.to_string(), key: key.to_string() })
 }
@@ -45,17 +46,17 @@ pub struct LocalFile {
 }
 
 /// Every regular file under `path` (or `path` itself), sorted.
-pub fn list_local(path: &Path) -> Result<Vec<LocalFile>, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+pub fn list_local(path: &Path) -> Result<Vec<LocalFile>, Error> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::Failed(format!("cannot read {}: {e}", path.display())))?;
     let mut out = Vec::new();
     if meta.is_file() {
         let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "data".into());
         out.push(LocalFile { path: path.to_path_buf(), relative: name, size: meta.len() });
         return Ok(out);
     }
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<LocalFile>) -> Result<(), String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<LocalFile>) -> Result<(), Error> {
         let mut entries: Vec<_> = std::fs::read_dir(dir)
-            .map_err(|e| format!("cannot list {}: {e}", dir.display()))?
+            .map_err(|e| Error::Failed(format!("cannot list {}: {e}", dir.display())))?
             .filter_map(|e| e.ok())
             .collect();
         entries.sort_by_key(|e| e.file_name());
@@ -65,7 +66,7 @@ pub fn list_local(path: &Path) -> Result<Vec<LocalFile>, String> {
             if name.starts_with('.') {
                 continue; // .DS_Store, .git, editor swap files
             }
-            let m = std::fs::metadata(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+            let m = std::fs::metadata(&p).map_err(|e| Error::Failed(format!("cannot read {}: {e}", p.display())))?;
             if m.is_dir() {
                 walk(root, &p, out)?;
             } else if m.is_file() {
@@ -83,17 +84,17 @@ pub fn list_local(path: &Path) -> Result<Vec<LocalFile>, String> {
     }
     walk(path, path, &mut out)?;
     if out.is_empty() {
-        return Err(format!("{} contains no files", path.display()));
+        return Err(Error::Invalid(format!("{} contains no files", path.display())));
     }
     Ok(out)
 }
 
-pub fn md5_file(path: &Path) -> Result<String, String> {
-    let mut f = std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+pub fn md5_file(path: &Path) -> Result<String, Error> {
+    let mut f = std::fs::File::open(path).map_err(|e| Error::Failed(format!("cannot open {}: {e}", path.display())))?;
     let mut h = Md5::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = f.read(&mut buf).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let n = f.read(&mut buf).map_err(|e| Error::Failed(format!("cannot read {}: {e}", path.display())))?;
         if n == 0 {
             break;
         }
@@ -136,7 +137,7 @@ pub async fn sync_channel(
     prefix_uri: &str,
     region: &str,
     quiet: bool,
-) -> Result<UploadReport, String> {
+) -> Result<UploadReport, Error> {
     let loc = parse_s3_uri(prefix_uri)?;
     let prefix = if loc.key.is_empty() || loc.key.ends_with('/') { loc.key.clone() } else { format!("{}/", loc.key) };
     let files = list_local(local)?;
@@ -162,7 +163,7 @@ pub async fn sync_channel(
                 let not_found =
                     matches!(e, aws_sdk_s3::error::SdkError::ServiceError(se) if se.raw().status().as_u16() == 404);
                 if !not_found {
-                    return Err(explain(e, &ctx("HeadObject")).1);
+                    return Err(Error::from(explain(e, &ctx("HeadObject"))));
                 }
                 false
             }
@@ -178,8 +179,9 @@ pub async fn sync_channel(
         if f.size > MULTIPART_THRESHOLD {
             upload_multipart(s3, &loc.bucket, &key, f, &md5, &pb, region).await?;
         } else {
-            let body =
-                ByteStream::from_path(&f.path).await.map_err(|e| format!("cannot read {}: {e}", f.path.display()))?;
+            let body = ByteStream::from_path(&f.path)
+                .await
+                .map_err(|e| Error::Failed(format!("cannot read {}: {e}", f.path.display())))?;
             s3.put_object()
                 .bucket(&loc.bucket)
                 .key(&key)
@@ -187,7 +189,7 @@ pub async fn sync_channel(
                 .metadata(MD5_METADATA, &md5)
                 .send()
                 .await
-                .map_err(|e| explain(&e, &ctx("PutObject")).1)?;
+                .map_err(|e| Error::from(explain(&e, &ctx("PutObject"))))?;
             pb.inc(f.size);
         }
         report.uploaded.push(key.clone());
@@ -210,7 +212,7 @@ pub async fn sync_channel(
             .set_continuation_token(token.clone())
             .send()
             .await
-            .map_err(|e| explain(&e, &ctx("ListObjectsV2")).1)?;
+            .map_err(|e| Error::from(explain(&e, &ctx("ListObjectsV2"))))?;
         for o in page.contents() {
             if let Some(k) = o.key() {
                 if !wanted.contains(k) {
@@ -224,7 +226,12 @@ pub async fn sync_channel(
         }
     }
     for k in stale {
-        s3.delete_object().bucket(&loc.bucket).key(&k).send().await.map_err(|e| explain(&e, &ctx("DeleteObject")).1)?;
+        s3.delete_object()
+            .bucket(&loc.bucket)
+            .key(&k)
+            .send()
+            .await
+            .map_err(|e| Error::from(explain(&e, &ctx("DeleteObject"))))?;
         if !quiet {
             eprintln!("  removed    s3://{}/{k} (no longer in {})", loc.bucket, local.display());
         }
@@ -241,7 +248,7 @@ async fn upload_multipart(
     md5: &str,
     pb: &ProgressBar,
     region: &str,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
     let ctx = |op: &str| ErrorContext { operation: op.into(), region: region.into(), ..Default::default() };
     // S3 allows at most 10,000 parts.
@@ -253,10 +260,12 @@ async fn upload_multipart(
         .metadata(MD5_METADATA, md5)
         .send()
         .await
-        .map_err(|e| explain(&e, &ctx("CreateMultipartUpload")).1)?;
-    let upload_id = created.upload_id().ok_or("CreateMultipartUpload returned no upload id")?.to_string();
-    let result: Result<Vec<CompletedPart>, String> = async {
-        let mut file = std::fs::File::open(&f.path).map_err(|e| format!("cannot open {}: {e}", f.path.display()))?;
+        .map_err(|e| Error::from(explain(&e, &ctx("CreateMultipartUpload"))))?;
+    let upload_id =
+        created.upload_id().ok_or(Error::Failed("CreateMultipartUpload returned no upload id".into()))?.to_string();
+    let result: Result<Vec<CompletedPart>, Error> = async {
+        let mut file = std::fs::File::open(&f.path)
+            .map_err(|e| Error::Failed(format!("cannot open {}: {e}", f.path.display())))?;
         let mut parts = Vec::new();
         let mut number = 1i32;
         loop {
@@ -264,7 +273,7 @@ async fn upload_multipart(
             (&mut file)
                 .take(part_size)
                 .read_to_end(&mut buf)
-                .map_err(|e| format!("cannot read {}: {e}", f.path.display()))?;
+                .map_err(|e| Error::Failed(format!("cannot read {}: {e}", f.path.display())))?;
             if buf.is_empty() {
                 break;
             }
@@ -278,7 +287,7 @@ async fn upload_multipart(
                 .body(ByteStream::from(buf))
                 .send()
                 .await
-                .map_err(|e| explain(&e, &ctx("UploadPart")).1)?;
+                .map_err(|e| Error::from(explain(&e, &ctx("UploadPart"))))?;
             parts.push(CompletedPart::builder().part_number(number).set_e_tag(out.e_tag().map(str::to_string)).build());
             pb.inc(len);
             number += 1;
@@ -295,7 +304,7 @@ async fn upload_multipart(
                 .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
                 .send()
                 .await
-                .map_err(|e| explain(&e, &ctx("CompleteMultipartUpload")).1)?;
+                .map_err(|e| Error::from(explain(&e, &ctx("CompleteMultipartUpload"))))?;
             Ok(())
         }
         Err(e) => {
@@ -311,12 +320,13 @@ pub async fn upload_job_channels(
     job: &crate::jobfile::Job,
     region: &str,
     quiet: bool,
-) -> Result<BTreeMap<String, String>, String> {
+) -> Result<BTreeMap<String, String>, Error> {
     let mut uris = BTreeMap::new();
     for c in &job.channels {
         if let crate::jobfile::Source::Local(path) = &c.source {
-            let prefix = crate::request::planned_channel_uri(job, &c.name)
-                .ok_or("local channels need an S3 destination: set `output_path` (or `input_prefix`) in [sagemaker]")?;
+            let prefix = crate::request::planned_channel_uri(job, &c.name).ok_or(Error::Failed(
+                "local channels need an S3 destination: set `output_path` (or `input_prefix`) in [sagemaker]".into(),
+            ))?;
             if !quiet {
                 eprintln!("channel `{}`: {} → {prefix}", c.name, path.display());
             }

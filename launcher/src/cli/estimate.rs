@@ -2,6 +2,7 @@
 //! and the model/token/input resolution that `submit` reuses.
 
 use super::*;
+use crate::error::Error;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum CkptArg {
@@ -76,7 +77,7 @@ pub struct EstimateArgs {
 pub fn resolve_model(
     name: &str,
     base_dir: &Path,
-) -> Result<(String, trainer::model::config::ModelConfig, Option<PathBuf>), String> {
+) -> Result<(String, trainer::model::config::ModelConfig, Option<PathBuf>), Error> {
     let p = {
         let raw = Path::new(name);
         if raw.is_absolute() {
@@ -86,23 +87,24 @@ pub fn resolve_model(
         }
     };
     if p.is_dir() && p.join("config.json").is_file() {
-        let cfg = trainer::model::config::ModelConfig::from_file(&p.join("config.json")).map_err(|e| e.to_string())?;
+        let cfg = trainer::model::config::ModelConfig::from_file(&p.join("config.json"))
+            .map_err(|e| Error::Invalid(e.to_string()))?;
         return Ok((p.display().to_string(), cfg, Some(p)));
     }
     if p.is_file() {
-        let cfg = trainer::model::config::ModelConfig::from_file(&p).map_err(|e| e.to_string())?;
+        let cfg = trainer::model::config::ModelConfig::from_file(&p).map_err(|e| Error::Invalid(e.to_string()))?;
         let dir = p.parent().map(Path::to_path_buf);
         return Ok((p.display().to_string(), cfg, dir));
     }
     match find_model(name) {
         Some(m) => {
-            let cfg = m.model_config().map_err(|e| format!("{}: {e}", m.id))?;
+            let cfg = m.model_config().map_err(|e| Error::Invalid(format!("{}: {e}", m.id)))?;
             Ok((format!("{} ({})", m.id, m.hub_id), cfg, None))
         }
-        None => Err(format!(
+        None => Err(Error::Invalid(format!(
             "unknown model `{name}`: not a catalogue name, nor a config.json / model directory. Known: {}",
             crate::catalogue::MODELS.iter().map(|m| m.id).collect::<Vec<_>>().join(", ")
-        )),
+        ))),
     }
 }
 
@@ -112,7 +114,7 @@ pub fn count_data_tokens(
     tokenizer_dir: Option<&Path>,
     spec: &trainer::spec::JobSpec,
     cal: &Calibration,
-) -> Result<TokenCount, String> {
+) -> Result<TokenCount, Error> {
     let bytes = data_bytes(data)?;
     if let Some(dir) = tokenizer_dir {
         if dir.join("tokenizer.json").is_file() {
@@ -141,7 +143,7 @@ pub fn count_data_tokens(
     })
 }
 
-pub(super) fn data_bytes(p: &Path) -> Result<u64, String> {
+pub(super) fn data_bytes(p: &Path) -> Result<u64, Error> {
     Ok(crate::upload::list_local(p)?.iter().map(|f| f.size).sum())
 }
 
@@ -150,7 +152,7 @@ pub(super) fn exact_tokens(
     data: &Path,
     tokenizer_dir: &Path,
     spec: &trainer::spec::JobSpec,
-) -> Result<TokenCount, String> {
+) -> Result<TokenCount, Error> {
     let t = crate::tokens::tokenize_file(data, tokenizer_dir, &spec.data)?;
     Ok(TokenCount {
         tokens: t.tokens,
@@ -311,7 +313,7 @@ pub(super) fn model_for(
     job: Option<&Job>,
     spec: &trainer::spec::JobSpec,
     base_dir: &Path,
-) -> Result<(String, trainer::model::config::ModelConfig, Option<PathBuf>), String> {
+) -> Result<(String, trainer::model::config::ModelConfig, Option<PathBuf>), Error> {
     if let Some(m) = explicit {
         return resolve_model(m, Path::new("."));
     }
@@ -324,5 +326,5 @@ pub(super) fn model_for(
     if let Some(Source::Local(p)) = job.and_then(|j| j.channels.iter().find(|c| c.name == "model")).map(|c| &c.source) {
         return resolve_model(&p.display().to_string(), base_dir);
     }
-    Err("the estimate needs the base model: --model NAME (see `oxtune estimate --list-models`), `base_model`, or `[estimate] model = ...` in the job file".into())
+    Err(Error::Invalid("the estimate needs the base model: --model NAME (see `oxtune estimate --list-models`), `base_model`, or `[estimate] model = ...` in the job file".into()))
 }

@@ -91,11 +91,22 @@ pub struct Failure {
 }
 
 impl Failure {
-    pub fn invalid(m: impl Into<String>) -> Failure {
-        Failure { code: EXIT_INVALID, message: m.into() }
+    pub fn invalid(m: impl std::fmt::Display) -> Failure {
+        Failure { code: EXIT_INVALID, message: m.to_string() }
     }
-    pub fn error(m: impl Into<String>) -> Failure {
-        Failure { code: EXIT_ERROR, message: m.into() }
+    pub fn error(m: impl std::fmt::Display) -> Failure {
+        Failure { code: EXIT_ERROR, message: m.to_string() }
+    }
+}
+
+/// A library error: invalid input exits 2 (nothing was sent), everything else 1.
+impl From<crate::Error> for Failure {
+    fn from(e: crate::Error) -> Failure {
+        if e.is_invalid_input() {
+            Failure::invalid(e)
+        } else {
+            Failure::error(e)
+        }
     }
 }
 

@@ -68,7 +68,7 @@ pub fn prepare_submission(cli: &Cli, a: &SubmitArgs, now: u64) -> Result<Prepare
     let request = match crate::request::build(&job, &uris) {
         Ok(r) => Some(r),
         Err(e) => {
-            problems.push(e);
+            problems.push(e.to_string());
             None
         }
     };
@@ -122,7 +122,7 @@ pub fn prepare_submission(cli: &Cli, a: &SubmitArgs, now: u64) -> Result<Prepare
     let cal = Calibration::load(a.calibration.as_deref()).map_err(Failure::invalid)?;
     let mut estimate_line = None;
     let mut estimated_cost = None;
-    let est = (|| -> Result<crate::estimate::Row, String> {
+    let est = (|| -> Result<crate::estimate::Row, crate::Error> {
         let (name, config, model_dir) = model_for(None, Some(&job), &spec, &job.base_dir)?;
         let tokens = match (job.estimate.tokens, train_channel_path(&job)) {
             (Some(t), _) => {
@@ -130,13 +130,19 @@ pub fn prepare_submission(cli: &Cli, a: &SubmitArgs, now: u64) -> Result<Prepare
             }
             (None, Some(d)) => count_data_tokens(&d, model_dir.as_deref(), &spec, &cal)?,
             (None, None) => {
-                return Err("the train channel is on S3; add `[estimate] tokens = N` for an estimate".into())
+                return Err(crate::Error::Invalid(
+                    "the train channel is on S3; add `[estimate] tokens = N` for an estimate".into(),
+                ))
             }
         };
         let input = estimate_input(&spec, name, config, tokens, Checkpointing::Auto, job.instance_count, None, None);
-        let prices = prices.clone().ok_or_else(|| format!("no prices for region {price_region}"))?;
+        let prices =
+            prices.clone().ok_or_else(|| crate::Error::Invalid(format!("no prices for region {price_region}")))?;
         let e = crate::estimate::estimate(&input, &catalogue, &prices, &cal, std::slice::from_ref(&job.instance_type));
-        e.rows.into_iter().next().ok_or_else(|| format!("{} is not in the catalogue", job.instance_type))
+        e.rows
+            .into_iter()
+            .next()
+            .ok_or_else(|| crate::Error::Invalid(format!("{} is not in the catalogue", job.instance_type)))
     })();
     match est {
         Ok(row) => {
