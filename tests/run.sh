@@ -57,7 +57,7 @@ stage "tests" cargo test --workspace --no-fail-fast "$@"
 
 # Every __global__ entry point must have run, under emulation, in a passing test.
 stage "emulated kernel launch coverage" \
-  cargo test -p kernels --test it -- --ignored --exact emulator::launch_coverage --nocapture
+  cargo test --workspace --test it -- --ignored --exact emulator::launch_coverage --nocapture
 
 # The CUDA code must keep compiling without a GPU: nvcc builds every kernel of ours to PTX and
 # ptxas checks it for sm_80/sm_90 (kernels/build.rs); the Rust glue is type-checked against
