@@ -3,6 +3,7 @@
 //! and error messages that say what to do.
 
 use crate::error::Error;
+pub use crate::error::ErrorKind;
 use std::time::Duration;
 
 use aws_config::retry::RetryConfig;
@@ -133,21 +134,6 @@ fn no_credentials(o: &AwsOptions, detail: &str) -> String {
         profile.as_ref().map(|p| format!(" --profile {p}")).unwrap_or_default()
     ));
     msg
-}
-
-/// What kind of failure an API error is, for messages and exit codes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ErrorKind {
-    AccessDenied,
-    BadCredentials,
-    UnknownRole,
-    ResourceLimit,
-    Capacity,
-    Throttled,
-    NotFound,
-    Validation,
-    Network,
-    Other,
 }
 
 /// Classify by error code and message.

@@ -4,8 +4,6 @@
 
 use std::path::PathBuf;
 
-use crate::aws::ErrorKind;
-
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A job file, flag, limit, value or data file is wrong.
@@ -35,6 +33,21 @@ impl Error {
     pub fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
         move |source| Error::Io { path: path.to_path_buf(), source }
     }
+}
+
+/// What kind of failure an API error is, for messages and exit codes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ErrorKind {
+    AccessDenied,
+    BadCredentials,
+    UnknownRole,
+    ResourceLimit,
+    Capacity,
+    Throttled,
+    NotFound,
+    Validation,
+    Network,
+    Other,
 }
 
 impl From<(ErrorKind, String)> for Error {
