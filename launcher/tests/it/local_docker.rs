@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::common::tar_names;
+use crate::common::{tar_names, train_binary};
 
 const IMAGE: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com/oxtune:0.1.0";
 const TOKEN: &str = "hf_dockerTestTokenAbCdEfGhIjKlMnOpQrStUv";
@@ -188,30 +188,6 @@ fn docker_errors_are_explained() {
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("cannot start docker") && text.contains("is Docker installed and running?"), "{text}");
     assert!(!record.exists(), "nothing should have reached a docker: {:?}", recorded(&record));
-}
-
-/// The real CPU `train` binary (as `cargo test --workspace` builds it, or $OXTUNE_TRAIN_BIN) as the
-/// container's entrypoint, with the trainer's demo model.
-fn train_binary() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("OXTUNE_TRAIN_BIN") {
-        return Some(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe().ok()?;
-    let candidate = exe.parent()?.parent()?.join("train");
-    if candidate.is_file() {
-        return Some(candidate);
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!(
-            "the `train` binary is missing ({}): build the workspace (`cargo test --workspace`) or set OXTUNE_TRAIN_BIN",
-            candidate.display()
-        );
-    }
-    eprintln!(
-        "\n*** SKIPPED oxtune local --image test with the real trainer: no `train` binary at {} (run `cargo build -p trainer` or set OXTUNE_TRAIN_BIN) ***\n",
-        candidate.display()
-    );
-    None
 }
 
 /// `oxtune local --image IMAGE` with GPUs (`--gpus all`), directory channels mounted read-only,

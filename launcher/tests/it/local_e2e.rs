@@ -9,24 +9,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::common::tar_names;
-
-fn train_binary() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("OXTUNE_TRAIN_BIN") {
-        return Some(PathBuf::from(p));
-    }
-    // target/<profile>/deps/local_e2e-<hash> → target/<profile>/train
-    let exe = std::env::current_exe().ok()?;
-    let candidate = exe.parent()?.parent()?.join("train");
-    if candidate.is_file() {
-        return Some(candidate);
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("the `train` binary is missing ({}): build the workspace (`cargo test --workspace`) or set OXTUNE_TRAIN_BIN", candidate.display());
-    }
-    eprintln!("\n*** SKIPPED oxtune local end-to-end test: no `train` binary at {} (run `cargo build -p trainer` or set OXTUNE_TRAIN_BIN) ***\n", candidate.display());
-    None
-}
+use crate::common::{tar_names, train_binary};
 
 #[test]
 fn local_run_with_interruption_resumes_and_packs_outputs() {
