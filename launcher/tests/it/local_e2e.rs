@@ -6,7 +6,6 @@
 //! (target/<profile>/train), or `$OXTUNE_TRAIN_BIN`. Without it the test fails when `CI` is set,
 //! else prints a loud SKIPPED line.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use crate::common::{tar_names, train_binary};
