@@ -34,3 +34,22 @@ pub fn train_binary() -> Option<PathBuf> {
     );
     None
 }
+
+/// The trainer's demo tree (tiny random Llama, tokenizer, data) written by `train demo --steps 1`
+/// under `dir`; returns its `input/data` (the channels a job file can point at).
+pub fn demo_channels(train: &Path, dir: &Path) -> PathBuf {
+    let demo = dir.join("demo");
+    let out = std::process::Command::new(train)
+        .args(["demo", "--steps", "1", "--ml-root"])
+        .arg(&demo)
+        .env("OXTUNE_DEVICE", "cpu")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "train demo failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    demo.join("input/data").canonicalize().unwrap()
+}

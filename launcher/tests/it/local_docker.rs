@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::common::{tar_names, train_binary};
+use crate::common::{demo_channels, tar_names, train_binary};
 
 const IMAGE: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com/oxtune:0.1.0";
 const TOKEN: &str = "hf_dockerTestTokenAbCdEfGhIjKlMnOpQrStUv";
@@ -197,15 +197,7 @@ fn docker_errors_are_explained() {
 fn docker_run_command_line_interruption_resume_and_packing() {
     let Some(train) = train_binary() else { return };
     let d = tempfile::tempdir().unwrap();
-    let demo = d.path().join("demo");
-    let out = Command::new(&train)
-        .args(["demo", "--steps", "1", "--ml-root"])
-        .arg(&demo)
-        .env("OXTUNE_DEVICE", "cpu")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "train demo failed:\n{}", all_output(&out));
-    let data = demo.join("input/data").canonicalize().unwrap();
+    let data = demo_channels(&train, d.path());
 
     let steps = 6u64;
     let mut hp = trainer::demo::demo_hyperparameters(Some(steps));

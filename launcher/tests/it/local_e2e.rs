@@ -8,28 +8,14 @@
 
 use std::process::Command;
 
-use crate::common::{tar_names, train_binary};
+use crate::common::{demo_channels, tar_names, train_binary};
 
 #[test]
 fn local_run_with_interruption_resumes_and_packs_outputs() {
     let Some(train) = train_binary() else { return };
     let d = tempfile::tempdir().unwrap();
-    let demo = d.path().join("demo");
-
     // 1. The demo tree (tiny random Llama + tokenizer + data), from the trainer itself.
-    let out = Command::new(&train)
-        .args(["demo", "--steps", "1", "--ml-root"])
-        .arg(&demo)
-        .env("OXTUNE_DEVICE", "cpu")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "train demo failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let data = demo.join("input/data");
+    let data = demo_channels(&train, d.path());
 
     // 2. A job file over those channels, with the demo's hyperparameters.
     let steps: u64 = std::env::var("OXTUNE_E2E_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
