@@ -163,6 +163,19 @@ fn an_unsupported_family_and_a_model_channel_without_config_say_so() {
     assert!(reason.contains("has no config.json") && reason.contains("model"), "{reason}");
 }
 
+#[test]
+fn a_samsum_shaped_csv_trains_and_the_log_names_the_columns() {
+    let job = Job::new(crate::common::SMALL_JOB, "");
+    std::fs::remove_file(job.channel("train").join("data.jsonl")).unwrap();
+    let rows: String = (0..8).map(|i| format!("{i},\"A: add {i} and 1\nB: ok\",They add {i} and 1.\n")).collect();
+    std::fs::write(job.channel("train").join("samsum.csv"), format!("id,dialogue,summary\n{rows}")).unwrap();
+    let out = job.run(&[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("using columns `dialogue` as the prompt and `summary` as the completion"), "{stdout}");
+    assert!(stdout.contains("8 rows from 1 file(s), format prompt_completion"), "{stdout}");
+}
+
 /// The `epoch` of the last METRIC line on stdout.
 fn last_metric_epoch(stdout: &str) -> f64 {
     let line = stdout.lines().rfind(|l| l.starts_with("METRIC ")).expect("a METRIC line");
