@@ -114,7 +114,7 @@ pub struct BenchConfig {
 /// all seven projections, d = heads × head_dim, T = sequence length. No recomputation counted.
 pub fn train_flops_per_token(cfg: &ModelConfig, rank: usize, seq: usize) -> f64 {
     let matmul = cfg.linear_param_count() + (cfg.vocab_size * cfg.hidden_size) as u64;
-    let lora = cfg.lora_param_count(rank, trainer::spec::LINEAR_MODULES);
+    let lora = cfg.lora_param_count(rank, trainer::lora::LINEAR_MODULES);
     let q_dim = (cfg.num_attention_heads * cfg.head_dim()) as f64;
     4.0 * matmul as f64 + 6.0 * lora as f64 + 6.0 * cfg.num_hidden_layers as f64 * q_dim * seq as f64
 }

@@ -21,7 +21,7 @@ fn main() -> anyhow::Result<()> {
         alpha: 8.0,
         dropout: 0.0,
         use_rslora: false,
-        targets: trainer::spec::LINEAR_MODULES.iter().map(|s| s.to_string()).collect(),
+        targets: trainer::lora::LINEAR_MODULES.iter().map(|s| s.to_string()).collect(),
     };
     let mut rng = Rng::new(2024);
     let model = Decoder::load(base, &cfg, DType::F32, &Device::Cpu, Some((&lora, &mut rng)))?;

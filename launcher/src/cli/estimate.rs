@@ -177,9 +177,9 @@ pub fn estimate_input(
 ) -> EstimateInput {
     let method = Method::from_spec(spec.method);
     let targets: Vec<&'static str> = match &spec.target_modules {
-        trainer::spec::Targets::AllLinear => trainer::spec::LINEAR_MODULES.to_vec(),
-        trainer::spec::Targets::Names(n) => {
-            trainer::spec::LINEAR_MODULES.iter().copied().filter(|m| n.iter().any(|x| x == m)).collect()
+        trainer::lora::Targets::AllLinear => trainer::lora::LINEAR_MODULES.to_vec(),
+        trainer::lora::Targets::Names(n) => {
+            trainer::lora::LINEAR_MODULES.iter().copied().filter(|m| n.iter().any(|x| x == m)).collect()
         }
     };
     let grpo = (method == Method::Grpo).then(|| {

@@ -78,7 +78,7 @@ fn input(model: &str) -> EstimateInput {
         config: cfg,
         method: Method::Lora,
         lora_r: 16,
-        targets: trainer::spec::LINEAR_MODULES.to_vec(),
+        targets: trainer::lora::LINEAR_MODULES.to_vec(),
         max_seq_length: 2048,
         batch: 4,
         grad_accum: 1,

@@ -349,7 +349,7 @@ mod tests {
         assert_eq!(c.linear_param_count(), 6_979_321_856);
         assert_eq!(c.param_count(), 6_979_321_856 + 2 * 128256 * 4096 + 65 * 4096);
         // r=16 on all seven: 32 × 16 × Σ(in+out) = 41,943,040 (formats.md §6.2: "42M").
-        assert_eq!(c.lora_param_count(16, crate::spec::LINEAR_MODULES), 41_943_040);
+        assert_eq!(c.lora_param_count(16, crate::lora::LINEAR_MODULES), 41_943_040);
     }
 
     #[test]

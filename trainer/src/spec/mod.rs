@@ -19,8 +19,7 @@ use crate::quant::Nf4Options;
 pub use grpo::{GrpoSpec, REWARD_FUNCS};
 pub use resolve::{parse_bool, BadValue, Origin, Sources, SpecError, ENV_PREFIX};
 pub use table::{lookup, markdown_table, suggest, Kind, ParamDef, PARAMS};
-// The LoRA names the launcher validates against live with LoRA; re-exported for the spec's users.
-pub use crate::lora::{Targets, LINEAR_MODULES};
+use crate::lora::{Targets, LINEAR_MODULES};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {

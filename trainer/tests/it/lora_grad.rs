@@ -32,7 +32,7 @@ fn model_with(dir: &std::path::Path, hidden: usize, layers: usize, dropout: f64)
         alpha: 4.0,
         dropout,
         use_rslora: false,
-        targets: trainer::spec::LINEAR_MODULES.iter().map(|s| s.to_string()).collect(),
+        targets: trainer::lora::LINEAR_MODULES.iter().map(|s| s.to_string()).collect(),
     };
     let mut rng = Rng::new(5);
     let m = Decoder::load(dir, &cfg, DType::F32, &Device::Cpu, Some((&lora, &mut rng))).unwrap();
