@@ -39,6 +39,10 @@ else
   trap report EXIT
 fi
 
+# Python's rouge-score, the reference of the ROUGE parity test (tests/eval/venv.sh: pinned, made once).
+OXTUNE_TEST_PYTHON="$(bash tests/eval/venv.sh)"
+export OXTUNE_TEST_PYTHON
+
 stage "formatting" cargo fmt --all -- --check
 stage "container lint" bash tests/container/lint.sh
 

@@ -10,6 +10,7 @@ pub mod data;
 pub mod demo;
 pub mod device;
 pub mod error;
+pub mod eval;
 pub mod grpo_loss;
 pub mod job;
 pub mod lora;

@@ -16,10 +16,10 @@ use crate::lora::LoraConfig;
 use crate::optim::AdamWConfig;
 use crate::quant::Nf4Options;
 
+use crate::lora::{Targets, LINEAR_MODULES};
 pub use grpo::{GrpoSpec, REWARD_FUNCS};
 pub use resolve::{parse_bool, BadValue, Origin, Sources, SpecError, ENV_PREFIX};
 pub use table::{lookup, markdown_table, suggest, Kind, ParamDef, PARAMS};
-use crate::lora::{Targets, LINEAR_MODULES};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {

@@ -16,3 +16,4 @@ mod parity;
 mod qlora;
 mod readme;
 mod resume;
+mod rouge;
