@@ -31,9 +31,9 @@
 //   delta   : out and dout read once (2·N·d·e), delta written once (4N).
 //
 // LAUNCH CONTRACT (all blocks 1-D; all shared memory is static; dynamic smem = 0 everywhere;
-// every static footprint is < 48 KB, so no cuFuncSetAttribute is needed: fwd d64 46976 B,
+// every static footprint is < 48 KB, so no cuFuncSetAttribute is needed (d32 below d64): fwd d64 46976 B,
 // fwd d128 33408 B, bwd d64 37632 B, bwd d128 40576 B)
-//   oxt_attn_fwd_bf16_d64 / oxt_attn_fwd_bf16_d128
+//   oxt_attn_fwd_bf16_d32 / oxt_attn_fwd_bf16_d64 / oxt_attn_fwd_bf16_d128
 //       (q, k, v, seg, out, lse, int b, int hq, int hkv, int tq, int tk, float scale)
 //       grid = (ceil(tq / 64), hq, b), block = (128, 1, 1), dynamic smem = 0
 //       writes every element of out [b, hq, tq, d] (bf16) and lse [b, hq, tq] (f32).
@@ -41,7 +41,7 @@
 //       (out, dout, delta, long long rows, int d), rows = b·hq·tq, any d ≥ 1
 //       grid = (ceil(rows / 8), 1, 1), block = (256, 1, 1), dynamic smem = 0
 //       writes delta [rows] (f32).
-//   oxt_attn_bwd_bf16_d64
+//   oxt_attn_bwd_bf16_d32 / oxt_attn_bwd_bf16_d64
 //       (q, k, v, seg, dout, lse, delta, dq_acc, dk, dv, int b, int hq, int hkv, int tq, int tk,
 //        float scale)
 //       grid = (ceil(tk / 64), hkv, b), block = (128, 1, 1), dynamic smem = 0
@@ -55,9 +55,9 @@
 //   tensors. 16-byte alignment of q/k/v/dout/out/dk/dv is used for vector copies when present;
 //   unaligned pointers (tensor views with odd start offsets) take a slower scalar path.
 //
-// TILES (constants below): forward 64 query rows × 64 keys (d = 64) or × 32 keys (d = 128), four
-// warps of 16 query rows each; backward 64 (d = 64) or 32 (d = 128) keys per block × 32 query rows
-// per inner step, four warps.
+// TILES (constants below): forward 64 query rows × 64 keys (d = 32, 64) or × 32 keys (d = 128),
+// four warps of 16 query rows each; backward 64 (d = 32, 64) or 32 (d = 128) keys per block × 32
+// query rows per inner step, four warps. d = 32 serves small models (and the trainer's demo).
 
 #include <cuda_bf16.h>
 #include <mma.h>
@@ -76,9 +76,11 @@ typedef __nv_bfloat16 bf16;
 constexpr int kThreads = 128;  // forward and backward blocks: 4 warps
 constexpr int kWarps = kThreads / 32;
 constexpr int kFwdBQ = 64;       // forward query rows per block (16 per warp)
+constexpr int kFwdBK_D32 = 64;   // forward keys per tile, d = 32
 constexpr int kFwdBK_D64 = 64;   // forward keys per tile, d = 64
 constexpr int kFwdBK_D128 = 32;  // forward keys per tile, d = 128
 constexpr int kBwdBQ = 32;       // backward query rows per inner step
+constexpr int kBwdBK_D32 = 64;   // backward keys per block, d = 32
 constexpr int kBwdBK_D64 = 64;   // backward keys per block, d = 64
 constexpr int kBwdBK_D128 = 32;  // backward keys per block, d = 128
 constexpr int kDeltaRowsPerBlock = 8;  // delta kernel: one warp per row, 256 threads
@@ -704,6 +706,14 @@ __device__ __forceinline__ void attn_bwd(const bf16* __restrict__ q, const bf16*
 // ---------------------------------------------------------------- entry points
 
 extern "C" __global__ void __launch_bounds__(kThreads)
+    oxt_attn_fwd_bf16_d32(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,
+                          const unsigned int* seg, __nv_bfloat16* out, float* lse, int b, int hq, int hkv, int tq,
+                          int tk, float scale) {
+    (void)b;  // = gridDim.z
+    attn_fwd<32, kFwdBK_D32>(q, k, v, seg, out, lse, hq, hkv, tq, tk, scale);
+}
+
+extern "C" __global__ void __launch_bounds__(kThreads)
     oxt_attn_fwd_bf16_d64(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,
                           const unsigned int* seg, __nv_bfloat16* out, float* lse, int b, int hq, int hkv, int tq,
                           int tk, float scale) {
@@ -747,6 +757,15 @@ extern "C" __global__ void __launch_bounds__(32 * kDeltaRowsPerBlock)
 #pragma unroll
     for (int s = 16; s > 0; s >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, s);
     if (lane == 0) delta[row] = acc;
+}
+
+extern "C" __global__ void __launch_bounds__(kThreads, kBwdMinBlocks)
+    oxt_attn_bwd_bf16_d32(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,
+                          const unsigned int* seg, const __nv_bfloat16* dout, const float* lse, const float* delta,
+                          float* dq_acc, __nv_bfloat16* dk, __nv_bfloat16* dv, int b, int hq, int hkv, int tq, int tk,
+                          float scale) {
+    (void)b;  // = gridDim.z
+    attn_bwd<32, kBwdBK_D32>(q, k, v, seg, dout, lse, delta, dq_acc, dk, dv, hq, hkv, tq, tk, scale);
 }
 
 extern "C" __global__ void __launch_bounds__(kThreads, kBwdMinBlocks)

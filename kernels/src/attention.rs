@@ -165,7 +165,7 @@ impl Attention {
     }
 }
 
-/// Flash-style kernels (`cuda/attention.cu`): bf16, head dim 64 or 128, tensor cores. The forward
+/// Flash-style kernels (`cuda/attention.cu`): bf16, head dim 32, 64 or 128, tensor cores. The forward
 /// saves lse [b, hq, tq] (f32); the backward recomputes P tile by tile.
 mod gpu {
     use candle_core::{DType, Result, Tensor};
@@ -173,15 +173,15 @@ mod gpu {
     use super::{Attention, Geometry};
     use crate::launch::{self, Arg, Buf, Gpu};
 
-    /// Rows of query tiles per forward block; keys per backward block for d = 64 / 128.
+    /// Rows of query tiles per forward block; keys per backward block for d = 32, 64 / 128.
     const FWD_ROWS: usize = 64;
-    const BWD_KEYS_D64: usize = 64;
+    const BWD_KEYS_D32_D64: usize = 64;
     const BWD_KEYS_D128: usize = 32;
     const DELTA_ROWS_PER_BLOCK: usize = 8;
 
     pub fn eligible(a: &Attention) -> Option<Gpu> {
         let Geometry { b, hq, hkv, d, .. } = a.geo;
-        let shapes_ok = (d == 64 || d == 128) && b <= 65535 && hq <= 65535 && hkv <= 65535;
+        let shapes_ok = matches!(d, 32 | 64 | 128) && b <= 65535 && hq <= 65535 && hkv <= 65535;
         Gpu::of(&a.q).filter(|_| shapes_ok && a.q.dtype() == DType::BF16)
     }
 
@@ -236,7 +236,11 @@ mod gpu {
             ];
             args.extend(self.dims());
             let grid = (tq.div_ceil(FWD_ROWS) as u32, hq as u32, b as u32);
-            let func = if d == 64 { "oxt_attn_fwd_bf16_d64" } else { "oxt_attn_fwd_bf16_d128" };
+            let func = match d {
+                32 => "oxt_attn_fwd_bf16_d32",
+                64 => "oxt_attn_fwd_bf16_d64",
+                _ => "oxt_attn_fwd_bf16_d128",
+            };
             self.dev.launch(&launch::ATTENTION, func, grid, (128, 1, 1), 0, &args)?;
             Ok((out, lse))
         }
@@ -278,10 +282,10 @@ mod gpu {
                 Arg::Buf(launch::buf(&dv)?),
             ];
             args.extend(self.dims());
-            let (keys, func) = if d == 64 {
-                (BWD_KEYS_D64, "oxt_attn_bwd_bf16_d64")
-            } else {
-                (BWD_KEYS_D128, "oxt_attn_bwd_bf16_d128")
+            let (keys, func) = match d {
+                32 => (BWD_KEYS_D32_D64, "oxt_attn_bwd_bf16_d32"),
+                64 => (BWD_KEYS_D32_D64, "oxt_attn_bwd_bf16_d64"),
+                _ => (BWD_KEYS_D128, "oxt_attn_bwd_bf16_d128"),
             };
             let grid = (tk.div_ceil(keys) as u32, hkv as u32, b as u32);
             self.dev.launch(&launch::ATTENTION, func, grid, (128, 1, 1), 0, &args)?;

@@ -38,8 +38,7 @@ pub fn demo_vocab() -> Result<usize, TrainError> {
     Ok(base.max(added) as usize + 1)
 }
 
-/// config.json of the demo model: Llama architecture, 4 layers, hidden 128, GQA 2:1, head dim 64 (a
-/// head dim the fused attention kernels take, so the demo's GPU path runs every kernel).
+/// config.json of the demo model: Llama architecture, 4 layers, hidden 128, GQA 4:2, head dim 32.
 pub fn demo_config_json() -> Result<serde_json::Value, TrainError> {
     Ok(serde_json::json!({
         "architectures": ["LlamaForCausalLM"],
@@ -47,9 +46,9 @@ pub fn demo_config_json() -> Result<serde_json::Value, TrainError> {
         "hidden_size": 128,
         "intermediate_size": 384,
         "num_hidden_layers": 4,
-        "num_attention_heads": 2,
-        "num_key_value_heads": 1,
-        "head_dim": 64,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 32,
         "vocab_size": demo_vocab()?,
         "rms_norm_eps": 1e-5,
         "rope_theta": 10000.0,

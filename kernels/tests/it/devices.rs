@@ -213,7 +213,7 @@ on_every_device! {
 on_every_device! {
     fn attention_matches_cpu(dev) {
         let mut rng = Rng::new(4);
-        for d in [64usize, 128] {
+        for d in [32usize, 64, 128] {
             for (hq, hkv) in [(4, 4), (8, 2), (4, 1)] {
                 // Single row, tails of the 64/32-row tiles, more than one tile, a KV-cache offset.
                 for (tq, tk) in [(1, 1), (17, 17), (130, 130), (3, 70)] {

@@ -105,7 +105,7 @@ on_every_gpu_path! {
             let launches = log.lines().find(|l| l.starts_with("Emulated CUDA launches:")).unwrap_or_else(|| panic!("{log}"));
             for kernel in [
                 "oxt_rms_norm_fwd_bf16", "oxt_rms_norm_bwd_bf16", "oxt_rope_bf16", "oxt_swiglu_fwd_bf16",
-                "oxt_swiglu_bwd_bf16", "oxt_attn_fwd_bf16_d64", "oxt_attn_bwd_delta_bf16", "oxt_attn_bwd_bf16_d64",
+                "oxt_swiglu_bwd_bf16", "oxt_attn_fwd_bf16_d32", "oxt_attn_bwd_delta_bf16", "oxt_attn_bwd_bf16_d32",
                 "oxt_ce_fwd_bf16", "oxt_ce_bwd_bf16", "oxt_dropout_mask_f32", "oxt_grad_sumsq_f32",
                 "oxt_clip_scale_f32", "oxt_adamw_f32",
             ] {
