@@ -16,18 +16,21 @@ const JOB: &[(&str, &str)] = &[
     ("learning_rate", "1e-2"),
 ];
 
-/// Runs the job on `device`; returns the console text and the per-step losses.
-fn losses(job: &Job, device: &str, extra: &[&str]) -> (String, Vec<(u64, f64)>) {
-    let out = job.command(extra).env("OXTUNE_DEVICE", device).output().unwrap();
-    assert!(out.status.success(), "{device}:\n{}", text(&out));
-    let summary = job.summary();
-    let losses = summary["history"]
+/// (step, training loss) of every logged step in a training summary's history.
+fn step_losses(summary: &serde_json::Value) -> Vec<(u64, f64)> {
+    summary["history"]
         .as_array()
         .unwrap()
         .iter()
         .filter_map(|r| Some((r["step"].as_u64()?, r.get("loss")?.as_f64()?)))
-        .collect();
-    (text(&out), losses)
+        .collect()
+}
+
+/// Runs the job on `device`; returns the console text and the per-step losses.
+fn losses(job: &Job, device: &str, extra: &[&str]) -> (String, Vec<(u64, f64)>) {
+    let out = job.command(extra).env("OXTUNE_DEVICE", device).output().unwrap();
+    assert!(out.status.success(), "{device}:\n{}", text(&out));
+    (text(&out), step_losses(&job.summary()))
 }
 
 fn job() -> Job {
@@ -84,13 +87,7 @@ fn demo(device: &str) -> (String, Vec<(u64, f64)>) {
     assert!(out.status.success(), "{device}:\n{}", text(&out));
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(root.join("model/training_summary.json")).unwrap()).unwrap();
-    let losses = summary["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|r| Some((r["step"].as_u64()?, r.get("loss")?.as_f64()?)))
-        .collect();
-    (text(&out), losses)
+    (text(&out), step_losses(&summary))
 }
 
 on_every_gpu_path! {
