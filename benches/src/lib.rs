@@ -23,23 +23,8 @@ use trainer::spec::JobSpec;
 use trainer::train::grpo::{self, GrpoInputs, PromptRow};
 use trainer::train::sft::{self, SftInputs};
 
-/// What a run measures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Method {
-    Lora,
-    Qlora,
-    Grpo,
-}
-
-impl Method {
-    pub fn name(self) -> &'static str {
-        match self {
-            Method::Lora => "lora",
-            Method::Qlora => "qlora",
-            Method::Grpo => "grpo",
-        }
-    }
-}
+/// What a run measures: the trainer's own method choice.
+pub use trainer::spec::Method;
 
 /// An architecture: its HF config.json values and where they come from.
 #[derive(Debug, Clone)]

@@ -1,6 +1,7 @@
 //! Training ops for oxtune: every op the decoder uses, with a forward and a backward that candle's
-//! autograd (`Tensor::backward`) can run. CPU paths are tensor-op compositions; a fused CUDA kernel
-//! slots into each op's single dispatch function later (feature `cuda`) without changing signatures.
+//! autograd (`Tensor::backward`) can run. Each op has one dispatch function: the CPU path (tensor-op
+//! compositions) or its fused CUDA kernel (`cuda/*.cu`, launched through `launch::Gpu` on a GPU with
+//! feature `cuda`, or on the host emulation of CUDA), with the same signature either way.
 //!
 //! Precision: norm, softmax and log-softmax run in f32 (f64 when the input is f64, which the tests
 //! use for finite differences); results come back in the input dtype. Inputs: F32 and BF16

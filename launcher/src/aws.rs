@@ -205,12 +205,12 @@ pub struct ErrorContext {
 }
 
 /// A user-facing message for any SDK error.
-pub fn explain<E, R>(err: &SdkError<E, R>, ctx: &ErrorContext) -> (ErrorKind, String)
+pub fn explain<E, R>(err: &SdkError<E, R>, ctx: &ErrorContext) -> Error
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug,
 {
-    match err {
+    let (kind, message) = match err {
         SdkError::ServiceError(se) => {
             let e = se.err();
             let code = e.code();
@@ -254,7 +254,8 @@ where
             let source = std::error::Error::source(other).map(|s| format!(": {s}")).unwrap_or_default();
             (ErrorKind::Other, format!("{}: {detail}{source}", ctx.operation))
         }
-    }
+    };
+    Error::Aws { kind, message }
 }
 
 fn service_of(op: &str) -> &'static str {

@@ -1,6 +1,7 @@
 //! The launcher library's one error type. Every message says what was wrong, where (file, field,
-//! AWS operation) and what to do; the variant says what kind of failure it is, which decides the
-//! exit code of `oxtune` (invalid input: 2, nothing was sent to AWS; everything else: 1).
+//! AWS operation) and what to do; the variant says what kind of failure it is (an AWS error keeps
+//! its [`ErrorKind`]), which decides the exit code of `oxtune` (`cli`: invalid input 2, nothing was
+//! sent to AWS; everything else 1).
 
 use std::path::PathBuf;
 
@@ -29,6 +30,14 @@ impl Error {
         matches!(self, Error::Invalid(_) | Error::Data(_))
     }
 
+    /// What an AWS error means for the user (None for the other variants).
+    pub fn kind(&self) -> Option<&ErrorKind> {
+        match self {
+            Error::Aws { kind, .. } => Some(kind),
+            _ => None,
+        }
+    }
+
     /// A closure for `map_err` that names the file an I/O error happened on.
     pub fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
         move |source| Error::Io { path: path.to_path_buf(), source }
@@ -48,10 +57,4 @@ pub enum ErrorKind {
     Validation,
     Network,
     Other,
-}
-
-impl From<(ErrorKind, String)> for Error {
-    fn from((kind, message): (ErrorKind, String)) -> Error {
-        Error::Aws { kind, message }
-    }
 }

@@ -233,6 +233,20 @@ pub struct Job {
     pub warnings: Vec<String>,
 }
 
+impl Job {
+    /// Redaction for this job's output: this process's secrets plus the job's secret-named and
+    /// passed-through environment values.
+    pub fn redactor(&self) -> crate::redact::Redactor {
+        let mut r = crate::redact::Redactor::from_env();
+        for (k, v) in &self.environment {
+            if crate::redact::is_secret_name(k) || self.passed_env.contains(k) {
+                r.add(v);
+            }
+        }
+        r
+    }
+}
+
 pub fn read_job_file(path: &Path) -> Result<JobFile, Error> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::Invalid(format!("cannot read job file {}: {e}", path.display())))?;
@@ -295,6 +309,80 @@ pub fn parse_source(text: &str, base_dir: &Path) -> Source {
     }
 }
 
+/// A duration from its flag (wins) or its job-file field, in seconds.
+fn duration_setting(
+    flag: &Option<String>,
+    flag_name: &str,
+    field: &Option<DurationValue>,
+    field_name: &str,
+) -> Result<Option<u64>, Error> {
+    match (flag, field) {
+        (Some(t), _) => Ok(Some(parse_duration(t).map_err(|e| Error::Invalid(format!("{flag_name}: {e}")))?.as_secs())),
+        (None, Some(v)) => Ok(Some(v.seconds(field_name)?)),
+        (None, None) => Ok(None),
+    }
+}
+
+/// The channels of the job file with `--channel NAME=SOURCE` added or replacing them.
+fn channels(f: &JobFile, o: &Overrides, base_dir: &Path) -> Result<Vec<Channel>, Error> {
+    let mut specs: BTreeMap<String, ChannelSpec> = f.channels.clone();
+    for c in &o.channel {
+        let (k, v) = split_kv(c, "--channel")?;
+        specs.insert(k, ChannelSpec::Source(v));
+    }
+    Ok(specs
+        .into_iter()
+        .map(|(name, spec)| match spec {
+            ChannelSpec::Source(s) => Channel {
+                name,
+                source: parse_source(&s, base_dir),
+                content_type: None,
+                input_mode: None,
+                distribution: "FullyReplicated".into(),
+                compression: None,
+            },
+            ChannelSpec::Detailed(d) => Channel {
+                name,
+                source: parse_source(&d.source, base_dir),
+                content_type: d.content_type,
+                input_mode: d.input_mode,
+                distribution: d.distribution.unwrap_or_else(|| "FullyReplicated".into()),
+                compression: d.compression,
+            },
+        })
+        .collect())
+}
+
+/// The job's environment: the file's, `--env`, and `pass_env` names copied from the caller's
+/// environment (returned as the second value: secrets, never printed).
+fn environment(
+    f: &JobFile,
+    o: &Overrides,
+    env: &dyn Fn(&str) -> Option<String>,
+    warnings: &mut Vec<String>,
+) -> Result<(BTreeMap<String, String>, Vec<String>), Error> {
+    let mut environment = f.environment.clone();
+    for e in &o.env {
+        let (k, v) = split_kv(e, "--env")?;
+        environment.insert(k, v);
+    }
+    let mut passed_env = Vec::new();
+    for name in f.pass_env.iter().chain(o.pass_env.iter()) {
+        match env(name) {
+            Some(v) => {
+                environment.insert(name.clone(), v);
+                if !passed_env.contains(name) {
+                    passed_env.push(name.clone());
+                }
+            }
+            None => {
+                warnings.push(format!("pass_env: `{name}` is not set in your environment; the job will not get it"))
+            }
+        }
+    }
+    Ok((environment, passed_env))
+}
+
 /// Merge file + flags. `now` is the UTC epoch used for the job-name suffix.
 pub fn resolve(
     file: Option<(&Path, JobFile)>,
@@ -318,11 +406,7 @@ pub fn resolve(
     let job_name =
         if o.exact_name { base_name.clone() } else { format!("{base_name}-{}", crate::clock::utc_stamp(now)) };
 
-    let max_runtime_s = match (&o.max_runtime, &sm.max_runtime) {
-        (Some(t), _) => Some(parse_duration(t).map_err(|e| Error::Invalid(format!("--max-runtime: {e}")))?.as_secs()),
-        (None, Some(v)) => Some(v.seconds("sagemaker.max_runtime")?),
-        (None, None) => None,
-    };
+    let max_runtime_s = duration_setting(&o.max_runtime, "--max-runtime", &sm.max_runtime, "sagemaker.max_runtime")?;
     let max_runtime_defaulted = max_runtime_s.is_none();
     let max_runtime_s = max_runtime_s.unwrap_or(DEFAULT_MAX_RUNTIME_S);
     if max_runtime_defaulted {
@@ -338,17 +422,9 @@ pub fn resolve(
     } else {
         sm.spot.unwrap_or(false)
     };
-    let max_wait_s = match (&o.max_wait, &sm.max_wait) {
-        (Some(t), _) => Some(parse_duration(t).map_err(|e| Error::Invalid(format!("--max-wait: {e}")))?.as_secs()),
-        (None, Some(v)) => Some(v.seconds("sagemaker.max_wait")?),
-        (None, None) if spot => Some(max_runtime_s.saturating_mul(2).min(2 * 2_419_200)),
-        (None, None) => None,
-    };
-    let keep_alive_s = match (&o.keep_alive, &sm.keep_alive) {
-        (Some(t), _) => Some(parse_duration(t).map_err(|e| Error::Invalid(format!("--keep-alive: {e}")))?.as_secs()),
-        (None, Some(v)) => Some(v.seconds("sagemaker.keep_alive")?),
-        (None, None) => None,
-    };
+    let max_wait_s = duration_setting(&o.max_wait, "--max-wait", &sm.max_wait, "sagemaker.max_wait")?
+        .or_else(|| spot.then(|| max_runtime_s.saturating_mul(2).min(2 * 2_419_200)));
+    let keep_alive_s = duration_setting(&o.keep_alive, "--keep-alive", &sm.keep_alive, "sagemaker.keep_alive")?;
 
     let mut hyperparameters: BTreeMap<String, String> =
         f.hyperparameters.iter().map(|(k, v)| (k.clone(), hyperparameter_string(v))).collect();
@@ -357,52 +433,8 @@ pub fn resolve(
         hyperparameters.insert(k, v);
     }
 
-    let mut specs: BTreeMap<String, ChannelSpec> = f.channels.clone();
-    for c in &o.channel {
-        let (k, v) = split_kv(c, "--channel")?;
-        specs.insert(k, ChannelSpec::Source(v));
-    }
-    let channels = specs
-        .into_iter()
-        .map(|(name, spec)| match spec {
-            ChannelSpec::Source(s) => Channel {
-                name,
-                source: parse_source(&s, &base_dir),
-                content_type: None,
-                input_mode: None,
-                distribution: "FullyReplicated".into(),
-                compression: None,
-            },
-            ChannelSpec::Detailed(d) => Channel {
-                name,
-                source: parse_source(&d.source, &base_dir),
-                content_type: d.content_type,
-                input_mode: d.input_mode,
-                distribution: d.distribution.unwrap_or_else(|| "FullyReplicated".into()),
-                compression: d.compression,
-            },
-        })
-        .collect();
-
-    let mut environment = f.environment.clone();
-    for e in &o.env {
-        let (k, v) = split_kv(e, "--env")?;
-        environment.insert(k, v);
-    }
-    let mut passed_env = Vec::new();
-    for name in f.pass_env.iter().chain(o.pass_env.iter()) {
-        match env(name) {
-            Some(v) => {
-                environment.insert(name.clone(), v);
-                if !passed_env.contains(name) {
-                    passed_env.push(name.clone());
-                }
-            }
-            None => {
-                warnings.push(format!("pass_env: `{name}` is not set in your environment; the job will not get it"))
-            }
-        }
-    }
+    let channels = channels(&f, o, &base_dir)?;
+    let (environment, passed_env) = environment(&f, o, env, &mut warnings)?;
 
     let mut tags = sm.tags.clone();
     for t in &o.tag {

@@ -14,6 +14,7 @@ pub mod jobfile;
 pub mod jobs;
 pub mod limits;
 pub mod local;
+pub mod plan;
 pub mod prepare;
 pub mod prices;
 pub mod redact;

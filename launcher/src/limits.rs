@@ -137,9 +137,62 @@ fn is_tag_char(c: char) -> bool {
     c.is_alphanumeric() || c.is_whitespace() || "_.:/=+-@".contains(c)
 }
 
-/// Check a complete request. Returns every violation (empty = valid).
+/// What an instance type is for: the API keeps one list of types per use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceUse {
+    /// CreateTrainingJob's `ResourceConfig.InstanceType`.
+    Training,
+    /// CreateEndpointConfig's `ProductionVariant.InstanceType`.
+    Hosting,
+}
+
+impl InstanceUse {
+    /// The service's own list of valid types for this use, as the AWS SDK carries it.
+    pub fn valid_types(self) -> &'static [&'static str] {
+        match self {
+            InstanceUse::Training => aws_sdk_sagemaker::types::TrainingInstanceType::values(),
+            InstanceUse::Hosting => aws_sdk_sagemaker::types::ProductionVariantInstanceType::values(),
+        }
+    }
+}
+
+/// An instance type the API knows for this use; otherwise an error with the closest valid names.
+pub fn check_instance_type(name: &str, usage: InstanceUse) -> Result<(), Error> {
+    let valid = usage.valid_types();
+    if valid.contains(&name) {
+        return Ok(());
+    }
+    let mut near: Vec<(usize, &str)> =
+        valid.iter().map(|v| (trainer::spec::edit_distance(name, v), *v)).filter(|(d, _)| *d <= 3).collect();
+    near.sort();
+    let hint = if near.is_empty() {
+        "see `oxtune prices` for the types oxtune prices".to_string()
+    } else {
+        format!("did you mean {}?", near.iter().take(3).map(|(_, v)| format!("`{v}`")).collect::<Vec<_>>().join(", "))
+    };
+    let what = match usage {
+        InstanceUse::Training => "training",
+        InstanceUse::Hosting => "endpoint",
+    };
+    Err(Error::Invalid(format!("instance type `{name}` is not a SageMaker {what} instance type; {hint}")))
+}
+
+/// Every problem of the request, in the order of its parts; empty when SageMaker would accept it.
 pub fn check_request(req: &CreateTrainingJobRequest) -> Vec<String> {
     let mut errs = Vec::new();
+    check_algorithm(req, &mut errs);
+    check_hyperparameters(req, &mut errs);
+    check_environment(req, &mut errs);
+    check_channels(req, &mut errs);
+    check_metric_definitions(req, &mut errs);
+    check_output(req, &mut errs);
+    check_resources(req, &mut errs);
+    check_tags(req, &mut errs);
+    errs
+}
+
+/// Job name, role, image and input mode.
+fn check_algorithm(req: &CreateTrainingJobRequest, errs: &mut Vec<String>) {
     if let Err(e) = check_job_name(&req.training_job_name) {
         errs.push(e.to_string());
     }
@@ -155,8 +208,10 @@ pub fn check_request(req: &CreateTrainingJobRequest) -> Vec<String> {
     } else if mode == "Pipe" {
         errs.push("TrainingInputMode Pipe is not read by the oxtune trainer; use File or FastFile".into());
     }
+}
 
-    // Hyperparameters.
+/// Hyperparameters: count, key and value lengths, line breaks, secrets.
+fn check_hyperparameters(req: &CreateTrainingJobRequest, errs: &mut Vec<String>) {
     let hp = &req.hyper_parameters;
     if hp.len() > MAX_HYPERPARAMETERS {
         errs.push(format!(
@@ -188,8 +243,10 @@ pub fn check_request(req: &CreateTrainingJobRequest) -> Vec<String> {
             ));
         }
     }
+}
 
-    // Environment.
+/// Environment: count, key pattern, value length (values are never shown).
+fn check_environment(req: &CreateTrainingJobRequest, errs: &mut Vec<String>) {
     let env = &req.environment;
     if env.len() > MAX_ENV_ENTRIES {
         errs.push(format!("{} environment variables; the limit is {MAX_ENV_ENTRIES}", env.len()));
@@ -211,8 +268,10 @@ pub fn check_request(req: &CreateTrainingJobRequest) -> Vec<String> {
             ));
         }
     }
+}
 
-    // Channels.
+/// Channels: count, names, S3 URIs, distribution, input mode, compression; a train channel.
+fn check_channels(req: &CreateTrainingJobRequest, errs: &mut Vec<String>) {
     let ch = &req.input_data_config;
     if ch.len() > MAX_CHANNELS {
         errs.push(format!("{} channels; the limit is {MAX_CHANNELS}", ch.len()));
@@ -254,8 +313,10 @@ pub fn check_request(req: &CreateTrainingJobRequest) -> Vec<String> {
             "no `train` channel: the trainer reads its training data from channel `train` (or `training`)".into(),
         );
     }
+}
 
-    // Metric definitions.
+/// Metric definitions: count, name and regex lengths.
+fn check_metric_definitions(req: &CreateTrainingJobRequest, errs: &mut Vec<String>) {
     let md = &req.algorithm_specification.metric_definitions;
     if md.len() > MAX_METRIC_DEFINITIONS {
         errs.push(format!("{} metric definitions; the limit is {MAX_METRIC_DEFINITIONS}", md.len()));
@@ -272,8 +333,10 @@ pub fn check_request(req: &CreateTrainingJobRequest) -> Vec<String> {
             ));
         }
     }
+}
 
-    // Output, checkpoints.
+/// Output and checkpoint S3 URIs.
+fn check_output(req: &CreateTrainingJobRequest, errs: &mut Vec<String>) {
     if let Err(e) = check_s3_uri("OutputDataConfig.S3OutputPath", &req.output_data_config.s3_output_path) {
         errs.push(e.to_string());
     }
@@ -282,9 +345,14 @@ pub fn check_request(req: &CreateTrainingJobRequest) -> Vec<String> {
             errs.push(e.to_string());
         }
     }
+}
 
-    // Resources and stopping condition.
+/// Instance type, counts, volume, keep-alive, runtime, spot and retries.
+fn check_resources(req: &CreateTrainingJobRequest, errs: &mut Vec<String>) {
     let rc = &req.resource_config;
+    if let Err(e) = check_instance_type(&rc.instance_type, InstanceUse::Training) {
+        errs.push(e.to_string());
+    }
     if rc.instance_count < 1 {
         errs.push("InstanceCount must be ≥ 1".into());
     }
@@ -320,8 +388,10 @@ pub fn check_request(req: &CreateTrainingJobRequest) -> Vec<String> {
             errs.push(format!("RetryStrategy.MaximumRetryAttempts {} is out of range 1–30", r.maximum_retry_attempts));
         }
     }
+}
 
-    // Tags.
+/// Tags: count, characters, the reserved aws: prefix.
+fn check_tags(req: &CreateTrainingJobRequest, errs: &mut Vec<String>) {
     let tags = &req.tags;
     if tags.len() > MAX_TAGS {
         errs.push(format!("{} tags; the limit is {MAX_TAGS}", tags.len()));
@@ -343,7 +413,6 @@ pub fn check_request(req: &CreateTrainingJobRequest) -> Vec<String> {
             ));
         }
     }
-    errs
 }
 
 fn short(s: &str) -> String {

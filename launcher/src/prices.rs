@@ -78,6 +78,17 @@ fn from_cache(c: CachedTable, path: &Path) -> PriceTable {
     }
 }
 
+/// The region's price table, or an empty one (commands that only show costs go on without them).
+pub fn load_or_empty(region: &str) -> PriceTable {
+    load(region).unwrap_or_else(|_| PriceTable {
+        region: region.into(),
+        origin: "no price table".into(),
+        date: String::new(),
+        prices: BTreeMap::new(),
+        sources: BTreeMap::new(),
+    })
+}
+
 /// Parse the bulk CSV: publication date and instance → USD/hour (Training, on-demand) in `region`.
 /// Rows of other regions are skipped when the file has a `Region Code` column (the all-region
 /// `current/index.csv` mixes them).

@@ -1,8 +1,12 @@
 //! Exact token counts through the trainer's own tokenisation (`trainer::data::count_tokens`),
-//! so the estimate and `prepare-data` see the same tokens the job will train on.
+//! so the estimate and `prepare-data` see the same tokens the job will train on; a byte-based
+//! estimate where no tokenizer is at hand.
 
-use crate::error::Error;
 use std::path::Path;
+
+use crate::calibration::Calibration;
+use crate::error::Error;
+use crate::estimate::TokenCount;
 
 /// Token totals of one data file or directory.
 #[derive(Debug, Clone, Default)]
@@ -23,5 +27,56 @@ pub fn tokenize_file(data: &Path, tokenizer_dir: &Path, spec: &trainer::data::Da
         samples: report.examples.len() as u64,
         lengths: report.examples.iter().map(|e| e.input_ids.len() as u64).collect(),
         truncated: report.truncated as u64,
+    })
+}
+
+/// Token count of a data file: exact with a tokenizer, else estimated from bytes.
+pub fn count_data_tokens(
+    data: &Path,
+    tokenizer_dir: Option<&Path>,
+    spec: &trainer::spec::JobSpec,
+    cal: &Calibration,
+) -> Result<TokenCount, Error> {
+    let bytes = data_bytes(data)?;
+    if let Some(dir) = tokenizer_dir {
+        if dir.join("tokenizer.json").is_file() {
+            match exact_tokens(data, dir, spec) {
+                Ok(tc) => return Ok(TokenCount { data_bytes: Some(bytes), ..tc }),
+                Err(e) => eprintln!("warning: exact token count failed ({e}); estimating from bytes"),
+            }
+        }
+    }
+    // Rows: the trainer's reader counts them exactly, without a tokenizer.
+    let rows = trainer::data::read_path(data, &trainer::data::DataSpec { skip_bad_rows: true, ..spec.data.clone() })
+        .map(|r| r.records.len() as u64)
+        .ok();
+    let tokens = (bytes as f64 / cal.trainer.bytes_per_token).ceil() as u64;
+    Ok(TokenCount {
+        tokens,
+        samples: rows,
+        exact: false,
+        source: format!(
+            "estimated from {} at {} bytes/token ({}); give --tokenizer DIR for an exact count",
+            crate::format::fmt_bytes(bytes),
+            cal.trainer.bytes_per_token,
+            cal.trainer.bytes_per_token_source
+        ),
+        data_bytes: Some(bytes),
+    })
+}
+
+fn data_bytes(p: &Path) -> Result<u64, Error> {
+    Ok(crate::upload::list_local(p)?.iter().map(|f| f.size).sum())
+}
+
+/// Tokenise exactly as the job will.
+fn exact_tokens(data: &Path, tokenizer_dir: &Path, spec: &trainer::spec::JobSpec) -> Result<TokenCount, Error> {
+    let t = tokenize_file(data, tokenizer_dir, &spec.data)?;
+    Ok(TokenCount {
+        tokens: t.tokens,
+        samples: Some(t.samples),
+        exact: true,
+        source: format!("tokenised with {}", tokenizer_dir.display()),
+        data_bytes: None,
     })
 }

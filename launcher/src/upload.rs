@@ -163,7 +163,7 @@ pub async fn sync_channel(
                 let not_found =
                     matches!(e, aws_sdk_s3::error::SdkError::ServiceError(se) if se.raw().status().as_u16() == 404);
                 if !not_found {
-                    return Err(Error::from(explain(e, &ctx("HeadObject"))));
+                    return Err(explain(e, &ctx("HeadObject")));
                 }
                 false
             }
@@ -189,7 +189,7 @@ pub async fn sync_channel(
                 .metadata(MD5_METADATA, &md5)
                 .send()
                 .await
-                .map_err(|e| Error::from(explain(&e, &ctx("PutObject"))))?;
+                .map_err(|e| explain(&e, &ctx("PutObject")))?;
             pb.inc(f.size);
         }
         report.uploaded.push(key.clone());
@@ -212,7 +212,7 @@ pub async fn sync_channel(
             .set_continuation_token(token.clone())
             .send()
             .await
-            .map_err(|e| Error::from(explain(&e, &ctx("ListObjectsV2"))))?;
+            .map_err(|e| explain(&e, &ctx("ListObjectsV2")))?;
         for o in page.contents() {
             if let Some(k) = o.key() {
                 if !wanted.contains(k) {
@@ -226,12 +226,7 @@ pub async fn sync_channel(
         }
     }
     for k in stale {
-        s3.delete_object()
-            .bucket(&loc.bucket)
-            .key(&k)
-            .send()
-            .await
-            .map_err(|e| Error::from(explain(&e, &ctx("DeleteObject"))))?;
+        s3.delete_object().bucket(&loc.bucket).key(&k).send().await.map_err(|e| explain(&e, &ctx("DeleteObject")))?;
         if !quiet {
             eprintln!("  removed    s3://{}/{k} (no longer in {})", loc.bucket, local.display());
         }
@@ -260,7 +255,7 @@ async fn upload_multipart(
         .metadata(MD5_METADATA, md5)
         .send()
         .await
-        .map_err(|e| Error::from(explain(&e, &ctx("CreateMultipartUpload"))))?;
+        .map_err(|e| explain(&e, &ctx("CreateMultipartUpload")))?;
     let upload_id =
         created.upload_id().ok_or(Error::Failed("CreateMultipartUpload returned no upload id".into()))?.to_string();
     let result: Result<Vec<CompletedPart>, Error> = async {
@@ -287,7 +282,7 @@ async fn upload_multipart(
                 .body(ByteStream::from(buf))
                 .send()
                 .await
-                .map_err(|e| Error::from(explain(&e, &ctx("UploadPart"))))?;
+                .map_err(|e| explain(&e, &ctx("UploadPart")))?;
             parts.push(CompletedPart::builder().part_number(number).set_e_tag(out.e_tag().map(str::to_string)).build());
             pb.inc(len);
             number += 1;
@@ -304,7 +299,7 @@ async fn upload_multipart(
                 .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
                 .send()
                 .await
-                .map_err(|e| Error::from(explain(&e, &ctx("CompleteMultipartUpload"))))?;
+                .map_err(|e| explain(&e, &ctx("CompleteMultipartUpload")))?;
             Ok(())
         }
         Err(e) => {

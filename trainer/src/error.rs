@@ -14,6 +14,8 @@ pub enum TrainError {
     Model(#[from] crate::model::ModelError),
     #[error(transparent)]
     Checkpoint(#[from] crate::checkpoint::CheckpointError),
+    #[error("evaluation: {0}")]
+    Eval(#[from] crate::eval::EvalError),
     /// A setting this build cannot honour (e.g. a method that has not landed yet).
     #[error("{0}")]
     Unsupported(String),
@@ -43,6 +45,7 @@ impl TrainError {
             TrainError::Data(e) => e.is_user_error(),
             TrainError::Model(e) => e.is_user_error(),
             TrainError::Checkpoint(e) => e.is_user_error(),
+            TrainError::Eval(e) => matches!(e, crate::eval::EvalError::Reward(_)),
             TrainError::Interrupted { .. } => return ExitCode::Interrupted,
             TrainError::Diverged(_) | TrainError::Io { .. } | TrainError::Candle(_) => false,
         };

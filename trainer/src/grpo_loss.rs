@@ -6,26 +6,32 @@
 
 use candle_core::{DType, Result, Tensor, D};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ScaleRewards {
-    /// (r − group mean) / (group std + 1e-4)
-    Group,
-    /// (r − group mean) / (batch std + 1e-4)
-    Batch,
-    /// r − group mean
-    None,
+use crate::choice::choice_enum;
+
+choice_enum! {
+    /// `scale_rewards`: how advantages are scaled (`true`/`false` are TRL's older names).
+    pub enum ScaleRewards {
+        /// (r − group mean) / (group std + 1e-4)
+        Group = "group" | "true",
+        /// (r − group mean) / (batch std + 1e-4)
+        Batch = "batch",
+        /// r − group mean
+        None = "none" | "false",
+    }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LossType {
-    /// Mean over each sequence's tokens, then over sequences.
-    Grpo,
-    /// Sum over tokens / tokens in the micro-batch.
-    Bnpo,
-    /// Sum over tokens / (sequences × max_completion_length).
-    DrGrpo,
-    /// Sum over tokens / completion tokens of the whole optimizer step.
-    Dapo,
+choice_enum! {
+    /// `loss_type`: how token losses are averaged.
+    pub enum LossType {
+        /// Mean over each sequence's tokens, then over sequences.
+        Grpo = "grpo",
+        /// Sum over tokens / tokens in the micro-batch.
+        Bnpo = "bnpo",
+        /// Sum over tokens / (sequences × max_completion_length).
+        DrGrpo = "dr_grpo",
+        /// Sum over tokens / completion tokens of the whole optimizer step.
+        Dapo = "dapo",
+    }
 }
 
 /// Group-normalised advantages; `rewards` are laid out group by group (`group` completions per prompt).

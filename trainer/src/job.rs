@@ -1,6 +1,7 @@
 //! One training job end to end under the `/opt/ml` contract, read top to bottom in [`run`]:
 //! resolve the spec, check the contract, pick the device, load the base model, load the data,
-//! load the model with its adapters, train, write the outputs.
+//! load the test set, load the model with its adapters, evaluate the base (`eval_baseline`), train,
+//! evaluate the tuned model, write the outputs.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -9,9 +10,12 @@ use candle_core::DType;
 
 use crate::data::{self, Example, ReadReport, TokenizerBundle};
 use crate::device::JobDevice;
-use crate::error::TrainError;
-use crate::model::{hub, Decoder, LoadOptions, ModelConfig};
+use crate::error::{self, TrainError};
+use crate::eval;
+use crate::model::{hub, Decoder, LoadOptions, ModelConfig, ModelError};
 use crate::output::{self, Summary};
+use crate::report::MetricRecord;
+use crate::rewards::RewardFn;
 use crate::rng::Rng;
 use crate::sagemaker::{self, MlPaths, ResourceConfig, StopFlag};
 use crate::spec::{JobSpec, Method, Origin, Sources};
@@ -61,22 +65,24 @@ pub fn run(opts: JobOptions) -> Result<JobResult, TrainError> {
     let paths = &opts.paths;
     paths.clear_stale_failure();
     let spec = resolve_spec(paths, &opts.env, &opts.cli)?;
-    let resources = check_contract(paths)?;
+    let (channels, resources) = check_contract(paths)?;
     let device = JobDevice::select(&opts.env)?;
     device.enter();
     let dtype = device.dtype(spec.dtype);
-    announce(paths, &resources, &device, dtype, &spec)?;
+    announce(paths, &channels, &resources, &device, dtype, &spec);
     let base = load_base(&spec, paths)?;
     let data = load_data(&spec, paths, &base.tok)?;
+    let test = load_test(&spec, paths, &base)?;
     let model = load_model(&spec, &base, dtype, &device)?;
+    let baseline = evaluate_baseline(&spec, &base, &model, test.as_ref())?;
     let outcome = train(&spec, paths, &base, &model, &data, &opts.stop)?;
     device.report_launches();
-    write_outputs(&spec, paths, &base, &model, &data, &outcome, &device, dtype, started)
+    write_outputs(&spec, paths, &base, &model, &data, &outcome, Tests { test, baseline }, &device, dtype, started)
 }
 
-/// The job's channels and hosts as SageMaker describes them; one host only, output dirs made.
-fn check_contract(paths: &MlPaths) -> Result<ResourceConfig, TrainError> {
-    sagemaker::read_input_data_config(paths)?;
+/// The job's channel names and hosts as SageMaker describes them; one host only, output dirs made.
+fn check_contract(paths: &MlPaths) -> Result<(Vec<String>, ResourceConfig), TrainError> {
+    let channels = sagemaker::read_input_data_config(paths)?.into_keys().collect();
     let resources = sagemaker::read_resource_config(paths)?;
     if resources.hosts.len() > 1 {
         return Err(TrainError::Unsupported(format!(
@@ -85,17 +91,17 @@ fn check_contract(paths: &MlPaths) -> Result<ResourceConfig, TrainError> {
         )));
     }
     paths.ensure_output_dirs()?;
-    Ok(resources)
+    Ok((channels, resources))
 }
 
 fn announce(
     paths: &MlPaths,
+    channels: &[String],
     resources: &ResourceConfig,
     device: &JobDevice,
     dtype: DType,
     spec: &JobSpec,
-) -> Result<(), TrainError> {
-    let channels = sagemaker::read_input_data_config(paths)?;
+) {
     tracing::info!(
         "oxtune train {} | root {} | host {} | device {} | dtype {:?} | channels {:?}",
         env!("CARGO_PKG_VERSION"),
@@ -103,10 +109,29 @@ fn announce(
         resources.current_host,
         device.name(),
         dtype,
-        channels.keys().collect::<Vec<_>>()
+        channels
     );
     tracing::info!("Hyperparameters: {}", serde_json::to_string(&spec.resolved).unwrap_or_default());
-    Ok(())
+}
+
+/// Where the base model is: the `model` channel when `base_model` is empty; else a local
+/// directory, a channel of that name, or a Hub id.
+fn base_model_dir(name: &str, paths: &MlPaths) -> Result<PathBuf, TrainError> {
+    if name.is_empty() {
+        let dir = paths.optional_channel("model").ok_or_else(|| {
+            ModelError::NotFound(format!(
+                "no base model: give the job a `model` channel ({}) with config.json, tokenizer files and *.safetensors, or set base_model",
+                paths.channel("model").display()
+            ))
+        })?;
+        return Ok(hub::checked_model_dir(dir, "; check what the `model` channel's S3 prefix holds")?);
+    }
+    let channel = (!std::path::Path::new(name).is_dir()).then(|| paths.optional_channel(name)).flatten();
+    let dir = match channel {
+        Some(dir) => dir,
+        None => hub::local_or_hub(name)?,
+    };
+    Ok(hub::checked_model_dir(dir, "")?)
 }
 
 /// The base model's directory, config and tokenizer.
@@ -117,7 +142,7 @@ struct Base {
 }
 
 fn load_base(spec: &JobSpec, paths: &MlPaths) -> Result<Base, TrainError> {
-    let dir = hub::resolve_base_model(&spec.base_model, paths)?;
+    let dir = base_model_dir(&spec.base_model, paths)?;
     let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
     if let Some(window) = cfg.effective_sliding_window() {
         if spec.max_seq_length > window {
@@ -188,6 +213,93 @@ fn load_data(spec: &JobSpec, paths: &MlPaths, tok: &TokenizerBundle) -> Result<T
     Ok(TrainData { read, train, validation, grpo_prompts: None })
 }
 
+/// The held-out test channel, read and checked before training (a bad row fails the job now, not
+/// after hours of training), with the reward functions evaluation scores.
+struct TestSet {
+    cases: Vec<eval::EvalCase>,
+    config: eval::EvalConfig,
+    rewards: Vec<(RewardFn, f64)>,
+    eos_ids: Vec<u32>,
+}
+
+fn load_test(spec: &JobSpec, paths: &MlPaths, base: &Base) -> Result<Option<TestSet>, TrainError> {
+    let Some(dir) = paths.test_channel()? else {
+        if spec.eval.baseline {
+            tracing::warn!(
+                "eval_baseline=true but the job has no test channel ({}): nothing to evaluate",
+                sagemaker::TEST_CHANNELS.join(", ")
+            );
+        }
+        return Ok(None);
+    };
+    let read = data::read_path(&dir, &spec.data)?;
+    report_read("test", &read);
+    let cases = eval::cases(&read.records, &base.tok, &spec.eval.config)?;
+    if cases.is_empty() {
+        return Err(TrainError::BadInput(format!("the test channel {} has no rows to evaluate", dir.display())));
+    }
+    let truncated = cases.iter().filter(|c| c.prompt.truncated > 0).count();
+    tracing::info!(
+        "test: {} cases to evaluate after training{}{}",
+        cases.len(),
+        if spec.eval.baseline { " and on the base model before it" } else { "" },
+        if truncated > 0 {
+            format!(" ({truncated} prompts cut to their last max_seq_length tokens)")
+        } else {
+            String::new()
+        }
+    );
+    let rewards = if spec.eval.rewards {
+        let fns = grpo::build_rewards(spec, &paths.data_dir())?;
+        fns.into_iter().zip(spec.grpo.reward_weights.iter().copied()).collect()
+    } else {
+        vec![]
+    };
+    Ok(Some(TestSet { cases, config: spec.eval.config.clone(), rewards, eos_ids: eos_ids(base) }))
+}
+
+fn eos_ids(base: &Base) -> Vec<u32> {
+    let mut ids = base.cfg.eos_token_ids();
+    ids.extend(base.tok.eos_id());
+    ids
+}
+
+/// With `eval_baseline`: the base model (adapters off) on the test set, before training.
+fn evaluate_baseline(
+    spec: &JobSpec,
+    base: &Base,
+    model: &Decoder,
+    test: Option<&TestSet>,
+) -> Result<Option<eval::EvalRun>, TrainError> {
+    let Some(t) = test.filter(|_| spec.eval.baseline) else { return Ok(None) };
+    let run = eval::run(model, &base.tok, &t.cases, &t.config, &t.eos_ids, &t.rewards, false)?;
+    tracing::info!("{}", metric_line(0, 0.0, "baseline_", &run.metrics));
+    Ok(Some(run))
+}
+
+/// The test set and, with `eval_baseline`, the base model's run on it.
+struct Tests {
+    test: Option<TestSet>,
+    baseline: Option<eval::EvalRun>,
+}
+
+/// After training, once the adapter is on disk: the tuned model on the test set. A failure here
+/// does not fail the finished job; it is logged and recorded in the summary instead.
+fn evaluate_tuned(base: &Base, model: &Decoder, tests: &Tests) -> Option<Result<eval::EvalRun, String>> {
+    let t = tests.test.as_ref()?;
+    let run = eval::run(model, &base.tok, &t.cases, &t.config, &t.eos_ids, &t.rewards, true);
+    if let Err(e) = &run {
+        tracing::warn!("evaluation failed after training (the adapter is saved): {e}");
+    }
+    Some(run.map_err(|e| e.to_string()))
+}
+
+/// A `METRIC` line of evaluation means (`test_rouge1=…`; `prefix` marks the baseline's).
+fn metric_line(step: u64, epoch: f64, prefix: &str, metrics: &std::collections::BTreeMap<String, f64>) -> String {
+    let extra = metrics.iter().map(|(k, v)| (format!("{prefix}{k}"), *v)).collect();
+    MetricRecord { step, epoch, extra, ..Default::default() }.line()
+}
+
 /// The base weights (NF4 for QLoRA: quantised while loading; a bitsandbytes 4-bit checkpoint
 /// loads as NF4 regardless) with freshly initialised LoRA adapters.
 fn load_model(spec: &JobSpec, base: &Base, dtype: DType, device: &JobDevice) -> Result<Decoder, TrainError> {
@@ -227,15 +339,13 @@ fn train(
     match &data.grpo_prompts {
         Some(prompts) => {
             let rewards = grpo::build_rewards(spec, &paths.data_dir())?;
-            let mut eos_ids = base.cfg.eos_token_ids();
-            eos_ids.extend(base.tok.eos_id());
             grpo::train(GrpoInputs {
                 spec,
                 model,
                 tok: &base.tok,
                 prompts,
                 rewards: &rewards,
-                eos_ids,
+                eos_ids: eos_ids(base),
                 checkpoint_dir: &checkpoint_dir,
                 output_data_dir: &paths.output_data_dir(),
                 stop,
@@ -261,6 +371,7 @@ fn write_outputs(
     model: &Decoder,
     data: &TrainData,
     outcome: &Outcome,
+    tests: Tests,
     device: &JobDevice,
     dtype: DType,
     started: Instant,
@@ -273,6 +384,19 @@ fn write_outputs(
         Some(output::write_merged(&model_dir.join("merged"), model, &base.dir)?)
     } else {
         None
+    };
+    output::write_metrics(&paths.output_data_dir(), &outcome.state.history)?;
+    let tuned = evaluate_tuned(base, model, &tests);
+    let evaluation = match (&tests.test, &tuned) {
+        (Some(t), Some(Ok(run))) => {
+            let path = paths.output_data_dir().join("eval_predictions.jsonl");
+            eval::write_predictions(&path, &t.cases, run, tests.baseline.as_ref()).map_err(error::io_err(&path))?;
+            tracing::info!("{}", metric_line(outcome.state.step, outcome.epochs_completed, "", &run.metrics));
+            tracing::info!("Evaluation: {} cases, predictions in {}", t.cases.len(), path.display());
+            Some(eval::summary_json(&t.config, t.cases.len(), run, tests.baseline.as_ref()))
+        }
+        (_, Some(Err(e))) => Some(serde_json::json!({ "error": e })),
+        _ => None,
     };
     let summary = Summary {
         spec,
@@ -287,9 +411,9 @@ fn write_outputs(
         trainable_parameters: model.trainable_param_count(),
         wall_time_secs: started.elapsed().as_secs_f64(),
         merged: merged.as_deref(),
+        evaluation,
     };
     output::write_summary(paths, &summary)?;
-    output::write_metrics(&paths.output_data_dir(), &outcome.state.history)?;
     let (final_loss, final_eval_loss) = summary.final_losses();
     tracing::info!(
         "Done: {} steps, final loss {}, adapter written to {}",

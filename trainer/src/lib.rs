@@ -2,15 +2,18 @@
 //! [`job`] is the script of one training job; it uses the `/opt/ml` contract ([`sagemaker`]), the
 //! job spec ([`spec`]), the device choice ([`device`]), the loops ([`train`]) and the outputs
 //! ([`output`]). Below them: the model ([`model`]), LoRA, NF4 quantisation, the optimizer, the
-//! GRPO loss, data, checkpoints on disk and the metric/report format.
+//! GRPO loss and reward functions, evaluation scores, data, checkpoints on disk and the
+//! metric/report format.
 //! The `train` binary is a thin wrapper over [`job::run`].
 
 pub mod checkpoint;
+pub mod choice;
 pub mod data;
 pub mod demo;
 pub mod device;
 pub mod error;
 pub mod eval;
+pub mod generate;
 pub mod grpo_loss;
 pub mod job;
 pub mod lora;
@@ -19,6 +22,7 @@ pub mod optim;
 pub mod output;
 pub mod quant;
 pub mod report;
+pub mod rewards;
 pub mod rng;
 pub mod sagemaker;
 pub mod spec;

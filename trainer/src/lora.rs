@@ -118,6 +118,39 @@ pub fn peft_config_json(cfg: &LoraConfig, base_model_name_or_path: &str) -> serd
     })
 }
 
+/// The settings of a PEFT `adapter_config.json` this trainer can load (LoRA, no DoRA, one rank for
+/// every module); the error says which key is missing or unsupported.
+pub fn lora_config_from_peft(json: &serde_json::Value) -> std::result::Result<LoraConfig, String> {
+    let peft_type = json.get("peft_type").and_then(|v| v.as_str()).unwrap_or("LORA");
+    if !peft_type.eq_ignore_ascii_case("LORA") {
+        return Err(format!("peft_type `{peft_type}` is not LoRA"));
+    }
+    if json.get("use_dora").and_then(|v| v.as_bool()).unwrap_or(false) {
+        return Err("use_dora=true adapters are not supported".into());
+    }
+    for key in ["rank_pattern", "alpha_pattern"] {
+        if json.get(key).and_then(|v| v.as_object()).is_some_and(|m| !m.is_empty()) {
+            return Err(format!("`{key}` (per-module ranks) is not supported"));
+        }
+    }
+    let r = json.get("r").and_then(|v| v.as_u64()).filter(|r| *r > 0).ok_or("missing or invalid `r`")? as usize;
+    let alpha = json.get("lora_alpha").and_then(|v| v.as_f64()).ok_or("missing or invalid `lora_alpha`")?;
+    let targets = match json.get("target_modules") {
+        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(String::from)).collect(),
+        Some(serde_json::Value::String(s)) if s == "all-linear" => {
+            LINEAR_MODULES.iter().map(|s| s.to_string()).collect()
+        }
+        _ => return Err("missing `target_modules` (a list of module names)".into()),
+    };
+    Ok(LoraConfig {
+        r,
+        alpha,
+        dropout: json.get("lora_dropout").and_then(|v| v.as_f64()).unwrap_or(0.0),
+        use_rslora: json.get("use_rslora").and_then(|v| v.as_bool()).unwrap_or(false),
+        targets,
+    })
+}
+
 /// Write `adapter_model.safetensors` (metadata format=pt, like PEFT) from (module path, adapter) pairs.
 pub fn save_adapter_tensors(path: &Path, adapters: &[(&str, &LoraAdapter)]) -> Result<()> {
     let mut tensors: BTreeMap<String, Tensor> = BTreeMap::new();

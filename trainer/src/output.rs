@@ -133,6 +133,8 @@ pub struct Summary<'a> {
     pub trainable_parameters: usize,
     pub wall_time_secs: f64,
     pub merged: Option<&'a Path>,
+    /// The test-set evaluation block (`eval::summary_json`), when the job had a test channel.
+    pub evaluation: Option<serde_json::Value>,
 }
 
 impl Summary<'_> {
@@ -167,6 +169,7 @@ impl Summary<'_> {
             "merged_model": self.merged.map(|p| p.display().to_string()),
             "data": {"format": self.data.format.name(), "files": self.data.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
                      "rows": self.data.records.len(), "skipped_rows": self.data.skipped.len()},
+            "evaluation": self.evaluation,
             "hyperparameters": self.spec.resolved,
             "history": o.state.history,
         })

@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 /// Prefix of every metric line.
 pub const METRIC_PREFIX: &str = "METRIC";
 
-/// Keys SageMaker should scrape, in line order. `eval_loss` appears on validation lines; the rest on GRPO lines.
+/// Keys SageMaker should scrape, in line order. `eval_loss` appears on validation lines, `test_*`
+/// on the evaluation line after training; the rest on GRPO lines.
 pub const METRIC_KEYS: &[&str] = &[
     "step",
     "epoch",
@@ -36,6 +37,17 @@ pub const METRIC_KEYS: &[&str] = &[
     "truncated_fraction",
     "generation_tokens_per_sec",
     "step_time",
+    "test_exact_match",
+    "test_rouge1",
+    "test_rouge2",
+    "test_rougeL",
+    "test_rougeLsum",
+    "test_reward",
+    "test_reward_exact_match",
+    "test_reward_format",
+    "test_reward_length",
+    "test_reward_json",
+    "test_reward_external",
 ];
 
 /// One logged value set. Absent fields are not printed.
@@ -89,7 +101,11 @@ pub fn metric_definitions() -> Vec<(String, String)> {
     METRIC_KEYS
         .iter()
         .map(|k| {
-            let name = if *k == "eval_loss" { "validation:loss".to_string() } else { format!("train:{k}") };
+            let name = match k.strip_prefix("test_") {
+                _ if *k == "eval_loss" => "validation:loss".to_string(),
+                Some(rest) => format!("test:{rest}"),
+                None => format!("train:{k}"),
+            };
             (name, format!("{METRIC_PREFIX} .*\\b{k}=([-+0-9.eE]+|nan|inf)"))
         })
         .collect()
@@ -214,11 +230,24 @@ mod tests {
         assert!(defs.len() <= 40, "SageMaker allows at most 40 metric definitions");
         for (name, re) in &defs {
             let re = regex::Regex::new(re).unwrap();
-            let key = name.rsplit(':').next().unwrap();
-            let key = if key == "loss" && name.starts_with("validation") { "eval_loss" } else { key };
+            let key = match name.split_once(':').unwrap() {
+                ("validation", "loss") => "eval_loss".to_string(),
+                ("test", k) => format!("test_{k}"),
+                (_, k) => k.to_string(),
+            };
             let want = line.split(' ').find_map(|kv| kv.strip_prefix(&format!("{key}=")));
             let got = re.captures(&line).map(|c| c[1].to_string());
             assert_eq!(got.as_deref(), want, "{name}: {re}");
+        }
+        // The evaluation line after training: `test_*` keys, scraped as `test:*`.
+        let mut test = MetricRecord { step: 9, epoch: 1.0, ..Default::default() };
+        test.extra.insert("test_rouge1".into(), 0.5);
+        test.extra.insert("test_reward".into(), 0.25);
+        test.extra.insert("test_reward_format".into(), 1.0);
+        let test = test.line();
+        for (name, want) in [("test:rouge1", "0.5000"), ("test:reward", "0.2500"), ("test:reward_format", "1.0000")] {
+            let (_, re) = defs.iter().find(|(n, _)| n == name).unwrap();
+            assert_eq!(&regex::Regex::new(re).unwrap().captures(&test).unwrap()[1], want, "{name} in {test}");
         }
         let eval = MetricRecord { step: 5, epoch: 1.0, eval_loss: Some(2.5), ..Default::default() }.line();
         let (_, re) = defs.iter().find(|(n, _)| n == "validation:loss").unwrap();

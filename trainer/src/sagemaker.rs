@@ -39,7 +39,12 @@ pub enum ContractError {
     MissingTrainChannel { dir: PathBuf },
     #[error("I/O error on {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("the job has {} test channels ({}); give exactly one of them", names.len(), names.join(", "))]
+    AmbiguousTestChannel { names: Vec<String> },
 }
+
+/// The names the test channel is accepted under, `test` first.
+pub const TEST_CHANNELS: &[&str] = &["test", "inference_testing", "testing", "evaluation"];
 
 impl ContractError {
     pub fn is_user_error(&self) -> bool {
@@ -120,7 +125,18 @@ impl MlPaths {
         Err(ContractError::MissingTrainChannel { dir: self.data_dir() })
     }
 
-    /// An optional channel (`validation`, `model`, `test`).
+    /// The held-out test channel: `test`, or the names users give it (`inference_testing`, `testing`,
+    /// `evaluation`). Two of them at once is ambiguous and refused.
+    pub fn test_channel(&self) -> Result<Option<PathBuf>, ContractError> {
+        let found: Vec<&str> = TEST_CHANNELS.iter().copied().filter(|n| self.channel(n).exists()).collect();
+        match found.as_slice() {
+            [] => Ok(None),
+            [one] => Ok(Some(self.channel(one))),
+            many => Err(ContractError::AmbiguousTestChannel { names: many.iter().map(|s| s.to_string()).collect() }),
+        }
+    }
+
+    /// An optional channel (`validation`, `model`).
     pub fn optional_channel(&self, name: &str) -> Option<PathBuf> {
         let p = self.channel(name);
         p.exists().then_some(p)

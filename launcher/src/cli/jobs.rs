@@ -1,6 +1,12 @@
 //! Following jobs: `status`, `list`, `stop`, `logs`, `wait`, `compare`.
 
-use super::*;
+use clap::Args;
+
+use super::{job_end_code, Failure, Res, EXIT_OK};
+use crate::aws::{AwsOptions, Clients};
+use crate::format::parse_duration;
+use crate::prices::load_or_empty as region_prices;
+use crate::redact::Redactor;
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
@@ -68,21 +74,11 @@ pub struct CompareArgs {
     pub json: bool,
 }
 
-pub(super) async fn connect(o: AwsOptions) -> Result<crate::aws::Clients, Failure> {
-    crate::aws::connect(&o).await.map_err(Failure::error)
+async fn connect(o: &AwsOptions) -> Result<Clients, Failure> {
+    crate::aws::connect(o).await.map_err(Failure::error)
 }
 
-pub(super) fn region_prices(region: &str) -> PriceTable {
-    crate::prices::load(region).unwrap_or_else(|_| PriceTable {
-        region: region.into(),
-        origin: "no price table".into(),
-        date: String::new(),
-        prices: BTreeMap::new(),
-        sources: BTreeMap::new(),
-    })
-}
-
-pub(super) async fn cmd_status(o: AwsOptions, a: &StatusArgs, _cli: &Cli) -> Res {
+pub(super) async fn status(o: &AwsOptions, a: &StatusArgs) -> Res {
     let clients = connect(o).await?;
     let info = crate::jobs::describe(&clients, &a.job).await?;
     let prices = region_prices(&clients.region);
@@ -98,7 +94,7 @@ pub(super) async fn cmd_status(o: AwsOptions, a: &StatusArgs, _cli: &Cli) -> Res
     Ok(EXIT_OK)
 }
 
-pub(super) async fn cmd_list(o: AwsOptions, a: &ListArgs, _cli: &Cli) -> Res {
+pub(super) async fn list(o: &AwsOptions, a: &ListArgs) -> Res {
     let created_after = match &a.since {
         Some(s) => Some(
             crate::clock::now_epoch()
@@ -124,7 +120,7 @@ pub(super) async fn cmd_list(o: AwsOptions, a: &ListArgs, _cli: &Cli) -> Res {
     Ok(EXIT_OK)
 }
 
-pub(super) async fn cmd_stop(o: AwsOptions, a: &StopArgs) -> Res {
+pub(super) async fn stop(o: &AwsOptions, a: &StopArgs) -> Res {
     let clients = connect(o).await?;
     match crate::jobs::stop(&clients, &a.job).await? {
         crate::jobs::StopOutcome::Requested => {
@@ -140,7 +136,7 @@ pub(super) async fn cmd_stop(o: AwsOptions, a: &StopArgs) -> Res {
     Ok(EXIT_OK)
 }
 
-pub(super) async fn cmd_logs(o: AwsOptions, a: &LogsArgs) -> Res {
+pub(super) async fn logs(o: &AwsOptions, a: &LogsArgs) -> Res {
     let since = match &a.since {
         Some(s) => Some(
             ((crate::clock::now_epoch()
@@ -156,7 +152,7 @@ pub(super) async fn cmd_logs(o: AwsOptions, a: &LogsArgs) -> Res {
     Ok(EXIT_OK)
 }
 
-pub(super) async fn cmd_wait(o: AwsOptions, a: &WaitArgs, _cli: &Cli) -> Res {
+pub(super) async fn wait(o: &AwsOptions, a: &WaitArgs) -> Res {
     let timeout = a
         .timeout
         .as_deref()
@@ -168,11 +164,11 @@ pub(super) async fn cmd_wait(o: AwsOptions, a: &WaitArgs, _cli: &Cli) -> Res {
     let prices = region_prices(&clients.region);
     let opts = crate::jobs::WaitOptions { poll, timeout, show_logs: a.logs };
     let mut out = std::io::stdout();
-    let (code, _) = crate::jobs::wait(&clients, &a.job, &opts, &prices, &mut out, &Redactor::from_env()).await?;
-    Ok(code)
+    let (end, _) = crate::jobs::wait(&clients, &a.job, &opts, &prices, &mut out, &Redactor::from_env()).await?;
+    Ok(job_end_code(end))
 }
 
-pub(super) async fn cmd_compare(o: AwsOptions, a: &CompareArgs, _cli: &Cli) -> Res {
+pub(super) async fn compare(o: &AwsOptions, a: &CompareArgs) -> Res {
     let clients = connect(o).await?;
     let mut infos = Vec::new();
     for j in &a.jobs {

@@ -1,6 +1,15 @@
 //! `oxtune local`: run the job file on this machine under a synthesised `/opt/ml`.
 
-use super::*;
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::{env_var, Failure, Res, EXIT_ERROR, EXIT_OK, EXIT_STOPPED};
+use crate::format::parse_duration;
+use crate::jobfile::{self, Overrides};
+use crate::local::LocalStatus;
+use crate::plan::validate_hyperparameters;
 
 #[derive(Debug, Args)]
 pub struct LocalArgs {
@@ -38,7 +47,7 @@ pub struct LocalArgs {
     pub copy_channels: bool,
 }
 
-pub(super) fn cmd_local(_cli: &Cli, a: &LocalArgs) -> Res {
+pub(super) fn run(a: &LocalArgs) -> Res {
     let f = jobfile::read_job_file(&a.job_file).map_err(Failure::invalid)?;
     let job = jobfile::resolve(Some((&a.job_file, f)), &a.overrides, &env_var, crate::clock::now_epoch() as u64)
         .map_err(Failure::invalid)?;
@@ -47,7 +56,7 @@ pub(super) fn cmd_local(_cli: &Cli, a: &LocalArgs) -> Res {
             eprintln!("warning: {w}");
         }
     }
-    validate_hyperparameters(&job.hyperparameters)?;
+    validate_hyperparameters(&job.hyperparameters).map_err(Failure::invalid)?;
     let grace = parse_duration(&a.stop_grace).map_err(|e| Failure::invalid(format!("--stop-grace: {e}")))?;
     let interrupt_after = a
         .interrupt_after
@@ -75,12 +84,12 @@ pub(super) fn cmd_local(_cli: &Cli, a: &LocalArgs) -> Res {
             copy_channels: a.copy_channels,
         };
     let mut out = std::io::stdout();
-    let outcome = crate::local::run(&job, &opts, &redactor_for(&job), &mut out).map_err(Failure::error)?;
+    let outcome = crate::local::run(&job, &opts, &job.redactor(), &mut out).map_err(Failure::error)?;
     let _ = out.flush();
-    let status = match outcome.status {
-        crate::local::LocalStatus::Completed => "Completed",
-        crate::local::LocalStatus::Failed => "Failed",
-        crate::local::LocalStatus::Stopped => "Stopped (MaxRuntimeExceeded)",
+    let (status, code) = match outcome.status {
+        LocalStatus::Completed => ("Completed", EXIT_OK),
+        LocalStatus::Failed => ("Failed", EXIT_ERROR),
+        LocalStatus::Stopped => ("Stopped (MaxRuntimeExceeded)", EXIT_STOPPED),
     };
     eprintln!("local job {}: {status} after {} attempt(s)", job.job_name, outcome.attempts);
     if let Some(r) = &outcome.failure_reason {
@@ -92,5 +101,5 @@ pub(super) fn cmd_local(_cli: &Cli, a: &LocalArgs) -> Res {
     if let Some(o) = &outcome.output_tar {
         eprintln!("output: {}", o.display());
     }
-    Ok(outcome.exit_code_for_cli())
+    Ok(code)
 }

@@ -1,11 +1,12 @@
-//! The `oxtune` command line: argument definitions and the command implementations.
+//! The `oxtune` command line: argument definitions, exit codes and rendering only — the work is
+//! the library's. One file per command group; a command file imports the library, clap and the
+//! few shared pieces below, never another command file.
 
-use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use clap::{Parser, Subcommand};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use crate::aws::AwsOptions;
+use crate::catalogue::PriceTable;
+use crate::error::Error;
 
 mod estimate;
 mod jobs;
@@ -14,26 +15,16 @@ mod prepare;
 mod prices;
 mod submit;
 
-pub use estimate::*;
-pub use jobs::*;
-pub use local::*;
-pub use prepare::*;
-pub use prices::*;
-pub use submit::*;
-
-use crate::aws::{AwsOptions, ErrorContext, ErrorKind};
-use crate::calibration::Calibration;
-use crate::catalogue::{find_model, Catalogue, PriceTable};
-use crate::estimate::{Checkpointing, EstimateInput, GrpoParams, Method, TokenCount};
-use crate::format::{fmt_duration, fmt_usd, parse_duration};
-use crate::jobfile::{self, Job, Overrides, Source};
-use crate::redact::Redactor;
-
-/// Exit codes shared by the commands.
+/// Exit codes, one table for every command (the README's "Exit codes" lists the same).
 pub const EXIT_OK: i32 = 0;
+/// A failure: an AWS error, a local run that broke, a job that ended `Failed` (`wait`, `local`).
 pub const EXIT_ERROR: i32 = 1;
-/// Invalid input (job file, flags, limits, hyperparameters): nothing was sent to AWS.
+/// Invalid input (job file, flags, limits, hyperparameters, data): nothing was sent to AWS.
 pub const EXIT_INVALID: i32 = 2;
+/// `wait --timeout` gave up while the job was still running.
+pub const EXIT_TIMEOUT: i32 = 3;
+/// The job was stopped: StopTrainingJob, max runtime or spot max wait exceeded (`wait`, `local`).
+pub const EXIT_STOPPED: i32 = 4;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -60,27 +51,27 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// GPU memory, time and cost of a job on every instance type (no AWS call).
-    Estimate(EstimateArgs),
+    Estimate(estimate::EstimateArgs),
     /// The instance catalogue with on-demand training prices; `prices refresh` updates them.
-    Prices(PricesArgs),
+    Prices(prices::PricesArgs),
     /// Validate, upload local data, and create the SageMaker training job.
-    Submit(SubmitArgs),
+    Submit(submit::SubmitArgs),
     /// Status, history, billable time, cost, metrics and artifacts of a job.
-    Status(StatusArgs),
+    Status(jobs::StatusArgs),
     /// Recent training jobs with instance, duration and cost.
-    List(ListArgs),
+    List(jobs::ListArgs),
     /// Stop a job (an already finished job is reported, not an error).
-    Stop(StopArgs),
+    Stop(jobs::StopArgs),
     /// Print the job's CloudWatch logs; -f follows until the job ends.
-    Logs(LogsArgs),
-    /// Wait for a job, showing progress; exit 0 completed, 1 failed, 2 stopped, 3 timed out.
-    Wait(WaitArgs),
+    Logs(jobs::LogsArgs),
+    /// Wait for a job, showing progress; exit 0 completed, 1 failed, 3 timed out, 4 stopped.
+    Wait(jobs::WaitArgs),
     /// Hyperparameters and final metrics of jobs side by side.
-    Compare(CompareArgs),
+    Compare(jobs::CompareArgs),
     /// Convert and validate training data (trainer JSONL or Amazon Bedrock formats).
-    PrepareData(PrepareArgs),
+    PrepareData(prepare::PrepareArgs),
     /// Run the job file on this machine under a synthesised /opt/ml.
-    Local(LocalArgs),
+    Local(local::LocalArgs),
 }
 
 /// A command failure: message and exit code.
@@ -100,19 +91,13 @@ impl Failure {
 }
 
 /// A library error: invalid input exits 2 (nothing was sent), everything else 1.
-impl From<crate::Error> for Failure {
-    fn from(e: crate::Error) -> Failure {
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
         if e.is_invalid_input() {
             Failure::invalid(e)
         } else {
             Failure::error(e)
         }
-    }
-}
-
-impl From<(ErrorKind, String)> for Failure {
-    fn from((_, m): (ErrorKind, String)) -> Failure {
-        Failure::error(m)
     }
 }
 
@@ -133,20 +118,20 @@ fn offline_region(cli_region: &Option<String>, job_region: Option<&str>) -> Stri
 }
 
 pub fn run(cli: Cli) -> Res {
-    let aws =
-        |region: Option<String>, profile: Option<String>| AwsOptions::new(region, profile, cli.endpoint_url.clone());
+    // One client configuration for the commands that only follow jobs (submit adds the job file's).
+    let aws = AwsOptions::new(cli.region.clone(), cli.profile.clone(), cli.endpoint_url.clone());
     match &cli.command {
-        Command::Estimate(a) => cmd_estimate(&cli, a),
-        Command::Prices(a) => cmd_prices(&cli, a),
-        Command::Submit(a) => cmd_submit(&cli, a),
-        Command::Status(a) => block_on(cmd_status(aws(cli.region.clone(), cli.profile.clone()), a, &cli)),
-        Command::List(a) => block_on(cmd_list(aws(cli.region.clone(), cli.profile.clone()), a, &cli)),
-        Command::Stop(a) => block_on(cmd_stop(aws(cli.region.clone(), cli.profile.clone()), a)),
-        Command::Logs(a) => block_on(cmd_logs(aws(cli.region.clone(), cli.profile.clone()), a)),
-        Command::Wait(a) => block_on(cmd_wait(aws(cli.region.clone(), cli.profile.clone()), a, &cli)),
-        Command::Compare(a) => block_on(cmd_compare(aws(cli.region.clone(), cli.profile.clone()), a, &cli)),
-        Command::PrepareData(a) => cmd_prepare(a),
-        Command::Local(a) => cmd_local(&cli, a),
+        Command::Estimate(a) => estimate::run(&cli, a),
+        Command::Prices(a) => prices::run(&cli, a),
+        Command::Submit(a) => submit::run(&cli, a),
+        Command::Status(a) => block_on(jobs::status(&aws, a)),
+        Command::List(a) => block_on(jobs::list(&aws, a)),
+        Command::Stop(a) => block_on(jobs::stop(&aws, a)),
+        Command::Logs(a) => block_on(jobs::logs(&aws, a)),
+        Command::Wait(a) => block_on(jobs::wait(&aws, a)),
+        Command::Compare(a) => block_on(jobs::compare(&aws, a)),
+        Command::PrepareData(a) => prepare::run(a),
+        Command::Local(a) => local::run(a),
     }
 }
 
@@ -160,4 +145,14 @@ fn block_on<F: std::future::Future<Output = Res>>(f: F) -> Res {
 
 fn prices_for(region: &str) -> Result<PriceTable, Failure> {
     crate::prices::load(region).map_err(Failure::invalid)
+}
+
+/// The exit code of a job that reached its end (`wait`, `submit --wait`).
+fn job_end_code(end: crate::jobs::JobEnd) -> i32 {
+    match end {
+        crate::jobs::JobEnd::Completed => EXIT_OK,
+        crate::jobs::JobEnd::Failed => EXIT_ERROR,
+        crate::jobs::JobEnd::Stopped => EXIT_STOPPED,
+        crate::jobs::JobEnd::TimedOut => EXIT_TIMEOUT,
+    }
 }

@@ -1,6 +1,10 @@
 //! `oxtune prepare-data`: convert and validate training data with the trainer's own reader.
 
-use super::*;
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+
+use super::{Failure, Res, EXIT_INVALID, EXIT_OK};
 
 #[derive(Debug, Args)]
 pub struct PrepareArgs {
@@ -38,7 +42,7 @@ pub struct PrepareArgs {
     pub json: bool,
 }
 
-pub(super) fn cmd_prepare(a: &PrepareArgs) -> Res {
+pub(super) fn run(a: &PrepareArgs) -> Res {
     let opts = crate::prepare::PrepareOptions {
         input: a.input.clone(),
         output: a.output.clone(),

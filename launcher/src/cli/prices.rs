@@ -1,6 +1,12 @@
 //! `oxtune prices [refresh]`: the instance catalogue with its training prices.
 
-use super::*;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+use super::{offline_region, prices_for, Cli, Failure, Res, EXIT_OK};
+use crate::catalogue::Catalogue;
 
 #[derive(Debug, Args)]
 pub struct PricesArgs {
@@ -23,7 +29,7 @@ pub enum PricesAction {
     },
 }
 
-pub(super) fn cmd_prices(cli: &Cli, a: &PricesArgs) -> Res {
+pub(super) fn run(cli: &Cli, a: &PricesArgs) -> Res {
     let region = offline_region(&cli.region, None);
     let table = match &a.action {
         Some(PricesAction::Refresh { file, url }) => {

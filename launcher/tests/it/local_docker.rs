@@ -113,7 +113,7 @@ fn docker_max_runtime_sends_term_then_kill_through_docker_kill() {
         .output()
         .unwrap();
     let text = all_output(&out);
-    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert_eq!(out.status.code(), Some(4), "stopped has its own exit code: {text}");
     assert!(started.elapsed().as_secs() < 20, "{text}");
     assert!(text.contains("ignoring SIGTERM") && text.contains("sending SIGKILL"), "{text}");
     assert!(text.contains("Stopped (MaxRuntimeExceeded)"), "{text}");

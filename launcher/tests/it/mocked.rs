@@ -12,7 +12,7 @@ use aws_sdk_sagemaker::config::Credentials;
 use aws_smithy_mocks::{create_mock_http_client, mock, MockResponseInterceptor, Rule, RuleMode};
 use launcher::aws::{advice, classify, explain, Clients, ErrorContext, ErrorKind};
 use launcher::catalogue::embedded_prices;
-use launcher::jobs::{self, StopOutcome, WaitOptions};
+use launcher::jobs::{self, JobEnd, StopOutcome, WaitOptions};
 use launcher::redact::Redactor;
 
 const JOB: &str = "llama-sft-20261123-120000";
@@ -86,7 +86,15 @@ fn describe_sequence(files: &[&str]) -> Rule {
     seq.repeatedly().build()
 }
 
-async fn run_wait(c: &Clients, timeout: Option<Duration>) -> (i32, String) {
+/// The kind and message of an AWS error (other variants fail the test).
+fn aws_error(e: launcher::Error) -> (ErrorKind, String) {
+    match e {
+        launcher::Error::Aws { kind, message } => (kind, message),
+        other => panic!("not an AWS error: {other:?}"),
+    }
+}
+
+async fn run_wait(c: &Clients, timeout: Option<Duration>) -> (JobEnd, String) {
     let mut out = Vec::new();
     let opts = WaitOptions { poll: Duration::from_millis(1), timeout, show_logs: true };
     let (code, _) = jobs::wait(c, JOB, &opts, &embedded_prices("us-east-1").unwrap(), &mut out, &Redactor::default())
@@ -125,7 +133,7 @@ async fn stop_unknown_job_is_an_error() {
         .http_status(400, Some(recorded("error_not_found.json")))
         .build();
     let c = clients(&[&stop], &[]);
-    let (kind, msg) = jobs::stop(&c, "nope").await.unwrap_err();
+    let (kind, msg) = aws_error(jobs::stop(&c, "nope").await.unwrap_err());
     assert_eq!(kind, ErrorKind::NotFound);
     assert!(msg.contains("no training job named `nope` in us-east-1"), "{msg}");
 }
@@ -142,7 +150,7 @@ async fn wait_follows_transitions_through_stopping_to_stopped() {
     let logs = no_logs();
     let c = clients(&[&describe], &[&logs]);
     let (code, out) = run_wait(&c, Some(Duration::from_secs(30))).await;
-    assert_eq!(code, jobs::WAIT_STOPPED, "{out}");
+    assert_eq!(code, JobEnd::Stopped, "{out}");
     assert_eq!(describe.num_calls(), 5, "Stopping is polled until Stopped, then the loop ends");
     for want in [
         "Starting Launching requested ML instances",
@@ -163,7 +171,7 @@ async fn wait_completed_spot_reports_cost_and_savings() {
     let logs = no_logs();
     let c = clients(&[&describe], &[&logs]);
     let (code, out) = run_wait(&c, None).await;
-    assert_eq!(code, jobs::WAIT_COMPLETED, "{out}");
+    assert_eq!(code, JobEnd::Completed, "{out}");
     // Cost = BillableTimeInSeconds × InstanceCount × rate = 1200 × 2 × 1.408 / 3600 = $0.94;
     // spot savings = 1 − 1200/3600 = 67%.
     assert!(out.contains("training seconds: 3600, billable seconds: 1200"), "{out}");
@@ -176,7 +184,7 @@ async fn wait_failed_prints_the_failure_reason() {
     let logs = no_logs();
     let c = clients(&[&describe], &[&logs]);
     let (code, out) = run_wait(&c, None).await;
-    assert_eq!(code, jobs::WAIT_FAILED);
+    assert_eq!(code, JobEnd::Failed);
     assert!(out.contains("failure reason: AlgorithmError: CUDA OOM at step 12"), "{out}");
 }
 
@@ -186,7 +194,7 @@ async fn wait_times_out_with_exit_3() {
     let logs = no_logs();
     let c = clients(&[&describe], &[&logs]);
     let (code, out) = run_wait(&c, Some(Duration::from_millis(20))).await;
-    assert_eq!(code, jobs::WAIT_TIMEOUT, "{out}");
+    assert_eq!(code, JobEnd::TimedOut, "{out}");
     assert!(out.contains("timed out"), "{out}");
 }
 
@@ -209,7 +217,7 @@ async fn wait_shows_progress_from_metric_lines() {
         .build();
     let c = clients(&[&describe], &[&streams, &events]);
     let (code, out) = run_wait(&c, None).await;
-    assert_eq!(code, jobs::WAIT_COMPLETED, "{out}");
+    assert_eq!(code, JobEnd::Completed, "{out}");
     // epochs=2 and step 10 at epoch 0.10 → 200 steps in total.
     assert!(out.contains("progress: step 10/200 loss 2.5000 (5%)"), "{out}");
     assert!(out.contains("progress: step 20/200 loss 2.0000"), "{out}");
@@ -271,7 +279,7 @@ async fn throttling_that_never_ends_is_explained() {
         .repeatedly()
         .build();
     let c = clients(&[&describe], &[]);
-    let (kind, msg) = jobs::describe(&c, JOB).await.unwrap_err();
+    let (kind, msg) = aws_error(jobs::describe(&c, JOB).await.unwrap_err());
     assert_eq!(kind, ErrorKind::Throttled);
     assert!(msg.contains("throttled by AWS after retries"), "{msg}");
     assert_eq!(describe.num_calls(), 3, "max_attempts = 3");
@@ -299,7 +307,7 @@ async fn create_error(file: &str) -> (ErrorKind, String) {
         role: Some(req.role_arn.clone()),
         job: Some(req.training_job_name.clone()),
     };
-    explain(&err, &ctx)
+    aws_error(explain(&err, &ctx))
 }
 
 #[tokio::test]

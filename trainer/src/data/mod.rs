@@ -6,6 +6,7 @@
 //!   `chat_template.jinja`, `special_tokens_map.json`) and renders chat templates.
 //! * [`tokenize`] turns records into [`Example`]s with a loss mask.
 //! * [`make_batches`] shifts, packs or pads examples into [`Batch`]es.
+//! * [`prompt_of`] turns a record into a generation prompt and its reference (GRPO, evaluation).
 //!
 //! The rules follow transformers/TRL (see `formats.md` §4 and §5 in the shared
 //! reference): plain text and prompt/completion are tokenised with the special
@@ -14,6 +15,7 @@
 
 mod batch;
 mod formats;
+mod prompt;
 mod read;
 mod template;
 mod tokenize;
@@ -23,7 +25,10 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use crate::choice::choice_enum;
+
 pub use batch::{make_batches, split_validation, Batch, BatchSpec};
+pub use prompt::{prompt_of, Prompt};
 pub use read::read_path;
 pub use tokenize::{
     tokenize, Example, TokenizeReport, MASK_ALL, MASK_GENERATION_TAGS, MASK_PREFIX_DIFF, MASK_PROMPT_PREFIX, MASK_TEXT,
@@ -42,7 +47,7 @@ pub enum DataError {
     EmptyDataset { path: PathBuf, skipped: usize },
     #[error("no data files in {}{}: put *.jsonl, *.json, *.csv, *.tsv or *.txt files there (or point the channel at the S3 prefix that holds them){}", dir.display(), if dir.exists() { "" } else { " (it does not exist)" }, ignored_text(ignored))]
     NoDataFiles { dir: PathBuf, ignored: Vec<String> },
-    #[error("{}: cannot tell the data format from the keys of the first record ({}); accepted shapes: {ACCEPTED_SHAPES}; {mapping_help}", path.display(), keys_text(keys_seen))]
+    #[error("{}: cannot tell the data format from the keys of the first record ({}); accepted shapes: {}; {mapping_help}", path.display(), keys_text(keys_seen), accepted_shapes())]
     UnknownFormat { path: PathBuf, keys_seen: Vec<String>, mapping_help: String },
     #[error("{}: {problem}", path.display())]
     UnsupportedFile { path: PathBuf, problem: String },
@@ -84,10 +89,17 @@ impl DataError {
     }
 }
 
-const ACCEPTED_SHAPES: &str = "{\"messages\": [{\"role\", \"content\"}]} (OpenAI / Bedrock conversation), \
-{\"conversations\": [{\"from\", \"value\"}]} (ShareGPT), {\"instruction\", \"input\"?, \"output\"} (Alpaca), \
-{\"prompt\", \"completion\"}, a column pair (dialogue/summary, question/answer, input/target, source/target, \
-document/summary, context/response, query/response), {\"text\"}";
+/// The shapes format detection accepts, for the "cannot tell the format" message; the column pairs
+/// come from the detection's own list.
+fn accepted_shapes() -> String {
+    let pairs: Vec<String> = formats::COLUMN_PAIRS.iter().map(|(p, c)| format!("{p}/{c}")).collect();
+    format!(
+        "{{\"messages\": [{{\"role\", \"content\"}}]}} (OpenAI / Bedrock conversation), \
+         {{\"conversations\": [{{\"from\", \"value\"}}]}} (ShareGPT), {{\"instruction\", \"input\"?, \"output\"}} (Alpaca), \
+         {{\"prompt\", \"completion\"}}, a column pair ({}), {{\"text\"}}",
+        pairs.join(", ")
+    )
+}
 
 /// The trainer's way to map other keys, shown when the format cannot be detected.
 pub const TRAINER_MAPPING_HELP: &str =
@@ -127,34 +139,23 @@ fn ignored_text(ignored: &[String]) -> String {
     }
 }
 
-/// The shape of the training data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum DataFormat {
-    /// Detect per file from the keys of its first record.
-    #[default]
-    Auto,
-    /// `{"instruction", "input"?, "output"}` rendered with the Stanford Alpaca prompt.
-    Alpaca,
-    /// `{"prompt", "completion"}` (also Bedrock's non-conversational JSONL).
-    PromptCompletion,
-    /// OpenAI `{"messages": [...]}` and Bedrock `bedrock-conversation-2024`.
-    Messages,
-    /// `{"conversations": [{"from", "value"}]}`.
-    ShareGpt,
-    /// `{"text"}` rows or plain `.txt` files.
-    Text,
-}
-
-impl DataFormat {
-    pub fn name(&self) -> &'static str {
-        match self {
-            DataFormat::Auto => "auto",
-            DataFormat::Alpaca => "alpaca",
-            DataFormat::PromptCompletion => "prompt_completion",
-            DataFormat::Messages => "messages",
-            DataFormat::ShareGpt => "sharegpt",
-            DataFormat::Text => "text",
-        }
+choice_enum! {
+    /// The shape of the training data (`format`).
+    #[derive(Default)]
+    pub enum DataFormat {
+        /// Detect per file from the keys of its first record.
+        #[default]
+        Auto = "auto",
+        /// `{"instruction", "input"?, "output"}` rendered with the Stanford Alpaca prompt.
+        Alpaca = "alpaca",
+        /// `{"prompt", "completion"}` (also Bedrock's non-conversational JSONL).
+        PromptCompletion = "prompt_completion",
+        /// OpenAI `{"messages": [...]}` and Bedrock `bedrock-conversation-2024`.
+        Messages = "messages" | "chat" | "openai",
+        /// `{"conversations": [{"from", "value"}]}`.
+        ShareGpt = "sharegpt",
+        /// `{"text"}` rows or plain `.txt` files.
+        Text = "text",
     }
 }
 
@@ -164,63 +165,44 @@ impl fmt::Display for DataFormat {
     }
 }
 
+/// A format name as `prepare-data --format` takes it: also with `-` for `_`, empty for auto.
 impl FromStr for DataFormat {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s.trim().to_ascii_lowercase().replace('-', "_").as_str() {
-            "auto" | "" => Ok(DataFormat::Auto),
-            "alpaca" => Ok(DataFormat::Alpaca),
-            "prompt_completion" => Ok(DataFormat::PromptCompletion),
-            "messages" | "chat" | "openai" => Ok(DataFormat::Messages),
-            "sharegpt" => Ok(DataFormat::ShareGpt),
-            "text" => Ok(DataFormat::Text),
-            _ => Err(format!(
+        let name = s.trim().replace('-', "_");
+        if name.is_empty() {
+            return Ok(DataFormat::Auto);
+        }
+        DataFormat::parse(&name).ok_or_else(|| {
+            format!(
                 "unknown data format `{s}`; use one of auto, alpaca, prompt_completion, messages (or chat, openai), sharegpt, text"
-            )),
-        }
+            )
+        })
     }
 }
 
-/// Which tokens carry the loss.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum TrainOn {
-    /// Only completion tokens (prompt/completion) or assistant turns (chat); all tokens for text.
-    #[default]
-    Completion,
-    /// Every token.
-    All,
-}
-
-impl FromStr for TrainOn {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "completion" | "completion_only" | "assistant" | "assistant_only" => Ok(TrainOn::Completion),
-            "all" => Ok(TrainOn::All),
-            _ => Err(format!("unknown train_on `{s}`; use completion or all")),
-        }
+choice_enum! {
+    /// Which tokens carry the loss (`train_on`).
+    #[derive(Default)]
+    pub enum TrainOn {
+        /// Only completion tokens (prompt/completion) or assistant turns (chat); all tokens for text.
+        #[default]
+        Completion = "completion",
+        /// Every token.
+        All = "all",
     }
 }
 
-/// How `.txt` files are split into samples.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum TextMode {
-    /// One sample per non-empty line.
-    #[default]
-    Lines,
-    /// The whole file is one document (continued pretraining); documents longer than
-    /// `max_seq_length` are cut into consecutive windows instead of truncated.
-    File,
-}
-
-impl FromStr for TextMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "lines" | "line" => Ok(TextMode::Lines),
-            "file" | "document" => Ok(TextMode::File),
-            _ => Err(format!("unknown text_mode `{s}`; use lines or file")),
-        }
+choice_enum! {
+    /// How `.txt` files are split into samples (`text_mode`).
+    #[derive(Default)]
+    pub enum TextMode {
+        /// One sample per non-empty line.
+        #[default]
+        Lines = "lines",
+        /// The whole file is one document (continued pretraining); documents longer than
+        /// `max_seq_length` are cut into consecutive windows instead of truncated.
+        File = "file",
     }
 }
 
@@ -371,10 +353,10 @@ mod tests {
         assert_eq!("Chat".parse::<DataFormat>().unwrap(), DataFormat::Messages);
         assert_eq!("OPENAI".parse::<DataFormat>().unwrap(), DataFormat::Messages);
         assert!("parquet".parse::<DataFormat>().unwrap_err().contains("sharegpt"));
-        assert_eq!("ALL".parse::<TrainOn>().unwrap(), TrainOn::All);
-        assert_eq!("Completion".parse::<TrainOn>().unwrap(), TrainOn::Completion);
-        assert_eq!("File".parse::<TextMode>().unwrap(), TextMode::File);
-        assert_eq!("lines".parse::<TextMode>().unwrap(), TextMode::Lines);
+        assert_eq!(TrainOn::parse("ALL"), Some(TrainOn::All));
+        assert_eq!(TrainOn::parse("Completion"), Some(TrainOn::Completion));
+        assert_eq!(TextMode::parse("File"), Some(TextMode::File));
+        assert_eq!(TextMode::parse(" lines "), Some(TextMode::Lines));
     }
 
     #[test]

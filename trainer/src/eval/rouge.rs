@@ -1,9 +1,10 @@
 //! ROUGE-1, ROUGE-2, ROUGE-L and ROUGE-Lsum, computed exactly as Python's `rouge-score` 0.1.2 does
-//! with its defaults (`RougeScorer(types, use_stemmer=False, split_summaries=False)`), so scores
-//! compare with published numbers and with anyone's Python evaluation:
+//! (`RougeScorer(types, use_stemmer=…, split_summaries=False)`), so scores compare with published
+//! numbers and with anyone's Python evaluation:
 //!
 //! - tokens: lower-case the text, replace every run of characters outside `[a-z0-9]` by a space,
-//!   split on spaces, drop empty tokens (so text in other scripts has no tokens and scores 0);
+//!   split on spaces, drop empty tokens (so text in other scripts has no tokens and scores 0); with
+//!   the stemmer, tokens longer than 3 letters are Porter-stemmed as NLTK does (`porter`);
 //! - ROUGE-N: clipped n-gram overlap; precision = overlap / max(candidate n-grams, 1), recall =
 //!   overlap / max(reference n-grams, 1);
 //! - ROUGE-L: longest common subsequence over the whole texts (0 when either side has no tokens);
@@ -11,8 +12,6 @@
 //!   reference sentence's LCS with every candidate sentence, tokens counted at most as often as
 //!   they occur on both sides;
 //! - F = 2·P·R / (P + R), 0 when P + R = 0, in that order of operations (bit-identical floats).
-//!
-//! Not yet: the Porter stemmer of `use_stemmer=True` (rouge-score uses NLTK's).
 
 use std::collections::HashMap;
 
@@ -42,12 +41,35 @@ pub struct RougeScores {
     pub rouge_lsum: Score,
 }
 
-/// The options these scores were computed with, to record beside them.
-pub const OPTIONS: &str =
-    "rouge-score 0.1.2 defaults: default tokenizer, use_stemmer=false, split_summaries=false (sentences on \\n)";
+/// rouge-score's options that change the numbers; recorded beside every score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct RougeOptions {
+    pub use_stemmer: bool,
+}
 
-/// rouge-score's default tokenizer without stemming.
-pub fn tokenize(text: &str) -> Vec<String> {
+impl RougeOptions {
+    /// The options in rouge-score's own terms, for summaries and reports.
+    pub fn describe(&self) -> String {
+        format!(
+            "rouge-score 0.1.2: default tokenizer, use_stemmer={}, split_summaries=false (sentences on \\n)",
+            if self.use_stemmer { "True" } else { "False" }
+        )
+    }
+}
+
+/// rouge-score's default tokenizer.
+pub fn tokenize(text: &str, opts: RougeOptions) -> Vec<String> {
+    let mut tokens = words(text);
+    if opts.use_stemmer {
+        for t in tokens.iter_mut().filter(|t| t.len() > 3) {
+            *t = super::porter::stem(t);
+        }
+    }
+    tokens
+}
+
+/// Lower-case `[a-z0-9]` runs.
+fn words(text: &str) -> Vec<String> {
     let lower = text.to_lowercase();
     let mut tokens = Vec::new();
     let mut cur = String::new();
@@ -65,14 +87,14 @@ pub fn tokenize(text: &str) -> Vec<String> {
 }
 
 /// All four scores of `prediction` against `target` (the reference).
-pub fn score(target: &str, prediction: &str) -> RougeScores {
-    let t = tokenize(target);
-    let p = tokenize(prediction);
+pub fn score(target: &str, prediction: &str, opts: RougeOptions) -> RougeScores {
+    let t = tokenize(target, opts);
+    let p = tokenize(prediction, opts);
     RougeScores {
         rouge1: rouge_n(&t, &p, 1),
         rouge2: rouge_n(&t, &p, 2),
         rouge_l: rouge_l(&t, &p),
-        rouge_lsum: rouge_lsum(target, prediction),
+        rouge_lsum: rouge_lsum(target, prediction, opts),
     }
 }
 
@@ -136,13 +158,13 @@ fn lcs_indices(r: &[String], c: &[String]) -> Vec<usize> {
 }
 
 /// Sentences on `\n`, empty ones dropped, each tokenised.
-fn sentences(text: &str) -> Vec<Vec<String>> {
-    text.split('\n').filter(|s| !s.is_empty()).map(tokenize).collect()
+fn sentences(text: &str, opts: RougeOptions) -> Vec<Vec<String>> {
+    text.split('\n').filter(|s| !s.is_empty()).map(|s| tokenize(s, opts)).collect()
 }
 
 /// ROUGE-Lsum over whole texts.
-pub fn rouge_lsum(target: &str, prediction: &str) -> Score {
-    let (refs, cands) = (sentences(target), sentences(prediction));
+pub fn rouge_lsum(target: &str, prediction: &str, opts: RougeOptions) -> Score {
+    let (refs, cands) = (sentences(target, opts), sentences(prediction, opts));
     let m: usize = refs.iter().map(Vec::len).sum();
     let n: usize = cands.iter().map(Vec::len).sum();
     if refs.is_empty() || cands.is_empty() || m == 0 || n == 0 {
@@ -180,22 +202,26 @@ mod tests {
 
     #[test]
     fn tokens_are_lowercase_ascii_alphanumerics() {
-        assert_eq!(tokenize("The Cat's 3rd-place, café!"), ["the", "cat", "s", "3rd", "place", "caf"]);
-        assert!(tokenize("日本語のテキスト").is_empty());
-        assert!(tokenize("").is_empty());
+        let plain = RougeOptions::default();
+        assert_eq!(tokenize("The Cat's 3rd-place, café!", plain), ["the", "cat", "s", "3rd", "place", "caf"]);
+        assert!(tokenize("日本語のテキスト", plain).is_empty());
+        assert!(tokenize("", plain).is_empty());
+        let stemmed = RougeOptions { use_stemmer: true };
+        assert_eq!(tokenize("Cats are running happily", stemmed), ["cat", "are", "run", "happili"]);
     }
 
     #[test]
     fn hand_computed_scores() {
         // reference "the cat sat on the mat", candidate "the cat on the mat": 5 of 6 unigrams.
-        let s = score("the cat sat on the mat", "the cat on the mat");
+        let o = RougeOptions::default();
+        let s = score("the cat sat on the mat", "the cat on the mat", o);
         assert_eq!((s.rouge1.precision, s.rouge1.recall), (1.0, 5.0 / 6.0));
         assert_eq!((s.rouge2.precision, s.rouge2.recall), (3.0 / 4.0, 3.0 / 5.0));
         assert_eq!(s.rouge_l.recall, 5.0 / 6.0);
         assert_eq!(s.rouge_lsum, s.rouge_l, "one sentence: Lsum is L");
-        assert_eq!(score("", "x").rouge1, Score::default());
+        assert_eq!(score("", "x", o).rouge1, Score::default());
         // Two sentences against one: the union LCS counts each token at most once.
-        let s = score("a b c\nd e", "a b d e");
+        let s = score("a b c\nd e", "a b d e", o);
         assert_eq!(s.rouge_lsum.recall, 4.0 / 5.0);
     }
 }

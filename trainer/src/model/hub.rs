@@ -1,40 +1,28 @@
-//! Finding the base model: `base_model` as a local directory, a channel name or a Hugging Face
-//! Hub id (downloaded when the build has the `hub` feature), else the job's `model` channel.
+//! A base model that is not one of the job's channels: a local directory or a Hugging Face Hub id
+//! (downloaded when the build has the `hub` feature). Which channel holds the model is the job's
+//! business (`job::load_base`), not the model's.
 
 use std::path::{Path, PathBuf};
 
 use super::ModelError;
-use crate::sagemaker::MlPaths;
 
-/// The base model directory, checked to hold a `config.json` (a channel without one is bad input,
-/// not an internal error).
-pub fn resolve_base_model(base_model: &str, paths: &MlPaths) -> Result<PathBuf, ModelError> {
-    let dir = locate(base_model, paths)?;
+/// `dir` as a base model directory: it must hold a `config.json` (a channel without one is bad
+/// input, not an internal error). `hint` ends the message.
+pub fn checked_model_dir(dir: PathBuf, hint: &str) -> Result<PathBuf, ModelError> {
     if !dir.join("config.json").is_file() {
         return Err(ModelError::NotFound(format!(
-            "{} has no config.json: the base model must be a Hugging Face checkpoint directory (config.json, tokenizer files and *.safetensors){}",
+            "{} has no config.json: the base model must be a Hugging Face checkpoint directory (config.json, tokenizer files and *.safetensors){hint}",
             dir.display(),
-            if base_model.is_empty() { "; check what the `model` channel's S3 prefix holds" } else { "" }
         )));
     }
     Ok(dir)
 }
 
-fn locate(name: &str, paths: &MlPaths) -> Result<PathBuf, ModelError> {
-    if name.is_empty() {
-        return paths.optional_channel("model").ok_or_else(|| {
-            ModelError::NotFound(format!(
-                "no base model: give the job a `model` channel ({}) with config.json, tokenizer files and *.safetensors, or set base_model",
-                paths.channel("model").display()
-            ))
-        });
-    }
+/// `name` as a local directory, else as a Hub id (a path that is not a directory is an error).
+pub fn local_or_hub(name: &str) -> Result<PathBuf, ModelError> {
     let as_path = Path::new(name);
     if as_path.is_dir() {
         return Ok(as_path.to_path_buf());
-    }
-    if let Some(ch) = paths.optional_channel(name) {
-        return Ok(ch);
     }
     if as_path.is_absolute() || name.starts_with('.') {
         return Err(ModelError::NotFound(format!("base_model `{name}` is not a directory")));

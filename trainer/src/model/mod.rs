@@ -5,7 +5,6 @@
 pub mod config;
 pub mod decoder;
 pub mod forward;
-pub mod generate;
 pub mod hub;
 pub mod linear;
 pub mod random;

@@ -1,7 +1,7 @@
 //! The GRPO part of the spec: sampling, the loss and the rewards.
 
 use super::resolve::{bad, parse_bool, Sources, SpecError};
-use super::table::{edit_distance, Kind};
+use super::table::edit_distance;
 use super::Method;
 use crate::grpo_loss::{LossType, ScaleRewards};
 
@@ -40,21 +40,7 @@ impl Sources {
         let text = |n: &'static str| get(n).0.trim().to_string();
         let float = |n: &'static str| text(n).parse::<f64>().unwrap_or(0.0);
         let int = |n: &'static str| text(n).parse::<f64>().map(|f| f as i64).unwrap_or(0);
-        let list = |n: &'static str| -> Result<Vec<String>, SpecError> {
-            let (v, origin) = get(n);
-            let v = v.trim();
-            if v.starts_with('[') {
-                return serde_json::from_str::<Vec<serde_json::Value>>(v)
-                    .map(|items| {
-                        items
-                            .into_iter()
-                            .map(|i| i.as_str().map(String::from).unwrap_or_else(|| i.to_string()))
-                            .collect()
-                    })
-                    .map_err(|e| bad(n, v, &origin, &format!("not a JSON list ({e})"), &Kind::List.describe()));
-            }
-            Ok(v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
-        };
+        let list = |n: &'static str| self.list(n);
         let reward_funcs = list("reward_funcs")?;
         for f in &reward_funcs {
             if !REWARD_FUNCS.contains(&f.as_str()) {
@@ -124,17 +110,8 @@ impl Sources {
             beta: float("beta"),
             epsilon,
             epsilon_high,
-            loss_type: match text("loss_type").to_ascii_lowercase().as_str() {
-                "grpo" => LossType::Grpo,
-                "bnpo" => LossType::Bnpo,
-                "dr_grpo" => LossType::DrGrpo,
-                _ => LossType::Dapo,
-            },
-            scale_rewards: match text("scale_rewards").to_ascii_lowercase().as_str() {
-                "batch" => ScaleRewards::Batch,
-                "none" | "false" => ScaleRewards::None,
-                _ => ScaleRewards::Group,
-            },
+            loss_type: self.choice::<LossType>("loss_type")?,
+            scale_rewards: self.choice::<ScaleRewards>("scale_rewards")?,
             num_iterations: int("num_iterations") as usize,
             mask_truncated_completions: parse_bool(&text("mask_truncated_completions")).unwrap_or(false),
             reward_funcs,

@@ -5,6 +5,7 @@
 //! suggestions, the README reference table and the launcher's validation all
 //! read it, so a parameter is declared in exactly one place.
 
+mod eval;
 mod grpo;
 mod resolve;
 mod table;
@@ -16,30 +17,53 @@ use crate::lora::LoraConfig;
 use crate::optim::AdamWConfig;
 use crate::quant::Nf4Options;
 
+use crate::choice::choice_enum;
 use crate::lora::{Targets, LINEAR_MODULES};
+pub use eval::EvalSpec;
 pub use grpo::{GrpoSpec, REWARD_FUNCS};
 pub use resolve::{parse_bool, BadValue, Origin, Sources, SpecError, ENV_PREFIX};
-pub use table::{lookup, markdown_table, suggest, Kind, ParamDef, PARAMS};
+pub use table::{edit_distance, lookup, markdown_table, suggest, Kind, ParamDef, PARAMS};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Method {
-    Lora,
-    Qlora,
-    Grpo,
+choice_enum! {
+    /// `method`: how the job trains.
+    pub enum Method {
+        Lora = "lora",
+        Qlora = "qlora",
+        Grpo = "grpo",
+    }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scheduler {
-    Constant,
-    Linear,
-    Cosine,
+choice_enum! {
+    /// `lr_scheduler`: the learning-rate schedule after warmup.
+    pub enum Scheduler {
+        Constant = "constant",
+        Linear = "linear",
+        Cosine = "cosine",
+    }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DTypeChoice {
-    Auto,
-    Bf16,
-    F32,
+choice_enum! {
+    /// `dtype`: the compute dtype of the frozen base.
+    pub enum DTypeChoice {
+        Auto = "auto",
+        Bf16 = "bf16",
+        F32 = "f32",
+    }
+}
+
+choice_enum! {
+    /// `bnb_4bit_quant_type`: the 4-bit code of QLoRA bases (fp4 is refused: not implemented).
+    pub enum QuantType {
+        Nf4 = "nf4",
+        Fp4 = "fp4",
+    }
+}
+
+choice_enum! {
+    /// `optimizer`: AdamW with decoupled weight decay (`adamw_torch` is transformers' name for it).
+    pub enum Optimizer {
+        AdamW = "adamw" | "adamw_torch",
+    }
 }
 
 /// The typed, validated job spec.
@@ -83,6 +107,8 @@ pub struct JobSpec {
     /// Activation checkpointing per decoder layer.
     pub gradient_checkpointing: bool,
     pub grpo: GrpoSpec,
+    /// Evaluation on the test channel.
+    pub eval: EvalSpec,
     /// Every parameter's final value as text, canonical names, for the summary.
     pub resolved: BTreeMap<String, String>,
 }
@@ -135,6 +161,50 @@ mod tests {
 
     fn hp(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    /// Every choice parameter's allowed values are its enum's names, and every one of them
+    /// resolves to the variant it names (fp4 is refused on purpose, by its own message).
+    #[test]
+    fn every_choice_round_trips_through_the_table() {
+        use crate::choice::Choice;
+
+        fn check<C: Choice>(param: &str, of: impl Fn(&JobSpec) -> C) {
+            let def = lookup(param).unwrap();
+            let Kind::Choice(names) = def.kind else { panic!("{param} is not a choice") };
+            assert_eq!(names, C::NAMES, "{param}: the table lists the enum's names");
+            for v in C::ALL {
+                assert!(names.contains(&v.name()), "{param}: {v:?} has a name in the table");
+            }
+            for name in names {
+                let want = C::parse(name).unwrap();
+                assert_eq!(C::parse(&name.to_uppercase()), Some(want), "{param}={name}: any case");
+                // GRPO trains whole groups: a batch that holds one.
+                let mut pairs = vec![(param, *name), ("num_generations", "4")];
+                if param == "loss_type" || param == "scale_rewards" {
+                    pairs.push(("method", "grpo"));
+                }
+                match JobSpec::from_hyperparameters(&hp(&pairs)) {
+                    Ok(spec) => assert_eq!(of(&spec), want, "{param}={name}"),
+                    Err(e) => {
+                        assert_eq!((param, *name), ("bnb_4bit_quant_type", "fp4"), "{param}={name}: {e}");
+                        assert!(e.to_string().contains("not implemented"), "{e}");
+                    }
+                }
+            }
+        }
+        check("method", |s| s.method);
+        check("lr_scheduler", |s| s.lr_scheduler);
+        check("dtype", |s| s.dtype);
+        check("optimizer", |_| Optimizer::AdamW);
+        check("bnb_4bit_quant_type", |_| QuantType::Nf4);
+        check("format", |s| s.data.format);
+        check("train_on", |s| s.data.train_on);
+        check("text_mode", |s| s.data.text_mode);
+        check("loss_type", |s| s.grpo.loss_type);
+        check("scale_rewards", |s| s.grpo.scale_rewards);
+        let choices = PARAMS.iter().filter(|p| matches!(p.kind, Kind::Choice(_))).count();
+        assert_eq!(choices, 10, "a new choice parameter gets a line above");
     }
 
     #[test]

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use super::table::{edit_distance, lookup, suggest, Kind, ParamDef, PARAMS};
-use super::{DTypeChoice, JobSpec, Method, Scheduler};
+use super::{DTypeChoice, JobSpec, Method, Optimizer, QuantType, Scheduler};
+use crate::choice::Choice;
 use crate::data::{DataFormat, DataSpec, FieldMap, TextMode, TrainOn};
 use crate::lora::{Targets, LINEAR_MODULES};
 
@@ -66,7 +67,7 @@ fn suggestion_text(s: &Option<String>) -> String {
 #[derive(Debug, Default)]
 pub struct Sources {
     /// canonical name → (value, origin). Later pushes of a higher-precedence source overwrite.
-    values: BTreeMap<&'static str, (String, Origin)>,
+    pub(super) values: BTreeMap<&'static str, (String, Origin)>,
 }
 
 /// Keys SageMaker tooling adds on its own (SDK `sagemaker_*`, tuning jobs' `_tuning_*`); never ours.
@@ -142,6 +143,26 @@ impl Sources {
         }
     }
 
+    /// A choice parameter as its enum (its value was checked against the enum's names).
+    pub(super) fn choice<C: Choice>(&self, name: &'static str) -> Result<C, SpecError> {
+        let (v, origin) = self.raw(name);
+        C::parse(&v).ok_or_else(|| bad(name, &v, &origin, "not one of the choices", &C::NAMES.join(" | ")))
+    }
+
+    /// A list parameter: a JSON list, or comma-separated names (empty items dropped).
+    pub(super) fn list(&self, name: &'static str) -> Result<Vec<String>, SpecError> {
+        let (v, origin) = self.raw(name);
+        let v = v.trim();
+        if v.starts_with('[') {
+            return serde_json::from_str::<Vec<serde_json::Value>>(v)
+                .map(|items| {
+                    items.into_iter().map(|i| i.as_str().map(String::from).unwrap_or_else(|| i.to_string())).collect()
+                })
+                .map_err(|e| bad(name, v, &origin, &format!("not a JSON list ({e})"), &Kind::List.describe()));
+        }
+        Ok(v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+    }
+
     /// Type-check everything and build the spec.
     pub fn resolve(&self) -> Result<JobSpec, SpecError> {
         let mut resolved = BTreeMap::new();
@@ -156,22 +177,23 @@ impl Sources {
         let boolean = |n: &'static str| -> bool { parse_bool(&get(n).0).unwrap_or(false) };
         let text = |n: &'static str| -> String { get(n).0 };
 
-        let mut method = match text("method").to_ascii_lowercase().as_str() {
-            "qlora" => Method::Qlora,
-            "grpo" => Method::Grpo,
-            _ => Method::Lora,
-        };
+        let mut method: Method = self.choice("method")?;
         // QLoRA switches: load_in_4bit turns lora into qlora; fp4 is not implemented.
-        if text("bnb_4bit_quant_type").trim().eq_ignore_ascii_case("fp4") {
-            let (v, origin) = get("bnb_4bit_quant_type");
-            return Err(bad(
-                "bnb_4bit_quant_type",
-                &v,
-                &origin,
-                "fp4 is not implemented in oxtune (only NF4, the QLoRA default)",
-                "nf4",
-            ));
+        match self.choice::<QuantType>("bnb_4bit_quant_type")? {
+            QuantType::Nf4 => {}
+            QuantType::Fp4 => {
+                let (v, origin) = get("bnb_4bit_quant_type");
+                return Err(bad(
+                    "bnb_4bit_quant_type",
+                    &v,
+                    &origin,
+                    "fp4 is not implemented in oxtune (only NF4, the QLoRA default)",
+                    "nf4",
+                ));
+            }
         }
+        // One optimizer: AdamW, whichever of its names was given.
+        let Optimizer::AdamW = self.choice::<Optimizer>("optimizer")?;
         let load_in_4bit = boolean("load_in_4bit") || method == Method::Qlora;
         if load_in_4bit && method == Method::Lora {
             method = Method::Qlora;
@@ -180,16 +202,8 @@ impl Sources {
         if load_in_4bit {
             resolved.insert("load_in_4bit".to_string(), "true".to_string());
         }
-        let lr_scheduler = match text("lr_scheduler").to_ascii_lowercase().as_str() {
-            "constant" => Scheduler::Constant,
-            "cosine" => Scheduler::Cosine,
-            _ => Scheduler::Linear,
-        };
-        let dtype = match text("dtype").to_ascii_lowercase().as_str() {
-            "bf16" => DTypeChoice::Bf16,
-            "f32" => DTypeChoice::F32,
-            _ => DTypeChoice::Auto,
-        };
+        let lr_scheduler: Scheduler = self.choice("lr_scheduler")?;
+        let dtype: DTypeChoice = self.choice("dtype")?;
         let target_modules = parse_targets(&text("target_modules"), &get("target_modules").1)?;
         let max_steps = match int("max_steps") {
             n if n > 0 => Some(n as u64),
@@ -206,10 +220,7 @@ impl Sources {
         if self.values.contains_key("warmup_ratio") && self.values.contains_key("warmup_steps") {
             return Err(SpecError::Conflict("both warmup_ratio and warmup_steps are set; give only one".into()));
         }
-        let format: DataFormat = text("format").parse().map_err(|e: String| {
-            let (v, origin) = get("format");
-            bad("format", &v, &origin, &e, &Kind::Choice(&[]).describe())
-        })?;
+        let format: DataFormat = self.choice("format")?;
         let data = DataSpec {
             format,
             fields: FieldMap {
@@ -223,10 +234,10 @@ impl Sources {
                 system: text("system_field"),
                 conversations: text("conversations_field"),
             },
-            train_on: if text("train_on").eq_ignore_ascii_case("all") { TrainOn::All } else { TrainOn::Completion },
+            train_on: self.choice::<TrainOn>("train_on")?,
             max_seq_length: int("max_seq_length") as usize,
             skip_bad_rows: boolean("skip_bad_rows"),
-            text_mode: if text("text_mode").eq_ignore_ascii_case("file") { TextMode::File } else { TextMode::Lines },
+            text_mode: self.choice::<TextMode>("text_mode")?,
             prompt_only: method == Method::Grpo,
             mapping_help: crate::data::TRAINER_MAPPING_HELP.to_string(),
         };
@@ -267,6 +278,7 @@ impl Sources {
             gradient_checkpointing: boolean("gradient_checkpointing"),
             load_in_4bit,
             bnb_4bit_use_double_quant: boolean("bnb_4bit_use_double_quant"),
+            eval: self.eval_spec(method)?,
             grpo,
             resolved,
         })

@@ -1,13 +1,23 @@
 //! The parameter table: every hyperparameter's name, aliases, kind, default and help, in
 //! one place. Resolution, "did you mean", the README table and the launcher all read it.
 
+use super::{DTypeChoice, Method, Optimizer, QuantType, Scheduler};
+use crate::data::{DataFormat, TextMode, TrainOn};
+use crate::grpo_loss::{LossType, ScaleRewards};
+
 /// The kind of a parameter's value, used for parsing and for the docs.
 #[derive(Debug, Clone, Copy)]
 pub enum Kind {
-    Int { min: i64 },
-    Float { min: f64, max: f64 },
+    Int {
+        min: i64,
+    },
+    Float {
+        min: f64,
+        max: f64,
+    },
     Bool,
     Str,
+    /// One of these names: a choice enum's `NAMES` (`crate::choice`), never a list of its own.
     Choice(&'static [&'static str]),
     List,
 }
@@ -43,13 +53,13 @@ const F: f64 = f64::INFINITY;
 pub const PARAMS: &[ParamDef] = &[
     ParamDef { name: "base_model", aliases: &["model_id", "model_name_or_path", "base-model"], kind: Kind::Str, default: "",
         help: "Base model: empty = the `model` channel; a local directory; or a Hugging Face Hub id (downloaded when online, token from HF_TOKEN)." },
-    ParamDef { name: "method", aliases: &[], kind: Kind::Choice(&["lora", "qlora", "grpo"]), default: "lora",
+    ParamDef { name: "method", aliases: &[], kind: Kind::Choice(Method::NAMES), default: "lora",
         help: "Fine-tuning method: `lora`, `qlora` (LoRA on an NF4 4-bit base, bitsandbytes-compatible) or `grpo`." },
     ParamDef { name: "load_in_4bit", aliases: &["load-in-4bit"], kind: Kind::Bool, default: "false",
         help: "QLoRA switch: quantise the base to NF4 while loading; true turns method=lora into qlora (grpo trains on the 4-bit base)." },
     ParamDef { name: "bnb_4bit_use_double_quant", aliases: &["bnb-4bit-use-double-quant"], kind: Kind::Bool, default: "true",
         help: "QLoRA: double quantisation of the NF4 absmax (8-bit, blocks of 256), as bitsandbytes." },
-    ParamDef { name: "bnb_4bit_quant_type", aliases: &["bnb-4bit-quant-type"], kind: Kind::Choice(&["nf4", "fp4"]), default: "nf4",
+    ParamDef { name: "bnb_4bit_quant_type", aliases: &["bnb-4bit-quant-type"], kind: Kind::Choice(QuantType::NAMES), default: "nf4",
         help: "QLoRA 4-bit type: `nf4`; `fp4` is refused (not implemented)." },
     ParamDef { name: "lora_r", aliases: &["lora-rank", "lora_rank", "lora-r", "r"], kind: Kind::Int { min: 1 }, default: "16",
         help: "LoRA rank." },
@@ -63,7 +73,7 @@ pub const PARAMS: &[ParamDef] = &[
         help: "Modules that get adapters: names (q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj) or `all-linear` (all of those; never lm_head)." },
     ParamDef { name: "learning_rate", aliases: &["learning-rate", "lr"], kind: Kind::Float { min: 0.0, max: F }, default: "2e-4",
         help: "Peak learning rate." },
-    ParamDef { name: "lr_scheduler", aliases: &["lr_scheduler_type", "lr-scheduler", "lr-scheduler-type"], kind: Kind::Choice(&["constant", "linear", "cosine"]), default: "linear",
+    ParamDef { name: "lr_scheduler", aliases: &["lr_scheduler_type", "lr-scheduler", "lr-scheduler-type"], kind: Kind::Choice(Scheduler::NAMES), default: "linear",
         help: "Decay after warmup: constant, linear to 0, or cosine to 0." },
     ParamDef { name: "warmup_ratio", aliases: &["warmup-ratio"], kind: Kind::Float { min: 0.0, max: 1.0 }, default: "0",
         help: "Warmup as a fraction of total steps (give this or warmup_steps)." },
@@ -87,16 +97,16 @@ pub const PARAMS: &[ParamDef] = &[
         help: "Global gradient-norm clipping; 0 = off." },
     ParamDef { name: "gradient_checkpointing", aliases: &["gradient-checkpointing"], kind: Kind::Bool, default: "false",
         help: "Recompute each decoder layer in the backward instead of keeping its activations (less memory, about one extra forward)." },
-    ParamDef { name: "optimizer", aliases: &["optim"], kind: Kind::Choice(&["adamw", "adamw_torch"]), default: "adamw",
+    ParamDef { name: "optimizer", aliases: &["optim"], kind: Kind::Choice(Optimizer::NAMES), default: "adamw",
         help: "Optimizer: AdamW with f32 moments (`adamw_torch` is accepted as a synonym)." },
     ParamDef { name: "adam_beta1", aliases: &[], kind: Kind::Float { min: 0.0, max: 0.999999 }, default: "0.9", help: "AdamW beta1." },
     ParamDef { name: "adam_beta2", aliases: &[], kind: Kind::Float { min: 0.0, max: 0.999999 }, default: "0.999", help: "AdamW beta2." },
     ParamDef { name: "adam_epsilon", aliases: &[], kind: Kind::Float { min: 0.0, max: F }, default: "1e-8", help: "AdamW epsilon." },
     ParamDef { name: "seed", aliases: &[], kind: Kind::Int { min: 0 }, default: "42",
         help: "Seed for LoRA init, shuffling, dropout and splits; same seed → identical loss sequence on CPU." },
-    ParamDef { name: "dtype", aliases: &["torch_dtype", "compute_dtype"], kind: Kind::Choice(&["auto", "bf16", "f32"]), default: "auto",
+    ParamDef { name: "dtype", aliases: &["torch_dtype", "compute_dtype"], kind: Kind::Choice(DTypeChoice::NAMES), default: "auto",
         help: "Compute dtype of the frozen base: auto = bf16 on GPU, f32 on CPU. LoRA weights and optimizer state are always f32." },
-    ParamDef { name: "format", aliases: &["data_format", "dataset_format"], kind: Kind::Choice(&["auto", "alpaca", "prompt_completion", "messages", "chat", "openai", "sharegpt", "text"]), default: "auto",
+    ParamDef { name: "format", aliases: &["data_format", "dataset_format"], kind: Kind::Choice(DataFormat::NAMES), default: "auto",
         help: "Data format; auto detects it from each file's first record and prints what it found." },
     ParamDef { name: "prompt_field", aliases: &[], kind: Kind::Str, default: "prompt", help: "Key/column of the prompt." },
     ParamDef { name: "completion_field", aliases: &["response_field"], kind: Kind::Str, default: "completion", help: "Key/column of the completion." },
@@ -107,9 +117,9 @@ pub const PARAMS: &[ParamDef] = &[
     ParamDef { name: "output_field", aliases: &[], kind: Kind::Str, default: "output", help: "Alpaca output key/column." },
     ParamDef { name: "system_field", aliases: &[], kind: Kind::Str, default: "system", help: "Optional system-prompt key/column." },
     ParamDef { name: "conversations_field", aliases: &[], kind: Kind::Str, default: "conversations", help: "ShareGPT conversation key." },
-    ParamDef { name: "text_mode", aliases: &[], kind: Kind::Choice(&["lines", "file"]), default: "lines",
+    ParamDef { name: "text_mode", aliases: &[], kind: Kind::Choice(TextMode::NAMES), default: "lines",
         help: ".txt files: one sample per line, or the whole file as one document (continued pretraining)." },
-    ParamDef { name: "train_on", aliases: &["train-on"], kind: Kind::Choice(&["completion", "all"]), default: "completion",
+    ParamDef { name: "train_on", aliases: &["train-on"], kind: Kind::Choice(TrainOn::NAMES), default: "completion",
         help: "Loss on completion/assistant tokens only, or on every token." },
     ParamDef { name: "skip_bad_rows", aliases: &[], kind: Kind::Bool, default: "false",
         help: "Skip malformed rows (counted and reported) instead of failing on the first one." },
@@ -125,6 +135,25 @@ pub const PARAMS: &[ParamDef] = &[
         help: "Checkpoints kept (older ones are deleted after a newer one is complete)." },
     ParamDef { name: "merge_adapter", aliases: &["merge_weights", "merge-weights", "merge-adapter"], kind: Kind::Bool, default: "false",
         help: "Also write the merged model (HF safetensors + config.json) into /opt/ml/model/merged." },
+    // Evaluation on the `test` channel after training.
+    ParamDef { name: "eval_max_new_tokens", aliases: &["eval-max-new-tokens", "max_new_tokens"], kind: Kind::Int { min: 1 }, default: "256",
+        help: "Evaluation: longest prediction, in tokens." },
+    ParamDef { name: "eval_temperature", aliases: &["eval-temperature"], kind: Kind::Float { min: 0.0, max: F }, default: "0",
+        help: "Evaluation sampling temperature (0 = greedy, the default)." },
+    ParamDef { name: "eval_top_p", aliases: &["eval-top-p"], kind: Kind::Float { min: 0.0, max: 1.0 }, default: "1.0",
+        help: "Evaluation nucleus mass when eval_temperature > 0." },
+    ParamDef { name: "eval_batch_size", aliases: &["eval-batch-size", "per_device_eval_batch_size"], kind: Kind::Int { min: 1 }, default: "8",
+        help: "Evaluation: prompts generated together." },
+    ParamDef { name: "eval_stop_strings", aliases: &["eval_stop", "eval-stop-strings"], kind: Kind::List, default: "",
+        help: "Evaluation: a prediction ends before the first of these strings (besides EOS)." },
+    ParamDef { name: "eval_max_samples", aliases: &["max_eval_samples", "eval-max-samples"], kind: Kind::Int { min: 0 }, default: "0",
+        help: "Evaluation: score only the first this-many test rows (0 = all)." },
+    ParamDef { name: "eval_baseline", aliases: &["eval-baseline"], kind: Kind::Bool, default: "false",
+        help: "Also evaluate the base model (adapters off) before training, so the summary shows the gain." },
+    ParamDef { name: "eval_exact_match", aliases: &["eval-exact-match"], kind: Kind::List, default: "strip,whitespace,case",
+        help: "Exact-match normalisation of both sides: any of strip, whitespace (collapse runs), case, punctuation; `none` = plain equality." },
+    ParamDef { name: "eval_rouge_stemmer", aliases: &["rouge_use_stemmer", "use_stemmer"], kind: Kind::Bool, default: "false",
+        help: "ROUGE with the Porter stemmer (rouge-score's use_stemmer=True); recorded with the scores." },
     // GRPO (method=grpo); names follow TRL's GRPOConfig.
     ParamDef { name: "num_generations", aliases: &["num-generations"], kind: Kind::Int { min: 2 }, default: "8",
         help: "GRPO: completions sampled per prompt (the group)." },
@@ -143,9 +172,9 @@ pub const PARAMS: &[ParamDef] = &[
     ParamDef { name: "epsilon", aliases: &[], kind: Kind::Float { min: 0.0, max: 1.0 }, default: "0.2", help: "GRPO lower clip range." },
     ParamDef { name: "epsilon_high", aliases: &[], kind: Kind::Float { min: 0.0, max: F }, default: "",
         help: "GRPO upper clip range (default: epsilon)." },
-    ParamDef { name: "loss_type", aliases: &[], kind: Kind::Choice(&["grpo", "bnpo", "dr_grpo", "dapo"]), default: "dapo",
+    ParamDef { name: "loss_type", aliases: &[], kind: Kind::Choice(LossType::NAMES), default: "dapo",
         help: "GRPO loss normalisation: grpo (per sequence), bnpo (micro-batch tokens), dr_grpo (sequences × max_completion_length), dapo (tokens of the whole step)." },
-    ParamDef { name: "scale_rewards", aliases: &[], kind: Kind::Choice(&["group", "batch", "none", "true", "false"]), default: "group",
+    ParamDef { name: "scale_rewards", aliases: &[], kind: Kind::Choice(ScaleRewards::NAMES), default: "group",
         help: "GRPO advantage scaling: divide by the group's or the batch's reward std, or not (true = group, false = none)." },
     ParamDef { name: "num_iterations", aliases: &[], kind: Kind::Int { min: 1 }, default: "1",
         help: "GRPO optimizer steps per generation batch (old log-probs stored at generation)." },
@@ -192,7 +221,7 @@ pub fn suggest(key: &str) -> Option<String> {
     best.map(|(_, n)| n.to_string())
 }
 
-pub(super) fn edit_distance(a: &str, b: &str) -> usize {
+pub fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {
@@ -211,7 +240,9 @@ pub fn markdown_table() -> String {
     for p in PARAMS {
         let aliases = p.aliases.iter().map(|a| format!("`{a}`")).collect::<Vec<_>>().join(", ");
         let default = if p.default.is_empty() { "—".to_string() } else { format!("`{}`", p.default) };
-        s.push_str(&format!("| `{}` | {} | {} | {} | {} |\n", p.name, aliases, p.kind.describe(), default, p.help));
+        // A choice's `a | b` would split the table's cell.
+        let kind = p.kind.describe().replace('|', "\\|");
+        s.push_str(&format!("| `{}` | {} | {} | {} | {} |\n", p.name, aliases, kind, default, p.help));
     }
     s
 }

@@ -1,6 +1,8 @@
 //! The training loops and what they share: one schedule (steps, epochs, cadences, learning rate),
-//! the state a loop saves and resumes, supervised fine-tuning, and GRPO.
+//! the state a loop saves and resumes, the frame every loop runs in (resume, SIGTERM, epochs,
+//! checkpoints), supervised fine-tuning, and GRPO.
 
+pub mod frame;
 pub mod grpo;
 pub mod schedule;
 pub mod sft;

@@ -16,13 +16,13 @@ use crate::model::{Decoder, ForwardCtx};
 use kernels::recompute::SideGrads;
 
 use crate::optim::accumulate;
-use crate::report::{MetricRecord, Progress};
+use crate::report::MetricRecord;
 use crate::rng::Rng;
 use crate::sagemaker::StopFlag;
 use crate::spec::JobSpec;
 
+use super::frame::{self, FrameInputs, RoundCx, RoundEnd, Rounds};
 use super::schedule::{epoch_order, epochs_done, Schedule};
-use super::state::{self, RunState};
 use super::Outcome;
 
 pub struct SftInputs<'a> {
@@ -97,47 +97,82 @@ pub fn evaluate(model: &Decoder, examples: &[Example], spec: &JobSpec, pad_id: u
 
 pub fn train(inp: SftInputs) -> Result<Outcome, TrainError> {
     let spec = inp.spec;
-    let model = inp.model;
     let ga = spec.gradient_accumulation_steps.max(1);
     let micro_per_epoch = epoch_plan(&inp, 0).len();
     if micro_per_epoch == 0 {
         return Err(TrainError::BadInput("the training set produced no batches".into()));
     }
     let schedule = Schedule::new(spec, micro_per_epoch.div_ceil(ga) as u64);
-    let total_steps = schedule.total_steps;
+    let frame = FrameInputs {
+        spec,
+        model: inp.model,
+        checkpoint_dir: inp.checkpoint_dir,
+        stop: inp.stop,
+        schedule,
+        generation: false,
+    };
+    let mut rounds = SftRounds {
+        vars: inp.model.trainable_vars(),
+        inp,
+        ga,
+        micro_per_epoch,
+        plan: Vec::new(),
+        log: LogWindow::new(),
+    };
+    frame::run(frame, &mut rounds)
+}
 
-    let vars = model.trainable_vars();
-    let RunState { mut opt, mut state, resumed_from } = state::start(spec, model, inp.checkpoint_dir, false)?;
+/// Loss and tokens since the last METRIC line.
+struct LogWindow {
+    loss: f64,
+    steps: u64,
+    tokens: u64,
+    since: Instant,
+}
 
-    tracing::info!(
-        "Training: {} examples, {} micro-batches/epoch, gradient accumulation {}, {} optimizer steps (warmup {}), {} trainable parameters",
-        inp.train.len(), micro_per_epoch, ga, total_steps, schedule.warmup_steps, model.trainable_param_count()
-    );
-    let started = Instant::now();
-    let base_elapsed = state.elapsed_secs;
-    let mut progress = Progress::new(total_steps, state.step);
-    let mut plan = epoch_plan(&inp, state.epoch);
-    let (mut log_loss, mut log_steps, mut log_tokens, mut log_t0) = (0f64, 0u64, 0u64, Instant::now());
+impl LogWindow {
+    fn new() -> LogWindow {
+        LogWindow { loss: 0.0, steps: 0, tokens: 0, since: Instant::now() }
+    }
+}
 
-    while !schedule.is_done(state.step) {
-        if state.batch_in_epoch >= plan.len() {
-            state.epoch += 1;
-            state.batch_in_epoch = 0;
-            plan = epoch_plan(&inp, state.epoch);
-        }
-        let group_end = (state.batch_in_epoch + ga).min(plan.len());
-        let group = &plan[state.batch_in_epoch..group_end];
+/// SFT in the frame: a round is one optimizer step over `gradient_accumulation_steps` micro-batches.
+struct SftRounds<'a> {
+    inp: SftInputs<'a>,
+    vars: Vec<candle_core::Var>,
+    ga: usize,
+    micro_per_epoch: usize,
+    plan: Vec<Batch>,
+    log: LogWindow,
+}
+
+impl Rounds for SftRounds<'_> {
+    fn plan_epoch(&mut self, epoch: u64) -> usize {
+        self.plan = epoch_plan(&self.inp, epoch);
+        self.plan.len()
+    }
+
+    fn announce(&self, schedule: &Schedule) {
+        tracing::info!(
+            "Training: {} examples, {} micro-batches/epoch, gradient accumulation {}, {} optimizer steps (warmup {}), {} trainable parameters",
+            self.inp.train.len(), self.micro_per_epoch, self.ga, schedule.total_steps, schedule.warmup_steps, self.inp.model.trainable_param_count()
+        );
+    }
+
+    fn round(&mut self, cx: &mut RoundCx) -> Result<RoundEnd, TrainError> {
+        let (spec, model) = (self.inp.spec, self.inp.model);
+        let state = &mut *cx.state;
+        let group_end = (state.batch_in_epoch + self.ga).min(self.plan.len());
+        let group = &self.plan[state.batch_in_epoch..group_end];
         let step_targets: usize = group.iter().map(|b| b.target_tokens).sum();
         let mut grads: Vec<Tensor> = Vec::new();
         let mut step_loss = 0f64;
         let mut step_tokens = 0u64;
         let mut rng = state.dropout_rng.clone();
         for b in group {
-            if inp.stop.is_set() {
+            if cx.stop.is_set() {
                 // Drop the partial step: the checkpoint holds the state after the last complete one.
-                state.elapsed_secs = base_elapsed + started.elapsed().as_secs_f64();
-                let dir = state::save(spec, model, inp.checkpoint_dir, &state, &opt)?;
-                return Err(TrainError::Interrupted { step: state.step, checkpoint: dir.display().to_string() });
+                return Ok(RoundEnd::Stopped);
             }
             if b.target_tokens == 0 || step_targets == 0 {
                 continue;
@@ -149,7 +184,7 @@ pub fn train(inp: SftInputs) -> Result<Outcome, TrainError> {
             rng = ctx.dropout_rng.take().unwrap_or_else(|| Rng::new(0));
             let loss = (nll / step_targets as f64)?;
             step_loss += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            accumulate(&mut grads, &loss.backward()?, &vars, side.as_ref())?;
+            accumulate(&mut grads, &loss.backward()?, &self.vars, side.as_ref())?;
             step_tokens += b.segment_ids.iter().filter(|s| **s != 0).count() as u64;
         }
         if !step_loss.is_finite() {
@@ -159,48 +194,43 @@ pub fn train(inp: SftInputs) -> Result<Outcome, TrainError> {
                 spec.learning_rate
             )));
         }
-        let lr = schedule.lr(state.step);
-        let grad_norm = if grads.is_empty() { 0.0 } else { opt.step(&grads, lr, spec.max_grad_norm)? };
+        let lr = cx.schedule.lr(state.step);
+        let grad_norm = if grads.is_empty() { 0.0 } else { cx.opt.step(&grads, lr, spec.max_grad_norm)? };
         drop(grads);
         state.dropout_rng = rng;
         state.step += 1;
         state.batch_in_epoch = group_end;
         state.tokens_seen += step_tokens;
-        log_loss += step_loss;
-        log_steps += 1;
-        log_tokens += step_tokens;
-        let epoch_f = epochs_done(state.epoch, state.batch_in_epoch, plan.len());
+        let log = &mut self.log;
+        log.loss += step_loss;
+        log.steps += 1;
+        log.tokens += step_tokens;
+        let epoch_f = epochs_done(state.epoch, state.batch_in_epoch, self.plan.len());
 
-        if schedule.log_now(state.step) {
-            let secs = log_t0.elapsed().as_secs_f64().max(1e-9);
+        if cx.schedule.log_now(state.step) {
+            let secs = log.since.elapsed().as_secs_f64().max(1e-9);
             let rec = MetricRecord {
                 step: state.step,
                 epoch: epoch_f,
-                loss: Some(log_loss / log_steps as f64),
+                loss: Some(log.loss / log.steps as f64),
                 lr: Some(lr),
                 grad_norm: Some(grad_norm),
-                tokens_per_sec: Some(log_tokens as f64 / secs),
+                tokens_per_sec: Some(log.tokens as f64 / secs),
                 ..Default::default()
             };
             tracing::info!("{}", rec.line());
             state.history.push(rec);
-            (log_loss, log_steps, log_tokens, log_t0) = (0.0, 0, 0, Instant::now());
+            *log = LogWindow::new();
         }
-        progress.update(state.step, step_loss);
-        if schedule.eval_now(state.step) {
-            if let Some(eval_loss) = evaluate(model, inp.validation, spec, inp.pad_id)? {
+        cx.progress.update(state.step, step_loss);
+        if cx.schedule.eval_now(state.step) {
+            if let Some(eval_loss) = evaluate(model, self.inp.validation, spec, self.inp.pad_id)? {
                 let rec =
                     MetricRecord { step: state.step, epoch: epoch_f, eval_loss: Some(eval_loss), ..Default::default() };
                 tracing::info!("{}", rec.line());
                 state.history.push(rec);
             }
         }
-        state.elapsed_secs = base_elapsed + started.elapsed().as_secs_f64();
-        if schedule.save_now(state.step) {
-            let dir = state::save(spec, model, inp.checkpoint_dir, &state, &opt)?;
-            tracing::info!("checkpoint saved: {}", dir.display());
-        }
+        Ok(RoundEnd::Done)
     }
-    let epochs_completed = epochs_done(state.epoch, state.batch_in_epoch, plan.len());
-    Ok(Outcome { state, total_steps, epochs_completed, resumed_from })
 }

@@ -8,11 +8,11 @@ use std::time::Duration;
 use candle_core::{DType, Device, Tensor};
 use serde_json::Map;
 use trainer::data::TokenizerBundle;
+use trainer::generate::{generate, SamplingConfig};
 use trainer::lora::LoraConfig;
-use trainer::model::generate::{generate, SamplingConfig};
 use trainer::model::{Decoder, ForwardCtx, KvCache, ModelConfig};
+use trainer::rewards::{ExternalScorer, RewardInput};
 use trainer::rng::Rng;
-use trainer::train::grpo::rewards::{ExternalScorer, RewardInput};
 
 fn model(dir: &std::path::Path) -> Decoder {
     crate::common::write_model(dir, &crate::common::tiny_config_json(2, 32), 4);

@@ -9,6 +9,7 @@ mod contract;
 mod data_batch;
 mod data_read;
 mod data_tokenize;
+mod evaluation;
 mod gpu_path;
 mod grpo;
 mod lora_grad;

@@ -2,8 +2,6 @@
 //! score them, normalise rewards within each group, and take clipped policy-gradient
 //! steps with a KL term to the reference policy (the same weights, adapters off).
 
-pub mod rewards;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -11,22 +9,22 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Tensor};
 use serde_json::{Map, Value};
 
-use crate::data::{Content, Record, TokenizerBundle};
+use crate::data::{self, Record, TokenizerBundle};
 use crate::error::{io_err, TrainError};
 use crate::model::{Decoder, ForwardCtx};
 use kernels::recompute::SideGrads;
 
+use crate::generate::{generate, Completion, Finish, SamplingConfig};
 use crate::grpo_loss::{advantages, grpo_loss, LossConfig, LossStats};
-use crate::model::generate::{generate, Completion, Finish, SamplingConfig};
 use crate::optim::accumulate;
-use crate::report::{MetricRecord, Progress};
+use crate::report::MetricRecord;
+use crate::rewards::{score_weighted, ExternalScorer, RewardFn, RewardInput, WeightedScores};
 use crate::rng::Rng;
 use crate::sagemaker::StopFlag;
 use crate::spec::JobSpec;
-use rewards::{ExternalScorer, RewardFn, RewardInput};
 
+use super::frame::{self, FrameInputs, RoundCx, RoundEnd, Rounds};
 use super::schedule::{epoch_order, epochs_done, Schedule};
-use super::state::{self, RunState};
 use super::Outcome;
 
 /// One prompt of the dataset, tokenised, with the columns its rewards may read.
@@ -37,32 +35,17 @@ pub struct PromptRow {
     pub columns: Map<String, Value>,
 }
 
-/// Prompts from records: plain text as is (special tokens added), chat messages through the chat template
-/// with the generation prompt. Prompts keep their last `max_prompt_length` tokens.
+/// Prompts from records (`data::prompt_of`): plain text as is (special tokens added), chat
+/// messages through the chat template with the generation prompt. Prompts keep their last
+/// `max_prompt_length` tokens.
 pub fn prompt_rows(records: &[Record], tok: &TokenizerBundle, spec: &JobSpec) -> Result<Vec<PromptRow>, TrainError> {
-    let mut rows = Vec::with_capacity(records.len());
-    for r in records {
-        let (text, ids) = match &r.content {
-            Content::PromptCompletion { prompt, .. } => (prompt.clone(), tok.encode(prompt, true)?),
-            Content::Text(t) => (t.clone(), tok.encode(t, true)?),
-            Content::Messages(msgs) => {
-                let prompt_msgs: Vec<_> = match msgs.last() {
-                    Some(m) if m.role == "assistant" => msgs[..msgs.len() - 1].to_vec(),
-                    _ => msgs.clone(),
-                };
-                let text = tok.render_chat(&prompt_msgs, true)?;
-                let ids = tok.encode(&text, false)?;
-                (text, ids)
-            }
-        };
-        let keep = spec.grpo.max_prompt_length;
-        let ids = if ids.len() > keep { ids[ids.len() - keep..].to_vec() } else { ids };
-        if ids.is_empty() {
-            return Err(TrainError::BadInput(format!("{}:{}: empty prompt", r.source.file.display(), r.source.line)));
-        }
-        rows.push(PromptRow { text, ids, columns: r.extra.clone() });
-    }
-    Ok(rows)
+    records
+        .iter()
+        .map(|r| {
+            let p = data::prompt_of(r, tok, spec.grpo.max_prompt_length)?;
+            Ok(PromptRow { text: p.text, ids: p.ids, columns: r.extra.clone() })
+        })
+        .collect()
 }
 
 /// Reward functions from the spec; `data_root` anchors a relative reward_program path.
@@ -185,22 +168,19 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
 pub fn train(inp: GrpoInputs) -> Result<Outcome, TrainError> {
     let spec = inp.spec;
     let g = &spec.grpo;
-    let model = inp.model;
-    let group = g.num_generations;
-    let micro = spec.per_device_batch_size;
-    let per_round = (spec.per_device_batch_size * spec.gradient_accumulation_steps) / group;
+    let per_round = (spec.per_device_batch_size * spec.gradient_accumulation_steps) / g.num_generations;
     if inp.prompts.is_empty() {
         return Err(TrainError::BadInput("no prompts in the training data".into()));
     }
     let rounds_per_epoch = inp.prompts.len().div_ceil(per_round) as u64;
-    let schedule = Schedule::new(spec, rounds_per_epoch * g.num_iterations as u64);
-    let total_steps = schedule.total_steps;
-    let vars = model.trainable_vars();
-    let RunState { mut opt, mut state, resumed_from } = state::start(spec, model, inp.checkpoint_dir, true)?;
-    tracing::info!(
-        "GRPO: {} prompts, {} per step × {} generations, {} optimizer steps, rewards {:?} (weights {:?}), loss {:?}, beta {}",
-        inp.prompts.len(), per_round, group, total_steps, g.reward_funcs, g.reward_weights, g.loss_type, g.beta
-    );
+    let frame = FrameInputs {
+        spec,
+        model: inp.model,
+        checkpoint_dir: inp.checkpoint_dir,
+        stop: inp.stop,
+        schedule: Schedule::new(spec, rounds_per_epoch * g.num_iterations as u64),
+        generation: true,
+    };
     let sampling = SamplingConfig {
         temperature: g.temperature,
         top_p: g.top_p,
@@ -209,36 +189,81 @@ pub fn train(inp: GrpoInputs) -> Result<Outcome, TrainError> {
         eos_ids: inp.eos_ids.clone(),
         stop_strings: g.stop_strings.clone(),
     };
-    let started = Instant::now();
-    let base_elapsed = state.elapsed_secs;
-    let mut progress = Progress::new(total_steps, state.step);
-    let mut order = epoch_order(inp.prompts.len(), spec.seed, state.epoch);
+    let mut rounds = GrpoRounds { vars: inp.model.trainable_vars(), inp, per_round, sampling, order: Vec::new() };
+    frame::run(frame, &mut rounds)
+}
 
-    while !schedule.is_done(state.step) {
-        if inp.stop.is_set() {
-            state.elapsed_secs = base_elapsed + started.elapsed().as_secs_f64();
-            let dir = state::save(spec, model, inp.checkpoint_dir, &state, &opt)?;
-            return Err(TrainError::Interrupted { step: state.step, checkpoint: dir.display().to_string() });
-        }
-        if state.batch_in_epoch >= order.len() {
-            state.epoch += 1;
-            state.batch_in_epoch = 0;
-            order = epoch_order(inp.prompts.len(), spec.seed, state.epoch);
-        }
+/// GRPO in the frame: a round is one generation batch (`per_round` prompts × the group) and its
+/// `num_iterations` optimizer steps.
+struct GrpoRounds<'a> {
+    inp: GrpoInputs<'a>,
+    vars: Vec<candle_core::Var>,
+    per_round: usize,
+    sampling: SamplingConfig,
+    order: Vec<usize>,
+}
+
+/// One generation batch: the prompts, their completions and rewards.
+struct Generated<'r> {
+    chosen: Vec<&'r PromptRow>,
+    row_prompts: Vec<Vec<u32>>,
+    completions: Vec<Completion>,
+    rewards: WeightedScores,
+    advantages: Vec<f64>,
+    tokens: usize,
+    secs: f64,
+}
+
+impl Rounds for GrpoRounds<'_> {
+    fn plan_epoch(&mut self, epoch: u64) -> usize {
+        self.order = epoch_order(self.inp.prompts.len(), self.inp.spec.seed, epoch);
+        self.order.len()
+    }
+
+    fn announce(&self, schedule: &Schedule) {
+        let g = &self.inp.spec.grpo;
+        tracing::info!(
+            "GRPO: {} prompts, {} per step × {} generations, {} optimizer steps, rewards {:?} (weights {:?}), loss {:?}, beta {}",
+            self.inp.prompts.len(), self.per_round, g.num_generations, schedule.total_steps, g.reward_funcs, g.reward_weights, g.loss_type, g.beta
+        );
+    }
+
+    fn round(&mut self, cx: &mut RoundCx) -> Result<RoundEnd, TrainError> {
         let round_start = Instant::now();
-        let end = (state.batch_in_epoch + per_round).min(order.len());
-        let chosen: Vec<&PromptRow> = order[state.batch_in_epoch..end].iter().map(|&i| &inp.prompts[i]).collect();
+        let end = (cx.state.batch_in_epoch + self.per_round).min(self.order.len());
+        let chosen: Vec<&PromptRow> =
+            self.order[cx.state.batch_in_epoch..end].iter().map(|&i| &self.inp.prompts[i]).collect();
+        let mut gen_rng =
+            cx.state.generation_rng.clone().unwrap_or_else(|| Rng::derive(self.inp.spec.seed, "generation"));
+        let generated = self.generate(chosen, &mut gen_rng)?;
+        let batches = self.micro_batches(&generated)?;
+        self.optimize(cx, &generated, &batches, round_start, end)?;
+        cx.state.batch_in_epoch = end;
+        cx.state.generation_rng = Some(gen_rng);
+        Ok(RoundEnd::Done)
+    }
+}
+
+/// The micro-batches of a round and what the loss needs besides them.
+struct RoundBatches {
+    batches: Vec<SeqBatch>,
+    /// Log-probs before the first step (`num_iterations` > 1) and of the reference (`beta` ≠ 0).
+    old: Option<Vec<Tensor>>,
+    reference: Option<Vec<Tensor>>,
+    cfg: LossConfig,
+}
+
+impl GrpoRounds<'_> {
+    /// Sample the group for every chosen prompt with the policy, score and normalise.
+    fn generate<'r>(&self, chosen: Vec<&'r PromptRow>, rng: &mut Rng) -> Result<Generated<'r>, TrainError> {
+        let (g, inp) = (&self.inp.spec.grpo, &self.inp);
+        let group = g.num_generations;
         let row_prompts: Vec<Vec<u32>> =
             chosen.iter().flat_map(|p| std::iter::repeat_n(p.ids.clone(), group)).collect();
-
-        // 1. Generate with the policy.
-        let mut gen_rng = state.generation_rng.clone().unwrap_or_else(|| Rng::derive(spec.seed, "generation"));
         let t_gen = Instant::now();
-        let completions: Vec<Completion> = generate(model, inp.tok, &row_prompts, &sampling, &mut gen_rng, true)?;
-        let gen_secs = t_gen.elapsed().as_secs_f64().max(1e-9);
-        let gen_tokens: usize = completions.iter().map(|c| c.ids.len()).sum();
-
-        // 2. Rewards, weighted.
+        let completions: Vec<Completion> = generate(inp.model, inp.tok, &row_prompts, &self.sampling, rng, true)?;
+        let secs = t_gen.elapsed().as_secs_f64().max(1e-9);
+        let tokens: usize = completions.iter().map(|c| c.ids.len()).sum();
         let inputs: Vec<RewardInput> = completions
             .iter()
             .enumerate()
@@ -252,44 +277,44 @@ pub fn train(inp: GrpoInputs) -> Result<Outcome, TrainError> {
                 }
             })
             .collect();
-        let mut per_fn: Vec<(String, Vec<f64>)> = vec![];
-        let mut total = vec![0f64; completions.len()];
-        for (f, w) in inp.rewards.iter().zip(&g.reward_weights) {
-            let scores = f.score(&inputs).map_err(|e| TrainError::BadInput(e.to_string()))?;
-            for (t, s) in total.iter_mut().zip(&scores) {
-                *t += w * s;
-            }
-            per_fn.push((f.name(), scores));
-        }
-        let adv = advantages(&total, group, g.scale_rewards);
+        let weighted = inp.rewards.iter().zip(g.reward_weights.iter().copied());
+        let rewards = score_weighted(weighted, &inputs).map_err(|e| TrainError::BadInput(e.to_string()))?;
+        drop(inputs);
+        let advantages = advantages(&rewards.total, group, g.scale_rewards);
+        Ok(Generated { chosen, row_prompts, completions, rewards, advantages, tokens, secs })
+    }
 
-        // 3. Training sequences and micro-batches.
-        let seqs: Vec<Sequence> = completions
+    /// Prompt + completion sequences in micro-batches, with the detached log-probs the loss compares to.
+    fn micro_batches(&self, gen: &Generated) -> Result<RoundBatches, TrainError> {
+        let (spec, model, pad) = (self.inp.spec, self.inp.model, self.inp.tok.pad_id());
+        let g = &spec.grpo;
+        let seqs: Vec<Sequence> = gen
+            .completions
             .iter()
             .enumerate()
             .map(|(i, c)| {
-                let p = &row_prompts[i];
+                let p = &gen.row_prompts[i];
                 let mut ids = p.clone();
                 ids.extend(&c.ids);
                 if c.ids.is_empty() {
-                    ids.push(inp.tok.pad_id()); // keep a target position; it is masked out below
+                    ids.push(pad); // keep a target position; it is masked out below
                 }
                 let masked = c.ids.is_empty() || (g.mask_truncated_completions && c.finish == Finish::Length);
-                Sequence { ids, prompt_len: p.len(), masked, advantage: adv[i] }
+                Sequence { ids, prompt_len: p.len(), masked, advantage: gen.advantages[i] }
             })
             .collect();
         let refs: Vec<&Sequence> = seqs.iter().collect();
         let batches: Vec<SeqBatch> = refs
-            .chunks(micro)
-            .map(|c| seq_batch(c, inp.tok.pad_id(), &model.device))
+            .chunks(spec.per_device_batch_size)
+            .map(|c| seq_batch(c, pad, &model.device))
             .collect::<candle_core::Result<_>>()?;
         let step_tokens: f64 =
             batches.iter().map(|b| b.mask.sum_all().and_then(|s| s.to_scalar::<f32>()).unwrap_or(0.0) as f64).sum();
         let detached = |adapters: bool| -> candle_core::Result<Vec<Tensor>> {
             batches.iter().map(|b| Ok(token_log_probs(model, b, adapters, None)?.detach())).collect()
         };
-        let old: Option<Vec<Tensor>> = if g.num_iterations > 1 { Some(detached(true)?) } else { None };
-        let reference: Option<Vec<Tensor>> = if g.beta != 0.0 { Some(detached(false)?) } else { None };
+        let old = if g.num_iterations > 1 { Some(detached(true)?) } else { None };
+        let reference = if g.beta != 0.0 { Some(detached(false)?) } else { None };
         let cfg = LossConfig {
             epsilon: g.epsilon,
             epsilon_high: g.epsilon_high,
@@ -299,102 +324,106 @@ pub fn train(inp: GrpoInputs) -> Result<Outcome, TrainError> {
             accumulation_steps: batches.len(),
             step_tokens,
         };
+        Ok(RoundBatches { batches, old, reference, cfg })
+    }
 
-        // 4. num_iterations optimizer steps on this generation batch.
+    /// `num_iterations` optimizer steps on the round's batches, each with its METRIC record.
+    fn optimize(
+        &self,
+        cx: &mut RoundCx,
+        gen: &Generated,
+        rb: &RoundBatches,
+        round_start: Instant,
+        end: usize,
+    ) -> Result<(), TrainError> {
+        let (spec, model) = (self.inp.spec, self.inp.model);
+        let g = &spec.grpo;
         for _ in 0..g.num_iterations {
-            if schedule.is_done(state.step) {
+            if cx.schedule.is_done(cx.state.step) {
                 break;
             }
             let mut grads: Vec<Tensor> = vec![];
             let mut stats = LossStats::default();
             let mut loss_sum = 0f64;
-            for (bi, b) in batches.iter().enumerate() {
+            for (bi, b) in rb.batches.iter().enumerate() {
                 let side = spec.gradient_checkpointing.then(SideGrads::new);
                 let logp = token_log_probs(model, b, true, side.clone())?;
-                let old_lp = match &old {
+                let old_lp = match &rb.old {
                     Some(o) => o[bi].clone(),
                     None => logp.detach(),
                 };
-                let (loss, s) = grpo_loss(&logp, &old_lp, reference.as_ref().map(|r| &r[bi]), &b.adv, &b.mask, &cfg)?;
+                let reference = rb.reference.as_ref().map(|r| &r[bi]);
+                let (loss, s) = grpo_loss(&logp, &old_lp, reference, &b.adv, &b.mask, &rb.cfg)?;
                 loss_sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
                 stats.kl += s.kl * s.tokens;
                 stats.clip_fraction += s.clip_fraction * s.tokens;
                 stats.tokens += s.tokens;
-                accumulate(&mut grads, &loss.backward()?, &vars, side.as_ref())?;
+                accumulate(&mut grads, &loss.backward()?, &self.vars, side.as_ref())?;
             }
             if !loss_sum.is_finite() {
-                return Err(TrainError::Diverged(format!("GRPO loss is {loss_sum} at step {}", state.step + 1)));
+                return Err(TrainError::Diverged(format!("GRPO loss is {loss_sum} at step {}", cx.state.step + 1)));
             }
-            let lr = schedule.lr(state.step);
-            let grad_norm = opt.step(&grads, lr, spec.max_grad_norm)?;
-            state.step += 1;
-            state.tokens_seen += gen_tokens as u64;
-            let (rmean, rstd) = mean_std(&total);
-            let lens: Vec<f64> = completions.iter().map(|c| c.ids.len() as f64).collect();
-            let mut extra = BTreeMap::new();
-            extra.insert("reward".to_string(), rmean);
-            extra.insert("reward_std".to_string(), rstd);
-            for (name, scores) in &per_fn {
-                let key = name.split(':').next().unwrap_or(name);
-                extra.insert(format!("reward_{key}"), mean_std(scores).0);
-            }
-            extra.insert("kl".into(), stats.kl / stats.tokens.max(1.0));
-            extra.insert("clip_fraction".into(), stats.clip_fraction / stats.tokens.max(1.0));
-            extra.insert("completion_length".into(), mean_std(&lens).0);
-            extra.insert("completion_length_max".into(), lens.iter().cloned().fold(0.0, f64::max));
-            let truncated = completions.iter().filter(|c| c.finish == Finish::Length).count();
-            extra.insert("truncated_fraction".into(), truncated as f64 / completions.len().max(1) as f64);
-            extra.insert("generation_tokens_per_sec".into(), gen_tokens as f64 / gen_secs);
-            extra.insert("step_time".into(), round_start.elapsed().as_secs_f64());
+            let lr = cx.schedule.lr(cx.state.step);
+            let grad_norm = cx.opt.step(&grads, lr, spec.max_grad_norm)?;
+            cx.state.step += 1;
+            cx.state.tokens_seen += gen.tokens as u64;
             let rec = MetricRecord {
-                step: state.step,
-                epoch: epochs_done(state.epoch, end, order.len()),
+                step: cx.state.step,
+                epoch: epochs_done(cx.state.epoch, end, cx.epoch_len),
                 loss: Some(loss_sum),
                 lr: Some(lr),
                 grad_norm: Some(grad_norm),
-                tokens_per_sec: Some(gen_tokens as f64 / round_start.elapsed().as_secs_f64().max(1e-9)),
+                tokens_per_sec: Some(gen.tokens as f64 / round_start.elapsed().as_secs_f64().max(1e-9)),
                 eval_loss: None,
-                extra,
+                extra: round_metrics(gen, &stats, round_start),
             };
-            if schedule.log_now(state.step) {
+            if cx.schedule.log_now(cx.state.step) {
                 tracing::info!("{}", rec.line());
             }
-            state.history.push(rec);
-            progress.update(state.step, loss_sum);
-            if g.log_completions_steps > 0 && (state.step % g.log_completions_steps == 0 || state.step == 1) {
-                write_samples(inp.output_data_dir, state.step, &chosen, group, &completions, &per_fn, &total, &adv)?;
+            cx.state.history.push(rec);
+            cx.progress.update(cx.state.step, loss_sum);
+            let step = cx.state.step;
+            if g.log_completions_steps > 0 && (step.is_multiple_of(g.log_completions_steps) || step == 1) {
+                write_samples(self.inp.output_data_dir, step, gen, g.num_generations)?;
             }
         }
-        state.batch_in_epoch = end;
-        state.generation_rng = Some(gen_rng);
-        state.elapsed_secs = base_elapsed + started.elapsed().as_secs_f64();
-        if schedule.save_now(state.step) {
-            state::save(spec, model, inp.checkpoint_dir, &state, &opt)?;
-        }
+        Ok(())
     }
-    let epochs_completed = epochs_done(state.epoch, state.batch_in_epoch, order.len());
-    Ok(Outcome { state, total_steps, epochs_completed, resumed_from })
 }
 
-#[allow(clippy::too_many_arguments)]
-fn write_samples(
-    dir: &Path,
-    step: u64,
-    prompts: &[&PromptRow],
-    group: usize,
-    completions: &[Completion],
-    per_fn: &[(String, Vec<f64>)],
-    total: &[f64],
-    adv: &[f64],
-) -> Result<(), TrainError> {
+/// GRPO's own fields of a step's METRIC line: rewards, KL, clipping, completion lengths, speed.
+fn round_metrics(gen: &Generated, stats: &LossStats, round_start: Instant) -> BTreeMap<String, f64> {
+    let (rmean, rstd) = mean_std(&gen.rewards.total);
+    let lens: Vec<f64> = gen.completions.iter().map(|c| c.ids.len() as f64).collect();
+    let mut extra = BTreeMap::new();
+    extra.insert("reward".to_string(), rmean);
+    extra.insert("reward_std".to_string(), rstd);
+    for (name, scores) in &gen.rewards.per_fn {
+        let key = name.split(':').next().unwrap_or(name);
+        extra.insert(format!("reward_{key}"), mean_std(scores).0);
+    }
+    extra.insert("kl".into(), stats.kl / stats.tokens.max(1.0));
+    extra.insert("clip_fraction".into(), stats.clip_fraction / stats.tokens.max(1.0));
+    extra.insert("completion_length".into(), mean_std(&lens).0);
+    extra.insert("completion_length_max".into(), lens.iter().cloned().fold(0.0, f64::max));
+    let truncated = gen.completions.iter().filter(|c| c.finish == Finish::Length).count();
+    extra.insert("truncated_fraction".into(), truncated as f64 / gen.completions.len().max(1) as f64);
+    extra.insert("generation_tokens_per_sec".into(), gen.tokens as f64 / gen.secs);
+    extra.insert("step_time".into(), round_start.elapsed().as_secs_f64());
+    extra
+}
+
+/// `output/data/completions/step-NNNNNN.jsonl`: every completion of the step with its rewards.
+fn write_samples(dir: &Path, step: u64, gen: &Generated, group: usize) -> Result<(), TrainError> {
     let dir = dir.join("completions");
     std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
     let mut out = String::new();
-    for (i, c) in completions.iter().enumerate() {
-        let rewards: Map<String, Value> = per_fn.iter().map(|(n, s)| (n.clone(), Value::from(s[i]))).collect();
+    for (i, c) in gen.completions.iter().enumerate() {
+        let rewards: Map<String, Value> =
+            gen.rewards.per_fn.iter().map(|(n, s)| (n.clone(), Value::from(s[i]))).collect();
         let row = serde_json::json!({
-            "step": step, "prompt": prompts[i / group].text, "completion": c.text,
-            "finish": format!("{:?}", c.finish), "rewards": rewards, "reward": total[i], "advantage": adv[i],
+            "step": step, "prompt": gen.chosen[i / group].text, "completion": c.text,
+            "finish": format!("{:?}", c.finish), "rewards": rewards, "reward": gen.rewards.total[i], "advantage": gen.advantages[i],
         });
         out.push_str(&row.to_string());
         out.push('\n');

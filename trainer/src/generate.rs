@@ -1,11 +1,12 @@
 //! Batched sampling with the KV cache: prompts are left-padded (padding is its
 //! own attention segment, positions start at 0 at each prompt's first token),
-//! prefilled once, then decoded one token per step for every row.
+//! prefilled once, then decoded one token per step for every row. It stands above the model and
+//! the data (it decodes text to match stop strings), beside the GRPO loop and evaluation, its users.
 
 use candle_core::{DType, Result, Tensor};
 
-use super::{Decoder, ForwardCtx, KvCache};
 use crate::data::TokenizerBundle;
+use crate::model::{Decoder, ForwardCtx, KvCache};
 use crate::rng::Rng;
 
 #[derive(Debug, Clone)]
@@ -136,6 +137,19 @@ pub fn generate(
     rng: &mut Rng,
     adapters: bool,
 ) -> Result<Vec<Completion>> {
+    generate_streaming(model, tok, prompts, cfg, rng, adapters, &mut |_, _| {})
+}
+
+/// [`generate`], calling `on_token(row, token)` for every token as soon as it is sampled.
+pub fn generate_streaming(
+    model: &Decoder,
+    tok: &TokenizerBundle,
+    prompts: &[Vec<u32>],
+    cfg: &SamplingConfig,
+    rng: &mut Rng,
+    adapters: bool,
+    on_token: &mut dyn FnMut(usize, u32),
+) -> Result<Vec<Completion>> {
     let b = prompts.len();
     let width = prompts.iter().map(Vec::len).max().unwrap_or(0).max(1);
     let pad = tok.pad_id();
@@ -172,6 +186,7 @@ pub fn generate(
             }
             let t = sample(row, cfg, rng);
             out[r].push(t);
+            on_token(r, t);
             if cfg.eos_ids.contains(&t) {
                 finish[r] = Some(Finish::Eos);
             } else if !cfg.stop_strings.is_empty() {

@@ -1,5 +1,6 @@
-//! GRPO reward functions: built-in (final-answer match, regex format, length,
-//! valid JSON) and an external scorer program speaking JSON lines.
+//! Reward functions: built-in (final-answer match, regex format, length, valid JSON) and an
+//! external scorer program speaking JSON lines. GRPO trains on them; evaluation reports them on
+//! held-out data.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -78,6 +79,31 @@ impl RewardFn {
             RewardFn::External(e) => e.score(inputs),
         }
     }
+}
+
+/// Every reward function's scores and their weighted sum, per input.
+#[derive(Debug, Clone, Default)]
+pub struct WeightedScores {
+    /// (function name, one score per input), in the job's order.
+    pub per_fn: Vec<(String, Vec<f64>)>,
+    pub total: Vec<f64>,
+}
+
+/// Scores every input with each function (one call per function, so an external program runs
+/// once for the whole batch) and sums them with their weights.
+pub fn score_weighted<'f>(
+    weighted: impl IntoIterator<Item = (&'f RewardFn, f64)>,
+    inputs: &[RewardInput],
+) -> Result<WeightedScores, RewardError> {
+    let mut out = WeightedScores { per_fn: vec![], total: vec![0.0; inputs.len()] };
+    for (f, w) in weighted {
+        let scores = f.score(inputs)?;
+        for (t, s) in out.total.iter_mut().zip(&scores) {
+            *t += w * s;
+        }
+        out.per_fn.push((f.name(), scores));
+    }
+    Ok(out)
 }
 
 /// The final answer of a completion: the last `\boxed{…}`, else the text after `####`, else the last number.
