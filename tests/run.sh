@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The project's test command (the README's second command; CI runs it via .ci/run).
 # CPU only: builds the workspace and runs every test, the CUDA kernels included (through the host
-# emulation of CUDA), then checks that the CUDA build compiles. Test helpers that need a server
-# (moto, for the launcher's AWS tests) are installed into a venv, started on loopback here and
-# stopped on exit. Each stage prints its time; a table of them ends the run.
+# emulation of CUDA), builds the training image with podman and runs it as SageMaker does, then
+# checks that the CUDA build compiles. Test helpers that need a server (moto, for the launcher's AWS
+# tests) are installed into a venv, started on loopback here and stopped on exit; podman is set up
+# beside the build. Each stage prints its time; a table of them ends the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,6 +44,13 @@ fi
 OXTUNE_TEST_PYTHON="$(bash tests/eval/venv.sh)"
 export OXTUNE_TEST_PYTHON
 
+# Podman, its settings and the Debian 12 base image for the image stage (tests/container/podman.sh):
+# Debian packages and mmdebstrap, mostly downloads, so it runs beside the build.
+podman_log="$PWD/target/podman-setup.log"
+mkdir -p target
+bash tests/container/podman.sh setup > "$podman_log" 2>&1 &
+podman_setup=$!
+
 stage "formatting" cargo fmt --all -- --check
 stage "container lint" bash tests/container/lint.sh
 
@@ -58,6 +66,18 @@ stage "build (workspace, tests)" cargo test --workspace --no-run "$@"
 OXTUNE_RELEASE_TRAIN="$PWD/target/debug/train"
 export OXTUNE_RELEASE_TRAIN
 stage "tests" cargo test --workspace --no-fail-fast "$@"
+
+# The image, built with podman from container/Dockerfile (the train of this build, the CUDA libraries
+# from their PyPI wheels) and run as SageMaker runs it: demo job, stop + resume, bad input, libraries, size.
+image_stage() {
+  wait "$podman_setup" || {
+    cat "$podman_log" >&2
+    return 1
+  }
+  cat "$podman_log"
+  bash tests/container/image.sh
+}
+stage "container image (podman)" image_stage
 
 # Every __global__ entry point must have run, under emulation, in a passing test.
 stage "emulated kernel launch coverage" \

@@ -13,7 +13,7 @@ use trainer::TrainError;
 const USAGE: &str = "\
 Usage:
   train [train] [--ml-root DIR] [--<hyperparameter> VALUE | --<hyperparameter>=VALUE]...
-  train demo [--ml-root DIR] [--steps N] [--<hyperparameter> VALUE]...
+  train demo [--ml-root DIR] [--steps N] [--prepare-only] [--<hyperparameter> VALUE]...
   train --hyperparameters     print the hyperparameter reference (markdown)
   train --help | --version
 
@@ -21,11 +21,13 @@ Reads /opt/ml (or --ml-root, OXTUNE_ML_ROOT, SAGEMAKER_BASE_DIR): input/config/h
 channels input/data/{train|training,validation,model}; writes model/, output/data/, checkpoints/;
 on failure output/failure and a non-zero exit (2 bad input, 1 internal error, 143 stopped by SIGTERM
 after checkpointing). Hyperparameters: CLI > OXTUNE_HP_<NAME> environment > hyperparameters.json > defaults.
+`demo --prepare-only` writes the demo's /opt/ml tree and stops (to run it elsewhere, e.g. in the image).
+Diagnostics on stderr are coloured only on a terminal, and never with NO_COLOR set.
 ";
 
 enum Command {
     Train,
-    Demo { steps: Option<u64> },
+    Demo { steps: Option<u64>, prepare_only: bool },
 }
 
 struct Args {
@@ -43,7 +45,7 @@ fn parse_args(raw: Vec<String>) -> Result<Option<Args>, String> {
         }
         Some("demo") => {
             it.next();
-            command = Command::Demo { steps: None };
+            command = Command::Demo { steps: None, prepare_only: false };
         }
         Some("serve") => {
             return Err(
@@ -68,6 +70,13 @@ fn parse_args(raw: Vec<String>) -> Result<Option<Args>, String> {
                 print!("{}", trainer::spec::markdown_table());
                 return Ok(None);
             }
+            "--prepare-only" => {
+                if let Command::Demo { prepare_only, .. } = &mut args.command {
+                    *prepare_only = true;
+                    continue;
+                }
+                return Err("--prepare-only belongs to `train demo`".into());
+            }
             _ => {}
         }
         let Some(flag) = a.strip_prefix("--") else {
@@ -82,7 +91,7 @@ fn parse_args(raw: Vec<String>) -> Result<Option<Args>, String> {
         };
         match (key.as_str(), &mut args.command) {
             ("ml-root" | "ml_root", _) => args.ml_root = Some(PathBuf::from(value)),
-            ("steps", Command::Demo { steps }) => {
+            ("steps", Command::Demo { steps, .. }) => {
                 *steps = Some(value.parse().map_err(|_| format!("--steps needs a whole number, got `{value}`"))?)
             }
             _ => args.hyperparameters.push((key, value)),
@@ -105,8 +114,16 @@ fn init_logging() {
         .with_filter(filter::filter_fn(|m| *m.level() == tracing::Level::INFO && m.target().starts_with("trainer")));
     let diagnostics = fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(colour_stderr())
         .with_filter(EnvFilter::try_from_env("OXTUNE_LOG").unwrap_or_else(|_| EnvFilter::new("warn")));
     tracing_subscriber::registry().with(progress).with(diagnostics).init();
+}
+
+/// Colour codes only where a person reads them: stderr is a terminal and NO_COLOR (no-color.org) is
+/// unset or empty. Piped output (CloudWatch, `docker logs`, files) stays plain text.
+fn colour_stderr() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 fn main() -> ProcessExit {
@@ -131,7 +148,7 @@ fn main() -> ProcessExit {
         }
     };
     let paths = match &args.command {
-        Command::Demo { steps } => {
+        Command::Demo { steps, prepare_only } => {
             let root = args.ml_root.clone().unwrap_or_else(|| PathBuf::from("ml-demo"));
             match trainer::demo::prepare(&root, *steps) {
                 Ok(p) => {
@@ -139,6 +156,10 @@ fn main() -> ProcessExit {
                         "Demo: tiny Llama-architecture model + bundled instruction data written to {}",
                         root.display()
                     );
+                    if *prepare_only {
+                        println!("Not training (--prepare-only): run `train --ml-root {}` to train it", root.display());
+                        return ProcessExit::SUCCESS;
+                    }
                     p
                 }
                 Err(e) => return fail(&MlPaths::new(root), &e),
