@@ -26,6 +26,9 @@ fn main() {
     println!("cargo:rerun-if-env-changed=NVCC");
     println!("cargo:rerun-if-env-changed=CXX");
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    // The launch contracts' names and sizes, for the Rust glue (kernels/src/launch/mod.rs).
+    let table = prepare::launch_table(Path::new("cuda")).unwrap_or_else(|e| panic!("launch table: {e}"));
+    std::fs::write(out.join("launch_table.rs"), table).expect("write OUT_DIR/launch_table.rs");
     build_emulator(&out);
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;

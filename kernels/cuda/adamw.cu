@@ -45,6 +45,9 @@
 
 #include "common.cuh"
 
+// Threads per block of the launch contract above; the Rust glue reads it from here (kernels/build.rs).
+constexpr int kThreads = 256;
+
 struct OxtAdamwTensor {
     float* p;
     const float* g;
@@ -80,7 +83,7 @@ __device__ __forceinline__ void adam_elem(const AdamScalars& k, float& p, float 
 
 }  // namespace
 
-extern "C" __global__ void oxt_grad_sumsq_f32(const OxtAdamwTensor* __restrict__ ts, int n_tensors, float* __restrict__ sumsq) {
+extern "C" __global__ void __launch_bounds__(kThreads) oxt_grad_sumsq_f32(const OxtAdamwTensor* __restrict__ ts, int n_tensors, float* __restrict__ sumsq) {
     const int ti = blockIdx.y;
     if (ti >= n_tensors) return;  // uniform per block
     const float* __restrict__ g = ts[ti].g;
@@ -106,7 +109,7 @@ extern "C" __global__ void oxt_grad_sumsq_f32(const OxtAdamwTensor* __restrict__
     if (threadIdx.x == 0 && total != 0.f) atomicAdd(sumsq, total);
 }
 
-extern "C" __global__ void oxt_clip_scale_f32(const float* __restrict__ sumsq, float max_norm, float* __restrict__ out) {
+extern "C" __global__ void __launch_bounds__(1) oxt_clip_scale_f32(const float* __restrict__ sumsq, float max_norm, float* __restrict__ out) {
     if (blockIdx.x != 0 || threadIdx.x != 0) return;
     const float norm = __fsqrt_rn(sumsq[0]);
     const float c = __fdiv_rn(max_norm, __fadd_rn(norm, 1e-6f));
@@ -114,7 +117,7 @@ extern "C" __global__ void oxt_clip_scale_f32(const float* __restrict__ sumsq, f
     out[1] = (max_norm > 0.f && c < 1.f) ? c : 1.f;
 }
 
-extern "C" __global__ void oxt_adamw_f32(const OxtAdamwTensor* __restrict__ ts, int n_tensors, const float* __restrict__ clip,
+extern "C" __global__ void __launch_bounds__(kThreads) oxt_adamw_f32(const OxtAdamwTensor* __restrict__ ts, int n_tensors, const float* __restrict__ clip,
                                          float lr, float beta1, float one_minus_beta1, float beta2,
                                          float one_minus_beta2, float eps, float decay, float inv_bc1, float inv_bc2) {
     const int ti = blockIdx.y;

@@ -31,6 +31,9 @@
 
 #include "common.cuh"
 
+// Threads per block of the launch contract above; the Rust glue reads it from here (kernels/build.rs).
+constexpr int kThreads = 256;
+
 namespace {
 
 using namespace oxt;
@@ -111,7 +114,7 @@ __device__ __forceinline__ MaxSum block_merge(MaxSum st) {
 
 }  // namespace
 
-extern "C" __global__ void oxt_ce_fwd_bf16(const __nv_bfloat16* __restrict__ z, const unsigned int* __restrict__ targets,
+extern "C" __global__ void __launch_bounds__(kThreads) oxt_ce_fwd_bf16(const __nv_bfloat16* __restrict__ z, const unsigned int* __restrict__ targets,
                                            float* __restrict__ logp, float* __restrict__ lse, int rows, int v) {
     const int row = blockIdx.x;
     if (row >= rows) return;  // uniform per block
@@ -138,7 +141,7 @@ extern "C" __global__ void oxt_ce_fwd_bf16(const __nv_bfloat16* __restrict__ z, 
     }
 }
 
-extern "C" __global__ void oxt_ce_bwd_bf16(__nv_bfloat16* __restrict__ z, const unsigned int* __restrict__ targets,
+extern "C" __global__ void __launch_bounds__(kThreads) oxt_ce_bwd_bf16(__nv_bfloat16* __restrict__ z, const unsigned int* __restrict__ targets,
                                            const float* __restrict__ lse, const float* __restrict__ g, int rows, int v) {
     const int row = blockIdx.x;
     if (row >= rows) return;  // uniform per block

@@ -10,6 +10,9 @@
 //     grid = (max(1, min(ceil(n / 256), 65535 * 32))), block = (256), dynamic smem = 0; grid-stride loop.
 #include <stdint.h>
 
+// Threads per block of the launch contract above; the Rust glue reads it from here (kernels/build.rs).
+constexpr int kThreads = 256;
+
 __device__ __forceinline__ uint32_t oxt_hash(uint64_t seed, uint64_t i) {
     uint64_t z = seed ^ (0x9E3779B97F4A7C15ull * (i + 1ull));
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -17,7 +20,7 @@ __device__ __forceinline__ uint32_t oxt_hash(uint64_t seed, uint64_t i) {
     return (uint32_t)((z ^ (z >> 31)) >> 32);
 }
 
-extern "C" __global__ void oxt_dropout_mask_f32(float* out, long long n, long long seed, long long threshold,
+extern "C" __global__ void __launch_bounds__(kThreads) oxt_dropout_mask_f32(float* out, long long n, long long seed, long long threshold,
                                                 float scale) {
     const uint64_t th = (uint64_t)threshold;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {

@@ -36,6 +36,9 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
+// Threads per block of the launch contract above; the Rust glue reads it from here (kernels/build.rs).
+constexpr int kThreads = 256;
+
 namespace {
 
 // I: index type (uint32_t when every element index fits, so the divisions are 32-bit).
@@ -69,7 +72,7 @@ __device__ __forceinline__ void nf4_body(const unsigned char* __restrict__ packe
 
 }  // namespace
 
-extern "C" __global__ void oxt_nf4_dequant_bf16(const unsigned char* __restrict__ packed, const float* __restrict__ absmax,
+extern "C" __global__ void __launch_bounds__(kThreads) oxt_nf4_dequant_bf16(const unsigned char* __restrict__ packed, const float* __restrict__ absmax,
                                                 const unsigned char* __restrict__ absmax_q, const float* __restrict__ nested,
                                                 const float* __restrict__ dq_map, float offset, int nested_blocksize,
                                                 const float* __restrict__ code, int blocksize, long long first_elem,

@@ -32,6 +32,9 @@
 
 #include "common.cuh"
 
+// Threads per block of the launch contract above; the Rust glue reads it from here (kernels/build.rs).
+constexpr int kThreads = 256;
+
 namespace {
 
 using namespace oxt;
@@ -39,7 +42,7 @@ using namespace oxt;
 
 }  // namespace
 
-extern "C" __global__ void oxt_rms_norm_fwd_bf16(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w,
+extern "C" __global__ void __launch_bounds__(kThreads) oxt_rms_norm_fwd_bf16(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w,
                                                  __nv_bfloat16* __restrict__ y, float* __restrict__ rstd, int rows, int d,
                                                  float eps) {
     const int row = blockIdx.x;
@@ -88,7 +91,7 @@ extern "C" __global__ void oxt_rms_norm_fwd_bf16(const __nv_bfloat16* __restrict
     }
 }
 
-extern "C" __global__ void oxt_rms_norm_bwd_bf16(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w,
+extern "C" __global__ void __launch_bounds__(kThreads) oxt_rms_norm_bwd_bf16(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w,
                                                  const __nv_bfloat16* __restrict__ dy, const float* __restrict__ rstd,
                                                  __nv_bfloat16* __restrict__ dx, int rows, int d) {
     const int row = blockIdx.x;

@@ -24,6 +24,9 @@
 #include <cuda_bf16.h>
 #include <stdint.h>
 
+// Threads per block of the launch contract above; the Rust glue reads it from here (kernels/build.rs).
+constexpr int kThreads = 256;
+
 namespace {
 
 // I: index type (uint32_t when the pair count fits, so the divisions are 32-bit).
@@ -51,7 +54,7 @@ __device__ __forceinline__ void rope_body(const __nv_bfloat16* __restrict__ x, c
 
 }  // namespace
 
-extern "C" __global__ void oxt_rope_bf16(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ cos,
+extern "C" __global__ void __launch_bounds__(kThreads) oxt_rope_bf16(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ cos,
                                          const __nv_bfloat16* __restrict__ sin, __nv_bfloat16* __restrict__ y, int b, int h,
                                          int t, int d, int cos_batch, float dir) {
     const int half = d / 2;

@@ -23,6 +23,9 @@
 #include <cuda_bf16.h>
 #include <stdint.h>
 
+// Threads per block of the launch contract above; the Rust glue reads it from here (kernels/build.rs).
+constexpr int kThreads = 256;
+
 namespace {
 
 __device__ __forceinline__ float sigmoid_f32(float g) {
@@ -31,7 +34,7 @@ __device__ __forceinline__ float sigmoid_f32(float g) {
 
 }  // namespace
 
-extern "C" __global__ void oxt_swiglu_fwd_bf16(const __nv_bfloat16* __restrict__ g, const __nv_bfloat16* __restrict__ u,
+extern "C" __global__ void __launch_bounds__(kThreads) oxt_swiglu_fwd_bf16(const __nv_bfloat16* __restrict__ g, const __nv_bfloat16* __restrict__ u,
                                                __nv_bfloat16* __restrict__ y, long long n) {
     const int64_t stride = (int64_t)gridDim.x * blockDim.x;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
@@ -41,7 +44,7 @@ extern "C" __global__ void oxt_swiglu_fwd_bf16(const __nv_bfloat16* __restrict__
     }
 }
 
-extern "C" __global__ void oxt_swiglu_bwd_bf16(const __nv_bfloat16* __restrict__ g, const __nv_bfloat16* __restrict__ u,
+extern "C" __global__ void __launch_bounds__(kThreads) oxt_swiglu_bwd_bf16(const __nv_bfloat16* __restrict__ g, const __nv_bfloat16* __restrict__ u,
                                                const __nv_bfloat16* __restrict__ dy, __nv_bfloat16* __restrict__ dg,
                                                __nv_bfloat16* __restrict__ du, long long n) {
     const int64_t stride = (int64_t)gridDim.x * blockDim.x;

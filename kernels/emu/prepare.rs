@@ -219,6 +219,171 @@ pub fn entry_points(src: &str) -> Result<Vec<EntryPoint>, String> {
     Ok(out)
 }
 
+/// File-scope `constexpr int NAME = EXPR;` of a `.cu` source, evaluated (integers, names defined
+/// above, `+ - * /` and parentheses): the numbers its launch contract shares with the Rust glue.
+pub fn int_constants(src: &str) -> Result<Vec<(String, i64)>, String> {
+    let mut out: Vec<(String, i64)> = Vec::new();
+    // Braces of functions, structs and initialisers; a namespace is still file scope.
+    let (mut depth, mut namespaces) = (0i32, 0i32);
+    for (n, raw) in src.lines().enumerate() {
+        let line = raw.split("//").next().unwrap_or("");
+        if line.trim_start().starts_with("namespace") && line.trim_end().ends_with('{') {
+            namespaces += 1;
+            continue;
+        }
+        if depth == 0 {
+            if let Some(rest) = line.trim_start().strip_prefix("constexpr int ") {
+                let (name, expr) = rest.split_once('=').ok_or(format!("line {}: constexpr without a value", n + 1))?;
+                let expr = expr.trim().strip_suffix(';').ok_or(format!("line {}: one constexpr per line", n + 1))?;
+                let value = eval_int(expr, &out).map_err(|e| format!("line {}: {e}", n + 1))?;
+                out.push((name.trim().to_string(), value));
+            }
+        }
+        for c in line.chars() {
+            match c {
+                '{' => depth += 1,
+                '}' if depth == 0 && namespaces > 0 => namespaces -= 1,
+                '}' => depth -= 1,
+                _ => {}
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// An integer expression over earlier constants: `a * (b + 2) / c`.
+fn eval_int(expr: &str, known: &[(String, i64)]) -> Result<i64, String> {
+    fn tokens(s: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut cur = String::new();
+        for c in s.chars() {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                cur.push(c);
+            } else {
+                if !cur.is_empty() {
+                    out.push(std::mem::take(&mut cur));
+                }
+                if !c.is_whitespace() {
+                    out.push(c.to_string());
+                }
+            }
+        }
+        if !cur.is_empty() {
+            out.push(cur);
+        }
+        out
+    }
+    struct P<'a> {
+        t: Vec<String>,
+        i: usize,
+        known: &'a [(String, i64)],
+    }
+    impl P<'_> {
+        fn sum(&mut self) -> Result<i64, String> {
+            let mut v = self.product()?;
+            while let Some(op) = self.t.get(self.i).filter(|t| *t == "+" || *t == "-").cloned() {
+                self.i += 1;
+                let r = self.product()?;
+                v = if op == "+" { v + r } else { v - r };
+            }
+            Ok(v)
+        }
+        fn product(&mut self) -> Result<i64, String> {
+            let mut v = self.atom()?;
+            while let Some(op) = self.t.get(self.i).filter(|t| *t == "*" || *t == "/").cloned() {
+                self.i += 1;
+                let r = self.atom()?;
+                v = if op == "*" { v * r } else { v.checked_div(r).ok_or("division by zero")? };
+            }
+            Ok(v)
+        }
+        fn atom(&mut self) -> Result<i64, String> {
+            let t = self.t.get(self.i).cloned().ok_or("unexpected end")?;
+            self.i += 1;
+            if t == "(" {
+                let v = self.sum()?;
+                if self.t.get(self.i).map(String::as_str) != Some(")") {
+                    return Err("missing )".into());
+                }
+                self.i += 1;
+                return Ok(v);
+            }
+            if let Some(hex) = t.strip_prefix("0x") {
+                return i64::from_str_radix(hex, 16).map_err(|e| format!("{t}: {e}"));
+            }
+            if let Ok(v) = t.parse() {
+                return Ok(v);
+            }
+            self.known.iter().find(|(n, _)| *n == t).map(|(_, v)| *v).ok_or(format!("unknown name `{t}`"))
+        }
+    }
+    let mut p = P { t: tokens(expr), i: 0, known };
+    let v = p.sum().map_err(|e| format!("`{expr}`: {e}"))?;
+    if p.i != p.t.len() {
+        return Err(format!("`{expr}`: cannot read past `{}`", p.t[p.i]));
+    }
+    Ok(v)
+}
+
+/// `kFwdBQ` → `K_FWD_BQ`, `oxt_rms_norm_fwd_bf16` → `OXT_RMS_NORM_FWD_BF16`.
+fn rust_const_name(name: &str) -> String {
+    let mut out = String::new();
+    let chars: Vec<char> = name.chars().collect();
+    for (i, &c) in chars.iter().enumerate() {
+        let boundary = i > 0
+            && c.is_ascii_uppercase()
+            && (chars[i - 1].is_ascii_lowercase() || chars.get(i + 1).is_some_and(|n| n.is_ascii_lowercase()))
+            && chars[i - 1] != '_';
+        if boundary {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
+/// The Rust side of every launch contract, generated from the `.cu` sources so that kernel names,
+/// block sizes and shared tile sizes live in one place (the `.cu` file): per module, a `Kernel`
+/// constant per entry point (its `__launch_bounds__` threads, required) and its file-scope
+/// `constexpr int`s as `usize` constants. Included by `kernels/src/launch/mod.rs`.
+pub fn launch_table(cuda_dir: &Path) -> Result<String, String> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(cuda_dir)
+        .map_err(|e| format!("{}: {e}", cuda_dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "cu"))
+        .collect();
+    files.sort();
+    let mut s = String::from("// Generated by kernels/emu/prepare.rs (launch_table) from kernels/cuda/*.cu.\n");
+    for f in &files {
+        let module = f.file_stem().and_then(|s| s.to_str()).ok_or("file stem")?.to_string();
+        let text = std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?;
+        let consts = int_constants(&text).map_err(|e| format!("{}: {e}", f.display()))?;
+        s.push_str(&format!(
+            "\n/// `{module}.cu`: its entry points and launch constants.\n#[allow(dead_code)]\npub(crate) mod {module} {{\n    use super::{{Kernel, {}}};\n",
+            module.to_uppercase()
+        ));
+        for (name, value) in &consts {
+            s.push_str(&format!("    pub(crate) const {}: usize = {value};\n", rust_const_name(name)));
+        }
+        for e in entry_points(&text).map_err(|e| format!("{}: {e}", f.display()))? {
+            let bound = e.max_threads.as_deref().ok_or(format!(
+                "{}: {} has no __launch_bounds__: give it the block size of its launch contract",
+                f.display(),
+                e.name
+            ))?;
+            let threads = eval_int(bound, &consts).map_err(|err| format!("{}: {}: {err}", f.display(), e.name))?;
+            s.push_str(&format!(
+                "    pub(crate) const {}: Kernel = Kernel {{ module: &{}, name: \"{}\", threads: {threads} }};\n",
+                rust_const_name(&e.name),
+                module.to_uppercase(),
+                e.name
+            ));
+        }
+        s.push_str("}\n");
+    }
+    Ok(s)
+}
+
 /// A stable id base per file name (FNV-1a), so that ids of a .cu and its headers never meet.
 fn id_base(name: &str) -> u32 {
     let mut h: u32 = 0x811c9dc5;

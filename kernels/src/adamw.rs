@@ -130,14 +130,14 @@ mod gpu {
         }
         let table = Tensor::from_vec(table, 5 * s.params.len(), &dev.device())?;
         let nt = s.params.len() as i32;
-        let grid = (launch::blocks(max_n, 256, MAX_BLOCKS_X), s.params.len() as u32, 1);
+        let grid = (launch::blocks(max_n, launch::adamw::K_THREADS, MAX_BLOCKS_X), s.params.len() as u32, 1);
         let sumsq = dev.zeros(1, DType::F32)?;
         let clip = dev.output(2, DType::F32)?;
         let (tp, sp, cp) = (launch::buf(&table)?, launch::buf(&sumsq)?, launch::buf(&clip)?);
         let args = [Arg::Buf(tp), Arg::I32(nt), Arg::Buf(sp)];
-        dev.launch(&launch::ADAMW, "oxt_grad_sumsq_f32", grid, (256, 1, 1), 0, &args)?;
+        dev.launch(&launch::adamw::OXT_GRAD_SUMSQ_F32, grid, 0, &args)?;
         let args = [Arg::Buf(sp), Arg::F32(s.max_norm as f32), Arg::Buf(cp)];
-        dev.launch(&launch::ADAMW, "oxt_clip_scale_f32", (1, 1, 1), (1, 1, 1), 0, &args)?;
+        dev.launch(&launch::adamw::OXT_CLIP_SCALE_F32, (1, 1, 1), 0, &args)?;
         let (bc1, bc2) = bias_corrections(cfg, s.t);
         let args = [
             Arg::Buf(tp),
@@ -154,7 +154,7 @@ mod gpu {
             Arg::F32((1.0 / bc1) as f32),
             Arg::F32((1.0 / bc2) as f32),
         ];
-        dev.launch(&launch::ADAMW, "oxt_adamw_f32", grid, (256, 1, 1), 0, &args)?;
+        dev.launch(&launch::adamw::OXT_ADAMW_F32, grid, 0, &args)?;
         // Reading the norm back also keeps `table` and `grads` alive until the kernels are done.
         let norm = clip.narrow(0, 0, 1)?.to_vec1::<f32>()?[0] as f64;
         drop((table, grads));

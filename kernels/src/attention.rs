@@ -171,13 +171,9 @@ mod gpu {
     use candle_core::{DType, Result, Tensor};
 
     use super::{Attention, Geometry};
-    use crate::launch::{self, Arg, Buf, Gpu};
-
-    /// Rows of query tiles per forward block; keys per backward block for d = 32, 64 / 128.
-    const FWD_ROWS: usize = 64;
-    const BWD_KEYS_D32_D64: usize = 64;
-    const BWD_KEYS_D128: usize = 32;
-    const DELTA_ROWS_PER_BLOCK: usize = 8;
+    // Tile sizes (query rows per forward block, keys per backward block, rows per delta block) and
+    // the kernels come from attention.cu's launch contract.
+    use crate::launch::{self, attention, Arg, Buf, Gpu};
 
     pub fn eligible(a: &Attention) -> Option<Gpu> {
         let Geometry { b, hq, hkv, d, .. } = a.geo;
@@ -235,13 +231,13 @@ mod gpu {
                 Arg::Buf(launch::buf(&lse)?),
             ];
             args.extend(self.dims());
-            let grid = (tq.div_ceil(FWD_ROWS) as u32, hq as u32, b as u32);
-            let func = match d {
-                32 => "oxt_attn_fwd_bf16_d32",
-                64 => "oxt_attn_fwd_bf16_d64",
-                _ => "oxt_attn_fwd_bf16_d128",
+            let grid = (tq.div_ceil(attention::K_FWD_BQ) as u32, hq as u32, b as u32);
+            let kernel = match d {
+                32 => &attention::OXT_ATTN_FWD_BF16_D32,
+                64 => &attention::OXT_ATTN_FWD_BF16_D64,
+                _ => &attention::OXT_ATTN_FWD_BF16_D128,
             };
-            self.dev.launch(&launch::ATTENTION, func, grid, (128, 1, 1), 0, &args)?;
+            self.dev.launch(kernel, grid, 0, &args)?;
             Ok((out, lse))
         }
 
@@ -264,8 +260,8 @@ mod gpu {
                 Arg::I64(rows as i64),
                 Arg::I32(d as i32),
             ];
-            let grid = launch::blocks(rows, DELTA_ROWS_PER_BLOCK, i32::MAX as usize);
-            self.dev.launch(&launch::ATTENTION, "oxt_attn_bwd_delta_bf16", (grid, 1, 1), (256, 1, 1), 0, &args)?;
+            let grid = launch::blocks(rows, attention::K_DELTA_ROWS_PER_BLOCK, i32::MAX as usize);
+            self.dev.launch(&attention::OXT_ATTN_BWD_DELTA_BF16, (grid, 1, 1), 0, &args)?;
             let dq_acc = self.dev.zeros((b, hq, tq, d), DType::F32)?;
             let dk = self.dev.output((b, hkv, tk, d), DType::BF16)?;
             let dv = self.dev.output((b, hkv, tk, d), DType::BF16)?;
@@ -282,13 +278,13 @@ mod gpu {
                 Arg::Buf(launch::buf(&dv)?),
             ];
             args.extend(self.dims());
-            let (keys, func) = match d {
-                32 => (BWD_KEYS_D32_D64, "oxt_attn_bwd_bf16_d32"),
-                64 => (BWD_KEYS_D32_D64, "oxt_attn_bwd_bf16_d64"),
-                _ => (BWD_KEYS_D128, "oxt_attn_bwd_bf16_d128"),
+            let (keys, kernel) = match d {
+                32 => (attention::K_BWD_BK_D32, &attention::OXT_ATTN_BWD_BF16_D32),
+                64 => (attention::K_BWD_BK_D64, &attention::OXT_ATTN_BWD_BF16_D64),
+                _ => (attention::K_BWD_BK_D128, &attention::OXT_ATTN_BWD_BF16_D128),
             };
             let grid = (tk.div_ceil(keys) as u32, hkv as u32, b as u32);
-            self.dev.launch(&launch::ATTENTION, func, grid, (128, 1, 1), 0, &args)?;
+            self.dev.launch(kernel, grid, 0, &args)?;
             let dq = dq_acc.to_dtype(a.q.dtype())?;
             Ok([need[0].then_some(dq), need[1].then_some(dk), need[2].then_some(dv)])
         }

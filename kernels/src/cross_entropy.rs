@@ -152,14 +152,7 @@ mod gpu {
                     Arg::I32(len as i32),
                     Arg::I32(v as i32),
                 ];
-                self.dev.launch(
-                    &launch::CROSS_ENTROPY,
-                    "oxt_ce_fwd_bf16",
-                    (len as u32, 1, 1),
-                    (256, 1, 1),
-                    0,
-                    &args,
-                )?;
+                self.dev.launch(&launch::cross_entropy::OXT_CE_FWD_BF16, (len as u32, 1, 1), 0, &args)?;
                 logps.push(logp);
                 lses.push(lse);
             }
@@ -182,14 +175,7 @@ mod gpu {
                     Arg::I32(v as i32),
                 ];
                 // In place: z becomes dz.
-                self.dev.launch(
-                    &launch::CROSS_ENTROPY,
-                    "oxt_ce_bwd_bf16",
-                    (len as u32, 1, 1),
-                    (256, 1, 1),
-                    0,
-                    &args,
-                )?;
+                self.dev.launch(&launch::cross_entropy::OXT_CE_BWD_BF16, (len as u32, 1, 1), 0, &args)?;
                 dh.push(z.matmul(&self.head.w)?);
             }
             Tensor::cat(&dh, 0)

@@ -121,8 +121,8 @@ mod gpu {
             Arg::I64(keep_threshold(d.keep) as i64),
             Arg::F32((1.0 / d.keep) as f32),
         ];
-        let grid = launch::blocks(n, 256, MAX_BLOCKS);
-        dev.launch(&launch::LORA_LINEAR, "oxt_dropout_mask_f32", (grid, 1, 1), (256, 1, 1), 0, &args)?;
+        let grid = launch::blocks(n, launch::lora_linear::K_THREADS, MAX_BLOCKS);
+        dev.launch(&launch::lora_linear::OXT_DROPOUT_MASK_F32, (grid, 1, 1), 0, &args)?;
         Ok(out)
     }
 }

@@ -303,8 +303,8 @@ mod gpu {
             Arg::I32(store),
             Arg::Buf(launch::buf(&out)?),
         ];
-        let grid = launch::blocks(n, 256, MAX_BLOCKS);
-        dev.launch(&launch::NF4_LINEAR, "oxt_nf4_dequant_bf16", (grid, 1, 1), (256, 1, 1), 0, &args)?;
+        let grid = launch::blocks(n, launch::nf4_linear::K_THREADS, MAX_BLOCKS);
+        dev.launch(&launch::nf4_linear::OXT_NF4_DEQUANT_BF16, (grid, 1, 1), 0, &args)?;
         Ok(out)
     }
 }

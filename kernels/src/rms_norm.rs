@@ -76,7 +76,7 @@ mod gpu {
             Arg::I32(d as i32),
             Arg::F32(eps as f32),
         ];
-        dev.launch(&launch::RMS_NORM, "oxt_rms_norm_fwd_bf16", (rows as u32, 1, 1), (256, 1, 1), 0, &args)?;
+        dev.launch(&launch::rms_norm::OXT_RMS_NORM_FWD_BF16, (rows as u32, 1, 1), 0, &args)?;
         Ok((y, rstd))
     }
 
@@ -93,7 +93,7 @@ mod gpu {
             Arg::I32(rows as i32),
             Arg::I32(d as i32),
         ];
-        dev.launch(&launch::RMS_NORM, "oxt_rms_norm_bwd_bf16", (rows as u32, 1, 1), (256, 1, 1), 0, &args)?;
+        dev.launch(&launch::rms_norm::OXT_RMS_NORM_BWD_BF16, (rows as u32, 1, 1), 0, &args)?;
         Ok(dx)
     }
 }

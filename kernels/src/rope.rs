@@ -87,8 +87,8 @@ mod gpu {
             Arg::I32(cb as i32),
             Arg::F32(dir),
         ];
-        let grid = launch::blocks(pairs, 256, i32::MAX as usize);
-        dev.launch(&launch::ROPE, "oxt_rope_bf16", (grid, 1, 1), (256, 1, 1), 0, &args)?;
+        let grid = launch::blocks(pairs, launch::rope::K_THREADS, i32::MAX as usize);
+        dev.launch(&launch::rope::OXT_ROPE_BF16, (grid, 1, 1), 0, &args)?;
         Ok(y)
     }
 }

@@ -73,8 +73,8 @@ mod gpu {
         let y = dev.output(g.shape(), DType::BF16)?;
         let args =
             [Arg::Buf(launch::buf(g)?), Arg::Buf(launch::buf(u)?), Arg::Buf(launch::buf(&y)?), Arg::I64(n as i64)];
-        let grid = launch::blocks(n, 256, MAX_BLOCKS);
-        dev.launch(&launch::SWIGLU, "oxt_swiglu_fwd_bf16", (grid, 1, 1), (256, 1, 1), 0, &args)?;
+        let grid = launch::blocks(n, launch::swiglu::K_THREADS, MAX_BLOCKS);
+        dev.launch(&launch::swiglu::OXT_SWIGLU_FWD_BF16, (grid, 1, 1), 0, &args)?;
         Ok(y)
     }
 
@@ -91,8 +91,8 @@ mod gpu {
             Arg::Buf(launch::buf(&du)?),
             Arg::I64(n as i64),
         ];
-        let grid = launch::blocks(n, 256, MAX_BLOCKS);
-        dev.launch(&launch::SWIGLU, "oxt_swiglu_bwd_bf16", (grid, 1, 1), (256, 1, 1), 0, &args)?;
+        let grid = launch::blocks(n, launch::swiglu::K_THREADS, MAX_BLOCKS);
+        dev.launch(&launch::swiglu::OXT_SWIGLU_BWD_BF16, (grid, 1, 1), 0, &args)?;
         Ok((dg, du))
     }
 }

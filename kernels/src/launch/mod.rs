@@ -60,6 +60,25 @@ module!(RMS_NORM, "rms_norm");
 module!(ROPE, "rope");
 module!(SWIGLU, "swiglu");
 
+/// One entry point of a module and the threads per block of its launch contract: generated from the
+/// `.cu` sources (their `__launch_bounds__`), so the name and the block size are written once, there.
+pub(crate) struct Kernel {
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub module: &'static Module,
+    pub name: &'static str,
+    pub threads: u32,
+}
+
+impl Kernel {
+    /// The block of a 1-D launch.
+    pub fn block(&self) -> (u32, u32, u32) {
+        (self.threads, 1, 1)
+    }
+}
+
+// Per `.cu` file (`launch::rms_norm`, …): a `Kernel` per entry point and its file-scope constants.
+include!(concat!(env!("OUT_DIR"), "/launch_table.rs"));
+
 thread_local! {
     static EMULATE: Cell<bool> = const { Cell::new(false) };
 }
@@ -146,27 +165,23 @@ impl Gpu {
         Tensor::zeros(shape, dtype, &self.device())
     }
 
-    /// Launches `func` of `module`: on the device's stream, or run to completion by the emulator.
-    #[allow(clippy::too_many_arguments)]
+    /// Launches `kernel` with its contract's block: on the device's stream, or run to completion by
+    /// the emulator.
     pub(crate) fn launch(
         &self,
-        module: &Module,
-        func: &str,
+        kernel: &Kernel,
         grid: (u32, u32, u32),
-        block: (u32, u32, u32),
         shared_mem_bytes: u32,
         args: &[Arg],
     ) -> Result<()> {
         if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
             return Ok(()); // nothing to do (empty tensor)
         }
+        let block = kernel.block();
         match self {
             #[cfg(feature = "cuda")]
-            Gpu::Cuda(dev) => cuda::launch(dev, module, func, grid, block, shared_mem_bytes, args),
-            Gpu::Emulated => {
-                let _ = module;
-                emulated::launch(func, grid, block, shared_mem_bytes, args)
-            }
+            Gpu::Cuda(dev) => cuda::launch(dev, kernel.module, kernel.name, grid, block, shared_mem_bytes, args),
+            Gpu::Emulated => emulated::launch(kernel.name, grid, block, shared_mem_bytes, args),
         }
     }
 }
