@@ -18,7 +18,8 @@
 #  3. `podman stop` (SIGTERM, SIGKILL after SageMaker's 120 s): a checkpoint, exit 143, the reason in
 #     output/failure; a second `podman run` on the same tree resumes from it and finishes the steps;
 #  4. a bad job (no train channel): output/failure names it, exit 2;
-#  5. NO_COLOR: on a terminal (`podman run -t`) warnings are coloured, with NO_COLOR they are not.
+#  5. NO_COLOR: on a terminal (`podman run -t`) warnings are coloured, with NO_COLOR they are not;
+#  6. `oxtune local --engine podman --image` runs a job file in the image, interrupts it once and resumes.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
@@ -170,5 +171,34 @@ check "on a terminal, warnings are coloured" grep -q $'\x1b\\[' "$work/tty.out"
 demo_tree "$tty_tree" 2
 podman run --rm -t -e NO_COLOR=1 --user "$uid:$uid" -v "$tty_tree:/opt/ml" "$image" train --eval_baseline true > "$work/tty.out" 2>&1 || true
 check "NO_COLOR=1 turns colour off on a terminal" sh -c "grep -q WARN '$work/tty.out' && ! grep -q \$'\\x1b\\[' '$work/tty.out'"
+
+# ---- 6. oxtune local --engine podman, against this image -----------------------------------------
+# The launcher runs the job file in the image: channels mounted read-only, SIGTERM once the trainer
+# logged step 10 (a simulated spot interruption), a restart that resumes, outputs packed.
+oxtune="$(dirname "$train")/oxtune"
+if [ -x "$oxtune" ]; then
+  local_tree="$work/local-src"
+  "$train" demo --prepare-only --ml-root "$local_tree" --steps 30 > /dev/null
+  {
+    printf 'name = "image-local"\n[sagemaker]\ninstance_type = "ml.g5.xlarge"\nmax_runtime = "10m"\n[hyperparameters]\n'
+    python3 -c 'import json,sys; [print(f"{k} = {json.dumps(v)}") for k, v in json.load(open(sys.argv[1])).items()]' \
+      "$local_tree/input/config/hyperparameters.json"
+    printf '[channels]\n'
+    for ch in "$local_tree"/input/data/*/; do
+      ch="${ch%/}"
+      printf '%s = "%s"\n' "${ch##*/}" "$ch"
+    done
+  } > "$work/job.toml"
+  rc=0
+  "$oxtune" local "$work/job.toml" --engine podman --image "$image" --gpus none --exact-name \
+    --interrupt-after-step 10 --stop-grace 60s --work-dir "$work/local" > "$work/local.log" 2>&1 || rc=$?
+  check "oxtune local --engine podman completes (exit $rc; $(tail -n 2 "$work/local.log" | tr '\n' ' '))" test "$rc" = 0
+  check "it ran the image with podman" grep -q "locally (podman image $image)" "$work/local.log"
+  check "the simulated interruption restarted the job, which resumed" \
+    sh -c "grep -q 'Completed after 2 attempt' '$work/local.log' && grep -q 'Resuming from checkpoint' '$work/local.log'"
+  check "model.tar.gz packed" test -s "$work/local/output/model.tar.gz"
+else
+  fail "no oxtune binary beside $train: build the workspace first (cargo build)"
+fi
 
 say "all checks passed"

@@ -8,7 +8,7 @@ use clap::Args;
 use super::{env_var, Failure, Res, EXIT_ERROR, EXIT_OK, EXIT_STOPPED};
 use crate::format::parse_duration;
 use crate::jobfile::{self, Overrides};
-use crate::local::LocalStatus;
+use crate::local::{Engine, LocalStatus};
 use crate::plan::validate_hyperparameters;
 
 #[derive(Debug, Args)]
@@ -23,11 +23,15 @@ pub struct LocalArgs {
     /// The `train` binary (default: next to oxtune, $OXTUNE_TRAIN_BIN, or PATH).
     #[arg(long)]
     pub train_bin: Option<PathBuf>,
-    /// Run the job's image (`image` in the job file, or --image) with Docker instead of the
-    /// binary; giving --image on the command line implies it.
+    /// Run the job's image (`image` in the job file, or --image) in a container instead of the
+    /// binary; giving --image or --engine on the command line implies it.
     #[arg(long)]
     pub docker: bool,
-    /// `docker run --gpus` value (`none` for CPU images).
+    /// The container engine (default: docker when on PATH, else podman).
+    #[arg(long, value_enum)]
+    pub engine: Option<Engine>,
+    /// GPUs for the container: `docker run --gpus` value, or podman's CDI device
+    /// `nvidia.com/gpu=<value>` (`none` for CPU images).
     #[arg(long, default_value = "all")]
     pub gpus: String,
     /// Time between SIGTERM and SIGKILL (SageMaker: 120 s).
@@ -68,13 +72,14 @@ pub(super) fn run(a: &LocalArgs) -> Res {
         crate::local::LocalOptions {
             work_dir: a.work_dir.clone().unwrap_or_else(|| PathBuf::from("oxtune-local").join(&job.base_name)),
             train_bin: a.train_bin.clone(),
-            image: if a.docker || a.overrides.image.is_some() {
+            image: if a.docker || a.engine.is_some() || a.overrides.image.is_some() {
                 Some(job.image.clone().ok_or_else(|| {
                     Failure::invalid("--docker needs an image: --image IMAGE or `image` in [sagemaker]")
                 })?)
             } else {
                 None
             },
+            engine: a.engine,
             gpus: a.gpus.clone(),
             max_runtime: job.max_runtime(),
             stop_grace: grace,

@@ -3,9 +3,10 @@
 //! * Synthesises the `/opt/ml` tree under `<work>/opt_ml`: string hyperparameters,
 //!   `inputdataconfig.json`, `resourceconfig.json` (current_host `algo-1`),
 //!   `checkpointconfig.json` when the job checkpoints, and `input/data/<channel>` (symlinks,
-//!   copies with `--copy-channels`, or read-only bind mounts for Docker).
+//!   copies with `--copy-channels`, or read-only bind mounts for a container).
 //! * Runs `train` as a binary (`--train-bin`, `$OXTUNE_TRAIN_BIN`, next to `oxtune`, or on PATH)
-//!   with `--ml-root`, or the image with `docker run [--gpus all] -v <root>:/opt/ml IMAGE train`.
+//!   with `--ml-root`, or the image with `docker run [--gpus all] -v <root>:/opt/ml IMAGE train`
+//!   (or `podman run`, GPUs through CDI).
 //! * Streams the logs, enforces the max runtime with SIGTERM and then SIGKILL after the grace
 //!   period (120 s like `StopTrainingJob`), keeps `checkpoints/` across restarts (model/ and
 //!   output/ start empty each time, like a new container), and with `--interrupt-after` sends
@@ -27,7 +28,7 @@ use crate::redact::Redactor;
 use process::{spawn, supervise, AttemptEnd, Runner, Why};
 use tree::{list_dir, reset_dir};
 
-pub use process::find_train_binary;
+pub use process::{find_train_binary, Engine};
 pub use tree::{config_files, pack, synthesise, MlTree};
 
 #[derive(Debug, Clone)]
@@ -35,7 +36,10 @@ pub struct LocalOptions {
     pub work_dir: PathBuf,
     pub train_bin: Option<PathBuf>,
     pub image: Option<String>,
-    /// `docker run --gpus` value; `none` leaves the flag out.
+    /// The engine for `image` (None: docker when on PATH, else podman).
+    pub engine: Option<Engine>,
+    /// GPUs for the container (`docker run --gpus` value; podman: `--device nvidia.com/gpu=<value>`);
+    /// `none` leaves them out.
     pub gpus: String,
     pub max_runtime: Duration,
     pub stop_grace: Duration,
@@ -72,10 +76,12 @@ pub struct LocalOutcome {
 /// Run the job locally; logs go to `out`.
 pub fn run(job: &Job, opts: &LocalOptions, redactor: &Redactor, out: &mut dyn Write) -> Result<LocalOutcome, Error> {
     let runner = match &opts.image {
-        Some(img) => Runner::Docker { image: img.clone(), gpus: opts.gpus.clone() },
+        Some(img) => {
+            Runner::Container { engine: Engine::choose(opts.engine)?, image: img.clone(), gpus: opts.gpus.clone() }
+        }
         None => Runner::Binary(find_train_binary(opts.train_bin.as_deref())?),
     };
-    // Absolute: `docker run -v` treats a relative source as a named volume, not a directory.
+    // Absolute: `run -v` treats a relative source as a named volume, not a directory.
     std::fs::create_dir_all(&opts.work_dir).map_err(Error::io(&opts.work_dir))?;
     let work_dir = opts.work_dir.canonicalize().map_err(Error::io(&opts.work_dir))?;
     let root = work_dir.join("opt_ml");
@@ -91,10 +97,7 @@ pub fn run(job: &Job, opts: &LocalOptions, redactor: &Redactor, out: &mut dyn Wr
         out,
         "oxtune: running {} locally ({}) under {}; max runtime {}",
         job.job_name,
-        match &runner {
-            Runner::Binary(b) => b.display().to_string(),
-            Runner::Docker { image, .. } => format!("docker image {image}"),
-        },
+        runner.describe(),
         tree.root.display(),
         fmt_duration(opts.max_runtime.as_secs_f64())
     );

@@ -49,9 +49,69 @@ pub fn find_train_binary(explicit: Option<&Path>) -> Result<PathBuf, Error> {
     Err(Error::Failed("cannot find the `train` binary: build it (`cargo build --release -p trainer`), pass --train-bin PATH, or run with --image IMAGE".into()))
 }
 
+/// The container engine that runs an image: Docker, or podman (same commands, GPUs through CDI).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Engine {
+    Docker,
+    Podman,
+}
+
+impl Engine {
+    pub fn program(self) -> &'static str {
+        match self {
+            Engine::Docker => "docker",
+            Engine::Podman => "podman",
+        }
+    }
+
+    /// The engine asked for, else `docker` when it is on PATH, else `podman`.
+    pub fn choose(explicit: Option<Engine>) -> Result<Engine, Error> {
+        Engine::choose_on(explicit, std::env::var_os("PATH").as_deref())
+    }
+
+    /// [`Engine::choose`] against a given PATH value.
+    pub fn choose_on(explicit: Option<Engine>, path: Option<&std::ffi::OsStr>) -> Result<Engine, Error> {
+        let on_path = |e: Engine| path.is_some_and(|p| std::env::split_paths(p).any(|d| d.join(e.program()).is_file()));
+        match explicit {
+            Some(e) if on_path(e) => Ok(e),
+            Some(e) => Err(Error::Failed(format!(
+                "--engine {0}: `{0}` is not on PATH; install it (Debian: apt-get install {0}) or choose the other engine",
+                e.program()
+            ))),
+            None => [Engine::Docker, Engine::Podman].into_iter().find(|e| on_path(*e)).ok_or_else(|| {
+                Error::Failed(
+                    "running an image needs a container engine: neither `docker` nor `podman` is on PATH \
+                     (install one, or run the train binary without --image)"
+                        .into(),
+                )
+            }),
+        }
+    }
+
+    /// The `run` flags that hand the job the host's GPUs (`gpus` as `docker run --gpus` takes it).
+    fn gpu_flags(self, gpus: &str) -> Vec<String> {
+        match (self, gpus) {
+            (_, "none") => vec![],
+            (Engine::Docker, g) => vec!["--gpus".into(), g.into()],
+            // podman reaches NVIDIA GPUs through CDI (`nvidia-ctk cdi generate`).
+            (Engine::Podman, g) => vec!["--device".into(), format!("nvidia.com/gpu={g}")],
+        }
+    }
+}
+
 pub(super) enum Runner {
     Binary(PathBuf),
-    Docker { image: String, gpus: String },
+    Container { engine: Engine, image: String, gpus: String },
+}
+
+impl Runner {
+    /// What runs the job, for the log.
+    pub(super) fn describe(&self) -> String {
+        match self {
+            Runner::Binary(b) => b.display().to_string(),
+            Runner::Container { engine, image, .. } => format!("{} image {image}", engine.program()),
+        }
+    }
 }
 
 pub(super) fn spawn(runner: &Runner, job: &Job, tree: &MlTree, container: &str) -> Result<Child, Error> {
@@ -63,12 +123,10 @@ pub(super) fn spawn(runner: &Runner, job: &Job, tree: &MlTree, container: &str) 
             c.env("OXTUNE_ML_ROOT", &tree.root);
             c
         }
-        Runner::Docker { image, gpus } => {
-            let mut c = Command::new("docker");
+        Runner::Container { engine, image, gpus } => {
+            let mut c = Command::new(engine.program());
             c.args(["run", "--rm", "--name", container]);
-            if gpus != "none" {
-                c.args(["--gpus", gpus]);
-            }
+            c.args(engine.gpu_flags(gpus));
             // Files written under /opt/ml belong to you, not root.
             let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
             c.args(["--user", &format!("{uid}:{gid}")]);
@@ -90,7 +148,7 @@ pub(super) fn spawn(runner: &Runner, job: &Job, tree: &MlTree, container: &str) 
             }
             c.args(["-e", "TRAINING_JOB_NAME", "-e", "TRAINING_JOB_ARN"]);
             for k in job.environment.keys() {
-                // Name only: docker reads the value from its own environment, so secrets never
+                // Name only: the engine reads the value from its own environment, so secrets never
                 // appear on a command line (`ps`).
                 c.args(["-e", k]);
             }
@@ -106,7 +164,9 @@ pub(super) fn spawn(runner: &Runner, job: &Job, tree: &MlTree, container: &str) 
     cmd.spawn().map_err(|e| {
         Error::Failed(match runner {
             Runner::Binary(b) => format!("cannot start {}: {e}", b.display()),
-            Runner::Docker { .. } => format!("cannot start docker: {e} (is Docker installed and running?)"),
+            Runner::Container { engine, .. } => {
+                format!("cannot start {0}: {e} (is {0} installed and running?)", engine.program())
+            }
         })
     })
 }
@@ -116,9 +176,9 @@ fn signal(child: &Child, runner: &Runner, container: &str, sig: i32) {
         Runner::Binary(_) => unsafe {
             libc::kill(child.id() as i32, sig);
         },
-        Runner::Docker { .. } => {
+        Runner::Container { engine, .. } => {
             let name = if sig == libc::SIGKILL { "KILL" } else { "TERM" };
-            let _ = Command::new("docker")
+            let _ = Command::new(engine.program())
                 .args(["kill", "--signal", name, container])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())

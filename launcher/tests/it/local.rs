@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use launcher::jobfile::{resolve, Job, JobFile, Overrides};
-use launcher::local::{run, LocalOptions, LocalStatus};
+use launcher::local::{run, Engine, LocalOptions, LocalStatus};
 use launcher::redact::Redactor;
 
 use crate::common::tar_names;
@@ -34,6 +34,7 @@ fn opts(dir: &Path, job: &Job) -> LocalOptions {
         work_dir: dir.join("work"),
         train_bin: Some(fake_train()),
         image: None,
+        engine: None,
         gpus: "none".into(),
         max_runtime: job.max_runtime(),
         stop_grace: Duration::from_millis(500),
@@ -158,4 +159,24 @@ fn secrets_in_the_trainer_output_are_redacted() {
             && trainer_lines.iter().all(|l| !l.contains("local-test") && l.contains("***REDACTED***")),
         "{log}"
     );
+}
+
+#[test]
+fn the_container_engine_is_the_one_asked_for_or_docker_then_podman() {
+    let d = tempfile::tempdir().unwrap();
+    let (both, only_podman, none) = (d.path().join("both"), d.path().join("podman"), d.path().join("none"));
+    for (dir, programs) in [(&both, &["docker", "podman"][..]), (&only_podman, &["podman"][..]), (&none, &[][..])] {
+        std::fs::create_dir_all(dir).unwrap();
+        for p in programs {
+            std::fs::write(dir.join(p), "#!/bin/sh\n").unwrap();
+        }
+    }
+    let choose = |e: Option<Engine>, dir: &Path| Engine::choose_on(e, Some(dir.as_os_str()));
+    assert_eq!(choose(None, &both).unwrap(), Engine::Docker, "docker first when both are there");
+    assert_eq!(choose(None, &only_podman).unwrap(), Engine::Podman);
+    assert_eq!(choose(Some(Engine::Podman), &both).unwrap(), Engine::Podman, "--engine wins");
+    let e = choose(Some(Engine::Docker), &only_podman).unwrap_err().to_string();
+    assert!(e.contains("--engine docker") && e.contains("not on PATH"), "{e}");
+    let e = choose(None, &none).unwrap_err().to_string();
+    assert!(e.contains("neither `docker` nor `podman`"), "{e}");
 }
