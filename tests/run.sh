@@ -67,33 +67,44 @@ OXTUNE_RELEASE_TRAIN="$PWD/target/debug/train"
 export OXTUNE_RELEASE_TRAIN
 stage "tests" cargo test --workspace --no-fail-fast "$@"
 
-# The image, built with podman from container/Dockerfile (the train of this build, the CUDA libraries
-# from their PyPI wheels) and run as SageMaker runs it: demo job, stop + resume, bad input, libraries, size.
+# Every __global__ entry point must have run, under emulation, in a passing test.
+stage "emulated kernel launch coverage" \
+  cargo test --workspace --test it -- --ignored --exact emulator::launch_coverage --nocapture
+
+# The CUDA build without a GPU: nvcc builds every kernel of ours to PTX and ptxas checks it for
+# sm_80/sm_90 (kernels/build.rs); `train` is built with CUDA for the image stage (it must start where
+# there is no driver), and the rest of the CUDA glue, tests included, is type-checked against candle's
+# CUDA backend. candle's own CUDA kernels are not compiled here (kernels/scripts/nvcc-stub.sh: pinned
+# upstream code, 12 of 13 minutes on 2 cores), so this train runs on CPUs only; a user's image build
+# (container/Dockerfile, stage build) and kernels/scripts/gpu-tests.sh compile them with the real nvcc.
+cuda_train="$PWD/target/cuda/debug/train"
+cuda_build() {
+  kernels/scripts/cuda-toolchain.sh
+  # shellcheck disable=SC1090
+  source <(kernels/scripts/cuda-toolchain.sh --env)
+  rm -f "$cuda_train"
+  NVCC="$PWD/kernels/scripts/nvcc-stub.sh" CARGO_TARGET_DIR=target/cuda cargo build --features cuda -p trainer --bin train &&
+    NVCC="$PWD/kernels/scripts/nvcc-stub.sh" CARGO_TARGET_DIR=target/cuda \
+      cargo check --features cuda -p kernels -p trainer -p benches --tests
+}
+stage "CUDA build + check (no GPU needed)" cuda_build
+
+# The image, built with podman from container/Dockerfile (the CUDA build of train from the stage above,
+# the CUDA libraries from their PyPI wheels) and run as SageMaker runs it, on a CPU: demo job, stop +
+# resume, bad input, libraries, size, oxtune local with podman.
 image_stage() {
   wait "$podman_setup" || {
     cat "$podman_log" >&2
     return 1
   }
   cat "$podman_log"
-  bash tests/container/image.sh
+  if [ -x "$cuda_train" ]; then
+    OXTUNE_IMAGE_TRAIN="$cuda_train" bash tests/container/image.sh
+  else
+    echo "image stage: no CUDA build of train (the CUDA stage failed); the image gets the CPU build" >&2
+    bash tests/container/image.sh
+  fi
 }
 stage "container image (podman)" image_stage
 
-# Every __global__ entry point must have run, under emulation, in a passing test.
-stage "emulated kernel launch coverage" \
-  cargo test --workspace --test it -- --ignored --exact emulator::launch_coverage --nocapture
-
-# The CUDA code must keep compiling without a GPU: nvcc builds every kernel of ours to PTX and
-# ptxas checks it for sm_80/sm_90 (kernels/build.rs); the Rust glue is type-checked against
-# candle's CUDA backend. candle's own CUDA kernels are not rebuilt here (kernels/scripts/nvcc-stub.sh:
-# pinned upstream code, 12 of the check's 13 minutes on 2 cores); the container and GPU builds
-# compile them with the real nvcc.
-cuda_check() {
-  kernels/scripts/cuda-toolchain.sh
-  # shellcheck disable=SC1090
-  source <(kernels/scripts/cuda-toolchain.sh --env)
-  NVCC="$PWD/kernels/scripts/nvcc-stub.sh" CARGO_TARGET_DIR=target/cuda \
-    cargo check --features cuda -p kernels -p trainer -p benches --tests
-}
-stage "CUDA build check (no GPU needed)" cuda_check
 exit "$status"

@@ -9,9 +9,10 @@
 # prebuilt; stripped), with the CUDA libraries of container/runtime-libs.txt from their PyPI wheels,
 # then checks:
 #  1. every shared library of train and of the CUDA libraries resolves in the image (only libcuda.so.1,
-#     which the host driver mounts, may be missing); `--help` works; the image's size (uncompressed,
-#     and compressed as a registry stores it);
-#  2. a demo job exactly as SageMaker runs it: /opt/ml mounted from a host tree `train demo
+#     which the host driver mounts, may be missing; with the image's no-driver stand-in nothing is);
+#     `--help` works; the image's size (uncompressed, and compressed as a registry stores it);
+#  2. a demo job exactly as SageMaker runs it (a CUDA build of train starts without a GPU, trains on
+#     the CPU and says why; with OXTUNE_DEVICE=cuda it fails naming the missing driver library): /opt/ml mounted from a host tree `train demo
 #     --prepare-only` wrote, the input channels read-only, `train` as the argument, only
 #     TRAINING_JOB_NAME / TRAINING_JOB_ARN set (no SM_*), as a non-root user: the adapter, its config,
 #     the summary on the host, METRIC lines on stdout, no terminal escape codes in piped output;
@@ -25,7 +26,12 @@ root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
 # shellcheck disable=SC1090
 source <(bash tests/container/podman.sh env)
-train="${OXTUNE_RELEASE_TRAIN:?set OXTUNE_RELEASE_TRAIN to the train binary to put in the image}"
+# The host's train (CPU build: writes the demo trees; oxtune beside it) and the one the image gets
+# (OXTUNE_IMAGE_TRAIN, default the same; the test command passes its CUDA build).
+train="${OXTUNE_RELEASE_TRAIN:?set OXTUNE_RELEASE_TRAIN to the train binary of this build}"
+image_train="${OXTUNE_IMAGE_TRAIN:-$train}"
+cuda_build=false
+readelf -d "$image_train" | grep -q 'libcuda\.so\.1' && cuda_build=true
 image="localhost/oxtune-train:test"
 work="$(mktemp -d)"
 uid=1000
@@ -49,7 +55,7 @@ check() { # check WHAT CONDITION...: fails the run with WHAT when the condition 
 
 # ---- build --------------------------------------------------------------------------------------
 mkdir -p container/prebuilt
-install -m 0755 "$train" container/prebuilt/train
+install -m 0755 "$image_train" container/prebuilt/train
 strip container/prebuilt/train
 # --format docker: the OCI format has no SHELL. A host whose TLS goes through its own CA (a proxy's)
 # lends that bundle to pip in the build, read-only, through PIP_CERT (container/README.md).
@@ -66,15 +72,19 @@ t0=$SECONDS
   tail -n 30 "$work/build.log" >&2
   fail "the image build failed (above); run it by hand: CONTAINERS_CONF=$CONTAINERS_CONF ${build[*]}"
 }
-say "built $image in $((SECONDS - t0)) s"
+say "built $image in $((SECONDS - t0)) s with $image_train ($($cuda_build && echo "CUDA build" || echo "CPU build"))"
 
 # ---- 1. libraries, --help, size -----------------------------------------------------------------
 in_image() { podman run --rm --entrypoint "$1" "$image" "${@:2}"; }
 # shellcheck disable=SC2016 # expanded by the shell in the image
-in_image sh -c 'for f in /usr/local/bin/train /usr/local/lib/oxtune/*; do echo "== $f"; ldd "$f"; done' > "$work/ldd.txt" 2>&1 ||
+in_image sh -c 'for f in /usr/local/bin/train /usr/local/lib/oxtune/*.so.*; do echo "== $f"; ldd "$f"; done' > "$work/ldd.txt" 2>&1 ||
   fail "ldd in the image failed: $(cat "$work/ldd.txt")"
 unresolved() { grep 'not found' "$work/ldd.txt" | grep -v 'libcuda\.so\.1 ' || true; }
 check "every library resolves in the image (libcuda.so.1 aside)" test -z "$(unresolved)"
+# Without a driver, the entrypoint puts the stand-in libcuda.so.1 on the path: then nothing is missing.
+# shellcheck disable=SC2016 # expanded by the shell in the image
+in_image sh -c 'LD_LIBRARY_PATH=/usr/local/lib/oxtune/no-driver ldd /usr/local/bin/train' > "$work/ldd-stub.txt" 2>&1 || true
+check "with the no-driver stand-in every library of train resolves" sh -c "! grep -q 'not found' '$work/ldd-stub.txt'"
 while read -r lib; do
   check "$lib is in the image" grep -q "== /usr/local/lib/oxtune/$lib\$" "$work/ldd.txt"
 done < <(awk '!/^#/ && $3 ~ /==/ {print $1}' container/runtime-libs.txt)
@@ -124,6 +134,16 @@ done
 check "files written as the container's user ($uid)" test "$(stat -c %u "$demo/model/adapter_model.safetensors")" = "$uid"
 check "METRIC lines on stdout" grep -q '^METRIC step=40 ' "$work/demo.out"
 check "a warning reached stderr (eval_baseline without a test channel)" grep -q 'WARN' "$work/demo.err"
+if $cuda_build; then
+  check "the CUDA build started without a GPU and says it trains on the CPU" \
+    grep -q 'libcuda.so.1) is not in this container.*training on the CPU' "$work/demo.err"
+  cuda_tree="$work/cuda"
+  demo_tree "$cuda_tree" 2
+  rc=0
+  sagemaker_run oxtune-image-cuda "$cuda_tree" --rm -e OXTUNE_DEVICE=cuda > /dev/null 2> "$work/cuda.err" || rc=$?
+  check "OXTUNE_DEVICE=cuda without a GPU fails (exit $rc) naming the missing driver library" \
+    sh -c "[ $rc -ne 0 ] && grep -q 'libcuda.so.1' '$cuda_tree/output/failure'"
+fi
 check "no terminal escape codes in piped output" sh -c "! grep -q \$'\\x1b' '$work/demo.out' '$work/demo.err'"
 env_seen=$(podman run --rm --entrypoint env -e TRAINING_JOB_NAME=x "$image")
 check "no SM_* variable in the container" sh -c "! echo '$env_seen' | grep -q '^SM_'"

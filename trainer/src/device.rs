@@ -1,9 +1,11 @@
 //! Where a job computes, and in which dtype.
 //!
-//! `OXTUNE_DEVICE` (environment): unset = the first CUDA GPU when the build has `cuda` and one is
-//! present, else the CPU; `cpu` forces the CPU; `emulated-cuda` (a test aid) runs the GPU code
-//! path — every fused kernel in `kernels/cuda/`, bf16 by default — on the CPU through the host
-//! emulation of CUDA, so the path a GPU job takes can be checked on a machine without one.
+//! `OXTUNE_DEVICE` (environment): unset (or `auto`) = the first CUDA GPU when the build has `cuda`
+//! and one is usable, else the CPU, saying why in the log; `cuda` = the first GPU or a clean failure
+//! that names what is missing (a CPU-only build, no NVIDIA driver, no device); `cpu` forces the CPU;
+//! `emulated-cuda` (a test aid) runs the GPU code path — every fused kernel in `kernels/cuda/`, bf16
+//! by default — on the CPU through the host emulation of CUDA, so the path a GPU job takes can be
+//! checked on a machine without one.
 
 use candle_core::{DType, Device};
 
@@ -26,11 +28,12 @@ impl JobDevice {
     pub fn select(env: &[(String, String)]) -> Result<JobDevice, TrainError> {
         let choice = env.iter().rev().find(|(k, _)| k == DEVICE_VAR).map(|(_, v)| v.trim().to_ascii_lowercase());
         match choice.as_deref() {
-            None | Some("") | Some("auto") | Some("cuda") => Ok(JobDevice { device: first_gpu_or_cpu(), emulated_cuda: false }),
+            None | Some("") | Some("auto") => Ok(JobDevice { device: first_gpu_or_cpu(), emulated_cuda: false }),
+            Some("cuda") => Ok(JobDevice { device: first_gpu()?, emulated_cuda: false }),
             Some("cpu") => Ok(JobDevice { device: Device::Cpu, emulated_cuda: false }),
             Some("emulated-cuda") => Ok(JobDevice { device: Device::Cpu, emulated_cuda: true }),
             Some(other) => Err(TrainError::BadInput(format!(
-                "{DEVICE_VAR}={other} is not a device: use cpu, cuda (the default: the first GPU when there is one) or emulated-cuda (the GPU code path on the CPU, for tests)"
+                "{DEVICE_VAR}={other} is not a device: use auto (the default: the first GPU when there is one, else the CPU), cuda (a GPU or a failure), cpu or emulated-cuda (the GPU code path on the CPU, for tests)"
             ))),
         }
     }
@@ -72,13 +75,39 @@ impl JobDevice {
     }
 }
 
+/// Set by the image's entrypoint when the host has no NVIDIA driver and the image's stand-in
+/// `libcuda.so.1` (every call answers "no driver") is what train loaded.
+pub const NO_DRIVER_VAR: &str = "OXTUNE_NO_NVIDIA_DRIVER";
+
 fn first_gpu_or_cpu() -> Device {
-    #[cfg(feature = "cuda")]
-    match Device::new_cuda(0) {
-        Ok(d) => return d,
-        Err(e) => tracing::warn!("no usable CUDA device ({e}); training on CPU"),
+    if cfg!(feature = "cuda") {
+        match first_gpu() {
+            Ok(d) => return d,
+            Err(e) => tracing::warn!("{e}; training on the CPU"),
+        }
     }
     Device::Cpu
+}
+
+/// The first CUDA GPU, or why there is none: a CPU-only build, no NVIDIA driver, or no device.
+fn first_gpu() -> Result<Device, TrainError> {
+    if !cfg!(feature = "cuda") {
+        return Err(TrainError::Unsupported(format!(
+            "{DEVICE_VAR}=cuda but this train was built without CUDA: use the image (or `cargo build --release --features cuda`), or {DEVICE_VAR}=cpu"
+        )));
+    }
+    if std::env::var_os(NO_DRIVER_VAR).is_some() {
+        return Err(TrainError::Unsupported(
+            "no CUDA GPU: the NVIDIA driver library (libcuda.so.1) is not in this container — run it with GPUs \
+             (`docker run --gpus all`, podman with the NVIDIA CDI device, or a GPU instance type on SageMaker)"
+                .into(),
+        ));
+    }
+    Device::new_cuda(0).map_err(|e| {
+        TrainError::Unsupported(format!(
+            "no usable CUDA GPU ({e}): check that the host has an NVIDIA GPU and driver r580+ and that the container sees them"
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -98,5 +127,10 @@ mod tests {
         assert_eq!(emu.dtype(DTypeChoice::F32), DType::F32);
         let err = JobDevice::select(&env("tpu")).unwrap_err().to_string();
         assert!(err.contains("OXTUNE_DEVICE=tpu") && err.contains("emulated-cuda"), "{err}");
+        if !cfg!(feature = "cuda") {
+            let err = JobDevice::select(&env("cuda")).unwrap_err().to_string();
+            assert!(err.contains("built without CUDA") && err.contains("OXTUNE_DEVICE=cpu"), "{err}");
+            assert_eq!(JobDevice::select(&env("auto")).unwrap().name(), "cpu", "auto falls back to the CPU");
+        }
     }
 }

@@ -15,6 +15,7 @@ pub mod error;
 pub mod eval;
 pub mod generate;
 pub mod grpo_loss;
+pub mod inference;
 pub mod job;
 pub mod lora;
 pub mod model;

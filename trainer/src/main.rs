@@ -1,7 +1,8 @@
 //! `train`: the SageMaker training entrypoint.
 //!
 //! `train [train] [--ml-root DIR] [--<hyperparameter> VALUE]...` runs the job under `/opt/ml`;
-//! `train demo` runs the embedded tiny demo through the same path.
+//! `train demo` runs the embedded tiny demo through the same path; `train generate` and `train
+//! evaluate` try a model (with an adapter) on prompts or a test file, outside a job.
 
 use std::path::PathBuf;
 use std::process::ExitCode as ProcessExit;
@@ -14,6 +15,9 @@ const USAGE: &str = "\
 Usage:
   train [train] [--ml-root DIR] [--<hyperparameter> VALUE | --<hyperparameter>=VALUE]...
   train demo [--ml-root DIR] [--steps N] [--prepare-only] [--<hyperparameter> VALUE]...
+  train generate --model DIR [--adapter DIR] (--prompt TEXT | --file FILE) [--system TEXT]
+                 [--max-new-tokens N] [--temperature T] [--top-p P] [--stop TEXT]... [--seed N]
+  train evaluate --model DIR [--adapter DIR] --file FILE [--output DIR] [--<eval_* or data hyperparameter> VALUE]...
   train --hyperparameters     print the hyperparameter reference (markdown)
   train --help | --version
 
@@ -22,12 +26,18 @@ channels input/data/{train|training,validation,model}; writes model/, output/dat
 on failure output/failure and a non-zero exit (2 bad input, 1 internal error, 143 stopped by SIGTERM
 after checkpointing). Hyperparameters: CLI > OXTUNE_HP_<NAME> environment > hyperparameters.json > defaults.
 `demo --prepare-only` writes the demo's /opt/ml tree and stops (to run it elsewhere, e.g. in the image).
+`generate` streams each completion to stdout (chat template applied when the tokenizer has one; --file
+takes any format the trainer reads); `evaluate` scores FILE as a job's test channel is scored and writes
+eval_predictions.jsonl and eval_summary.json into --output (default ./eval-output). Both run where
+OXTUNE_DEVICE says (the first GPU when there is one).
 Diagnostics on stderr are coloured only on a terminal, and never with NO_COLOR set.
 ";
 
 enum Command {
     Train,
     Demo { steps: Option<u64>, prepare_only: bool },
+    Generate,
+    Evaluate,
 }
 
 struct Args {
@@ -46,6 +56,14 @@ fn parse_args(raw: Vec<String>) -> Result<Option<Args>, String> {
         Some("demo") => {
             it.next();
             command = Command::Demo { steps: None, prepare_only: false };
+        }
+        Some("generate") => {
+            it.next();
+            command = Command::Generate;
+        }
+        Some("evaluate") => {
+            it.next();
+            command = Command::Evaluate;
         }
         Some("serve") => {
             return Err(
@@ -147,6 +165,9 @@ fn main() -> ProcessExit {
             return ProcessExit::from(ExitCode::Internal as u8);
         }
     };
+    if matches!(args.command, Command::Generate | Command::Evaluate) {
+        return try_model(args);
+    }
     let paths = match &args.command {
         Command::Demo { steps, prepare_only } => {
             let root = args.ml_root.clone().unwrap_or_else(|| PathBuf::from("ml-demo"));
@@ -166,6 +187,7 @@ fn main() -> ProcessExit {
             }
         }
         Command::Train => MlPaths::from_env(args.ml_root.clone()),
+        Command::Generate | Command::Evaluate => unreachable!("handled above"),
     };
     let env: Vec<(String, String)> = std::env::vars().collect();
     let opts = JobOptions { paths: paths.clone(), cli: args.hyperparameters, env, stop };
@@ -194,6 +216,97 @@ fn main() -> ProcessExit {
             eprintln!("error: {reason}");
             let _ = paths.write_failure(&reason, "");
             ProcessExit::from(ExitCode::Internal as u8)
+        }
+    }
+}
+
+/// The flags of `generate` / `evaluate`, taken out of the `--name value` pairs (either `-` or `_`).
+struct Flags(Vec<(String, String)>);
+
+impl Flags {
+    fn take_all(&mut self, name: &str) -> Vec<String> {
+        let (taken, rest): (Vec<_>, Vec<_>) = self.0.drain(..).partition(|(k, _)| k.replace('-', "_") == name);
+        self.0 = rest;
+        taken.into_iter().map(|(_, v)| v).collect()
+    }
+    fn take(&mut self, name: &str) -> Option<String> {
+        self.take_all(name).pop()
+    }
+    fn number<T: std::str::FromStr>(&mut self, name: &str, default: T) -> Result<T, String> {
+        match self.take(name) {
+            None => Ok(default),
+            Some(v) => v.parse().map_err(|_| format!("--{} needs a number, got `{v}`", name.replace('_', "-"))),
+        }
+    }
+}
+
+/// `train generate` / `train evaluate`: a model from local files, on the device OXTUNE_DEVICE picks.
+fn try_model(args: Args) -> ProcessExit {
+    let evaluate = matches!(args.command, Command::Evaluate);
+    let result = (|| -> Result<(), TrainError> {
+        let bad = TrainError::BadInput;
+        let mut f = Flags(args.hyperparameters);
+        let model =
+            f.take("model").ok_or_else(|| bad("--model DIR is required (a base or merged model directory)".into()))?;
+        let adapter = f.take("adapter").map(PathBuf::from);
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        let device = trainer::device::JobDevice::select(&env)?;
+        device.enter();
+        let spec_of = |rest: Vec<(String, String)>| {
+            let hp = rest.into_iter().collect();
+            trainer::spec::JobSpec::from_hyperparameters(&hp).map_err(|e| bad(format!("{e}")))
+        };
+        // What runs where goes to stderr: stdout carries only the completions (or the scores).
+        let load = |dtype| {
+            let m = trainer::inference::load(model.as_ref(), adapter.as_deref(), &device, dtype)?;
+            let with = adapter.as_ref().map(|a| format!(" + adapter {}", a.display())).unwrap_or_default();
+            eprintln!("model {model}{with} on {} ({dtype:?})", device.name());
+            Ok::<_, TrainError>(m)
+        };
+        if evaluate {
+            let file = f.take("file").ok_or_else(|| bad("--file FILE is required (the test examples)".into()))?;
+            let out_dir = PathBuf::from(f.take("output").unwrap_or_else(|| "eval-output".into()));
+            let spec = spec_of(f.0)?;
+            let m = load(device.dtype(spec.dtype))?;
+            let run = trainer::inference::evaluate_file(&m, file.as_ref(), &spec.data, &spec.eval.config, &out_dir)?;
+            let line = trainer::report::MetricRecord { extra: run.metrics.clone(), ..Default::default() }.line();
+            println!("{line}");
+            println!("Predictions and summary in {}", out_dir.display());
+            return Ok(());
+        }
+        let prompts_text = f.take_all("prompt");
+        let file = f.take("file");
+        let system = f.take("system");
+        let opts = trainer::inference::GenerateOptions {
+            max_new_tokens: f.number("max_new_tokens", 256usize).map_err(bad)?,
+            temperature: f.number("temperature", 0.0f64).map_err(bad)?,
+            top_p: f.number("top_p", 1.0f64).map_err(bad)?,
+            stop_strings: f.take_all("stop"),
+            seed: f.number("seed", 42u64).map_err(bad)?,
+        };
+        if let Some((k, _)) = f.0.first() {
+            return Err(bad(format!("generate does not take --{k}; see `train --help`")));
+        }
+        let spec = spec_of(vec![])?;
+        let m = load(device.dtype(spec.dtype))?;
+        let mut prompts = Vec::new();
+        for p in &prompts_text {
+            prompts.push(trainer::inference::text_prompt(&m.tok, p, system.as_deref())?);
+        }
+        if let Some(file) = &file {
+            prompts.extend(trainer::inference::file_prompts(&m.tok, file.as_ref(), &spec.data)?);
+        }
+        if prompts.is_empty() {
+            return Err(bad("nothing to generate from: give --prompt TEXT or --file FILE".into()));
+        }
+        trainer::inference::stream(&m, &prompts, &opts, &mut std::io::stdout().lock())?;
+        Ok(())
+    })();
+    match result {
+        Ok(()) => ProcessExit::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", e.reason());
+            ProcessExit::from(e.exit_code() as u8)
         }
     }
 }

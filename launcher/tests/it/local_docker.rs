@@ -175,7 +175,7 @@ fn docker_errors_are_explained() {
     assert_eq!(out.status.code(), Some(2), "{}", all_output(&out));
     assert!(all_output(&out).contains("--docker needs an image"), "{}", all_output(&out));
 
-    // No docker on PATH at all.
+    // No container engine on PATH at all: named before anything is started.
     let empty = d.path().join("empty-path");
     std::fs::create_dir_all(&empty).unwrap();
     let out = oxtune(d.path(), &record, &fake_train)
@@ -186,7 +186,7 @@ fn docker_errors_are_explained() {
         .unwrap();
     let text = all_output(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
-    assert!(text.contains("cannot start docker") && text.contains("is Docker installed and running?"), "{text}");
+    assert!(text.contains("neither `docker` nor `podman` is on PATH") && text.contains("install one"), "{text}");
     assert!(!record.exists(), "nothing should have reached a docker: {:?}", recorded(&record));
 }
 

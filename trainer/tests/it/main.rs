@@ -18,3 +18,4 @@ mod qlora;
 mod readme;
 mod resume;
 mod rouge;
+mod try_model;
