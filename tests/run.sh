@@ -44,11 +44,12 @@ fi
 OXTUNE_TEST_PYTHON="$(bash tests/eval/venv.sh)"
 export OXTUNE_TEST_PYTHON
 
-# Podman, its settings and the Debian 12 base image for the image stage (tests/container/podman.sh):
-# Debian packages and mmdebstrap, mostly downloads, so it runs beside the build.
+# Podman, its settings and the Debian 12 base image for the image stage (tests/container/podman.sh),
+# then the image's cuda-libs stage (apt, the CUDA wheels from PyPI) into podman's layer cache: mostly
+# downloads, so they run beside the build.
 podman_log="$PWD/target/podman-setup.log"
 mkdir -p target
-bash tests/container/podman.sh setup > "$podman_log" 2>&1 &
+(bash tests/container/podman.sh setup && bash tests/container/image.sh --prefetch) > "$podman_log" 2>&1 &
 podman_setup=$!
 
 stage "formatting" cargo fmt --all -- --check
@@ -72,22 +73,22 @@ stage "emulated kernel launch coverage" \
   cargo test --workspace --test it -- --ignored --exact emulator::launch_coverage --nocapture
 
 # The CUDA build without a GPU: nvcc builds every kernel of ours to PTX and ptxas checks it for
-# sm_80/sm_90 (kernels/build.rs); `train` is built with CUDA for the image stage (it must start where
-# there is no driver), and the rest of the CUDA glue, tests included, is type-checked against candle's
-# CUDA backend. candle's own CUDA kernels are not compiled here (kernels/scripts/nvcc-stub.sh: pinned
-# upstream code, 12 of 13 minutes on 2 cores), so this train runs on CPUs only; a user's image build
-# (container/Dockerfile, stage build) and kernels/scripts/gpu-tests.sh compile them with the real nvcc.
+# sm_80/sm_90 (kernels/build.rs), and the CUDA glue and the GPU test suites are compiled and linked
+# against candle's CUDA backend — one `cargo test --no-run`, which also builds the CUDA `train` that the
+# image stage needs (it must start where there is no driver). candle's own CUDA kernels are not
+# compiled here (kernels/scripts/nvcc-stub.sh: pinned upstream code, 12 of 13 minutes on 2 cores), so
+# this train runs on CPUs only; a user's image build (container/Dockerfile, stage build) and
+# kernels/scripts/gpu-tests.sh compile them with the real nvcc.
 cuda_train="$PWD/target/cuda/debug/train"
 cuda_build() {
   kernels/scripts/cuda-toolchain.sh
   # shellcheck disable=SC1090
   source <(kernels/scripts/cuda-toolchain.sh --env)
   rm -f "$cuda_train"
-  NVCC="$PWD/kernels/scripts/nvcc-stub.sh" CARGO_TARGET_DIR=target/cuda cargo build --features cuda -p trainer --bin train &&
-    NVCC="$PWD/kernels/scripts/nvcc-stub.sh" CARGO_TARGET_DIR=target/cuda \
-      cargo check --features cuda -p kernels -p trainer -p benches --tests
+  NVCC="$PWD/kernels/scripts/nvcc-stub.sh" CARGO_TARGET_DIR=target/cuda \
+    cargo test --no-run --features cuda -p kernels -p trainer -p benches
 }
-stage "CUDA build + check (no GPU needed)" cuda_build
+stage "CUDA build of train and the GPU tests" cuda_build
 
 # The image, built with podman from container/Dockerfile (the CUDA build of train from the stage above,
 # the CUDA libraries from their PyPI wheels) and run as SageMaker runs it, on a CPU: demo job, stop +

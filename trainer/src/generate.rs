@@ -222,9 +222,31 @@ pub fn generate_streaming(
         .collect())
 }
 
+/// The tokens that end a completion: the model config's EOS ids and the tokenizer's.
+pub fn eos_ids(cfg: &crate::model::ModelConfig, tok: &TokenizerBundle) -> Vec<u32> {
+    let mut ids = cfg.eos_token_ids();
+    ids.extend(tok.eos_id());
+    ids
+}
+
+/// The text before the first stop string: the stop string is not part of the answer (generation
+/// stops once one appears, so the completion may end with it).
+pub fn cut_at_stop(text: &str, stops: &[String]) -> String {
+    let end = stops.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str())).min().unwrap_or(text.len());
+    text[..end].to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn completions_end_before_the_first_stop_string() {
+        let stops = vec!["\n\n".to_string(), "###".to_string()];
+        assert_eq!(cut_at_stop("Paris### more", &stops), "Paris");
+        assert_eq!(cut_at_stop("a\n\nb###", &stops), "a");
+        assert_eq!(cut_at_stop("no stop", &stops), "no stop");
+    }
 
     fn cfg(temperature: f64, top_p: f64, top_k: usize) -> SamplingConfig {
         SamplingConfig { temperature, top_p, top_k, max_new_tokens: 1, eos_ids: vec![], stop_strings: vec![] }

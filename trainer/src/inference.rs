@@ -13,7 +13,7 @@ use crate::data::{self, Content, DataSpec, Message, Prompt, Record, RowRef, Toke
 use crate::device::JobDevice;
 use crate::error::{io_err, TrainError};
 use crate::eval::{self, EvalConfig, EvalRun};
-use crate::generate::{generate_streaming, Finish, SamplingConfig};
+use crate::generate::{cut_at_stop, generate_streaming, Finish, SamplingConfig};
 use crate::model::{hub, Decoder, ModelConfig, ModelError};
 use crate::rng::Rng;
 
@@ -60,8 +60,7 @@ pub fn load(
             model
         }
     };
-    let mut eos_ids = cfg.eos_token_ids();
-    eos_ids.extend(tok.eos_id());
+    let eos_ids = crate::generate::eos_ids(&cfg, &tok);
     Ok(LoadedModel { model, tok, eos_ids, adapters: adapter_dir.is_some() })
 }
 
@@ -161,11 +160,6 @@ pub fn stream(
         done.push((text, c.finish));
     }
     Ok(done)
-}
-
-fn cut_at_stop(text: &str, stops: &[String]) -> String {
-    let end = stops.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str())).min().unwrap_or(text.len());
-    text[..end].to_string()
 }
 
 /// `train evaluate`: the job's evaluation over `file` with `cfg`, predictions and summary written

@@ -259,9 +259,7 @@ fn load_test(spec: &JobSpec, paths: &MlPaths, base: &Base) -> Result<Option<Test
 }
 
 fn eos_ids(base: &Base) -> Vec<u32> {
-    let mut ids = base.cfg.eos_token_ids();
-    ids.extend(base.tok.eos_id());
-    ids
+    crate::generate::eos_ids(&base.cfg, &base.tok)
 }
 
 /// With `eval_baseline`: the base model (adapters off) on the test set, before training.

@@ -16,7 +16,7 @@ use std::time::Instant;
 use serde_json::{json, Map, Value};
 
 use crate::data::{self, DataError, Record, TokenizerBundle};
-use crate::generate::{generate, Finish, SamplingConfig};
+use crate::generate::{cut_at_stop, generate, Finish, SamplingConfig};
 use crate::model::Decoder;
 use crate::rewards::{score_weighted, RewardError, RewardFn, RewardInput};
 use crate::rng::Rng;
@@ -214,12 +214,6 @@ fn add_rewards(
     Ok(())
 }
 
-/// The text before the first stop string (the stop string is not part of the answer).
-fn cut_at_stop(text: &str, stops: &[String]) -> String {
-    let end = stops.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str())).min().unwrap_or(text.len());
-    text[..end].to_string()
-}
-
 fn finish_name(f: Finish) -> &'static str {
     match f {
         Finish::Eos => "eos",
@@ -275,17 +269,4 @@ pub fn summary_json(cfg: &EvalConfig, cases: usize, tuned: &EvalRun, baseline: O
         v["gain"] = json!(gain);
     }
     v
-}
-
-#[cfg(test)]
-mod tests {
-    use super::cut_at_stop;
-
-    #[test]
-    fn predictions_end_before_the_first_stop_string() {
-        let stops = vec!["\n\n".to_string(), "###".to_string()];
-        assert_eq!(cut_at_stop("Paris### more", &stops), "Paris");
-        assert_eq!(cut_at_stop("a\n\nb###", &stops), "a");
-        assert_eq!(cut_at_stop("no stop", &stops), "no stop");
-    }
 }
