@@ -4,7 +4,6 @@
 # any failed check fails it (never a skip).
 #
 #   OXTUNE_RELEASE_TRAIN=target/debug/train bash tests/container/image.sh
-#   bash tests/container/image.sh --prefetch     # only the cuda-libs stage, into podman's cache
 #
 # Builds the image from the Debian 12 base that podman.sh made and the `train` given (TRAIN_FROM=
 # prebuilt; stripped), with the CUDA libraries of container/runtime-libs.txt from their PyPI wheels,
@@ -27,14 +26,10 @@ root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
 # shellcheck disable=SC1090
 source <(bash tests/container/podman.sh env)
-# --prefetch: only the cuda-libs stage (apt, the wheels from PyPI), so that the test command can fetch
-# it beside the cargo build and the image stage later finds it in podman's layer cache.
-prefetch=false
-[ "${1:-}" = "--prefetch" ] && prefetch=true
 # The host's train (CPU build: writes the demo trees; oxtune beside it) and the one the image gets
 # (OXTUNE_IMAGE_TRAIN, default the same; the test command passes its CUDA build).
-$prefetch || train="${OXTUNE_RELEASE_TRAIN:?set OXTUNE_RELEASE_TRAIN to the train binary of this build}"
-image_train="${OXTUNE_IMAGE_TRAIN:-${train:-}}"
+train="${OXTUNE_RELEASE_TRAIN:?set OXTUNE_RELEASE_TRAIN to the train binary of this build}"
+image_train="${OXTUNE_IMAGE_TRAIN:-$train}"
 image="localhost/oxtune-train:test"
 work="$(mktemp -d)"
 uid=1000
@@ -63,15 +58,6 @@ common=(--format docker -f container/Dockerfile --build-arg "BASE_IMAGE=$OXTUNE_
 host_ca="${PIP_CERT:-${SSL_CERT_FILE:-}}"
 if [ -n "$host_ca" ] && [ -f "$host_ca" ]; then
   common+=(--volume "$host_ca:/run/host-ca.crt:ro" --build-arg PIP_CERT=/run/host-ca.crt)
-fi
-if $prefetch; then
-  t0=$SECONDS
-  podman build "${common[@]}" --target cuda-libs . > "$work/prefetch.log" 2>&1 || {
-    tail -n 30 "$work/prefetch.log" >&2
-    fail "fetching the cuda-libs stage failed (above); by hand: CONTAINERS_CONF=$CONTAINERS_CONF podman build ${common[*]} --target cuda-libs ."
-  }
-  say "cuda-libs stage ready in $((SECONDS - t0)) s"
-  exit 0
 fi
 build=(podman build "${common[@]}" --build-arg TRAIN_FROM=prebuilt
   --build-arg "REVISION=$(git rev-parse HEAD 2> /dev/null || echo unknown)" -t "$image" .)
