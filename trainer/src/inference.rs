@@ -151,8 +151,8 @@ pub fn stream(
             }
         }
         let c = c.into_iter().next().ok_or_else(|| TrainError::Unsupported("generation returned nothing".into()))?;
+        // The returned answer ends before a stop string; the streamed text already showed it.
         let text = cut_at_stop(&c.text, &opts.stop_strings);
-        // What was streamed past the stop string is not part of the answer: end the line there.
         if let Some(e) = write_err {
             return Err(TrainError::Io { path: "standard output".into(), source: e });
         }
