@@ -8,6 +8,7 @@ same LoRA config (r, alpha, dropout, all linear layers), same batch and sequence
   lora   transformers + PEFT, SDPA attention, AdamW (fused on CUDA), grad-norm clip 1.0
   qlora  the same on a bitsandbytes NF4 (double quant) base; skipped when bitsandbytes is missing
   grpo   TRL GRPOTrainer (no vLLM); skipped when trl (or datasets) is missing
+  generate  greedy `model.generate` with the KV cache on the PEFT model (exactly --new-tokens per row)
 
 Each run prints `RESULT {json}` and appends the JSON line to --json. A missing optional package or an
 out-of-memory error gives a result with "status": "skipped" / "oom" and a reason instead of a crash.
@@ -424,9 +425,60 @@ def run_gemm(args):
     }
 
 
+def run_generate(args):
+    """Greedy generation as oxtune-bench generate runs it: random prompts, exactly new_tokens per row."""
+    import torch
+
+    model = add_lora(args, build_model(args, load_arch(args.arch)))
+    model.eval()
+    model.config.use_cache = True
+    g = torch.Generator().manual_seed(args.seed)
+    vocab = model.config.vocab_size
+    ids = torch.randint(0, vocab, (args.batch, args.prompt_len), generator=g).to(args.device)
+    mask = torch.ones_like(ids)
+    kw = dict(
+        max_new_tokens=args.new_tokens,
+        min_new_tokens=args.new_tokens,
+        do_sample=False,
+        use_cache=True,
+        pad_token_id=0,
+    )
+    secs = []
+    with torch.inference_mode():
+        for i in range(args.warmup + args.iters):
+            sync(args.device)
+            t = time.perf_counter()
+            out = model.generate(input_ids=ids, attention_mask=mask, **kw)
+            sync(args.device)
+            if out.shape[1] - args.prompt_len != args.new_tokens:
+                raise RuntimeError(f"generated {out.shape[1] - args.prompt_len} tokens, wanted {args.new_tokens}")
+            if i >= args.warmup:
+                secs.append(time.perf_counter() - t)
+    median = sorted(secs)[len(secs) // 2]
+    return {
+        "impl": "hf",
+        "status": "ok",
+        "method": "generate",
+        "arch": args.arch,
+        "device": args.device,
+        "dtype": args.dtype_name,
+        "rank": args.rank,
+        "batch": args.batch,
+        "prompt_len": args.prompt_len,
+        "new_tokens": args.new_tokens,
+        "warmup": args.warmup,
+        "iters": args.iters,
+        "seconds": secs,
+        "median_s": median,
+        "tokens_per_sec": args.batch * args.new_tokens / median,
+        "torch_threads": torch.get_num_threads(),
+        "timing_note": "wall time of each PeftModel.generate call (greedy, KV cache, SDPA), median of the timed runs",
+    }
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("method", choices=["gemm", "lora", "qlora", "grpo"])
+    p.add_argument("method", choices=["gemm", "lora", "qlora", "grpo", "generate"])
     p.add_argument("--arch", default="tiny")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--dtype", choices=["auto", "bf16", "f32"], default="auto")
@@ -446,6 +498,7 @@ def main():
     p.add_argument("--prompt-len", type=int, default=64)
     p.add_argument("--n", type=int, default=8192)
     p.add_argument("--iters", type=int, default=50)
+    p.add_argument("--new-tokens", type=int, default=64)
     args = p.parse_args()
 
     import torch
@@ -463,6 +516,8 @@ def main():
             result = run_gemm(args)
         elif args.method == "grpo":
             result = run_grpo(args)
+        elif args.method == "generate":
+            result = run_generate(args)
         else:
             result = run_sft(args, args.method)
     except Exception as e:  # noqa: BLE001 - a failed baseline is a result row, not a crashed harness

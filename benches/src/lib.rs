@@ -399,6 +399,73 @@ fn run_grpo(c: &BenchConfig, spec: &JobSpec, model: &Decoder) -> anyhow::Result<
     }))
 }
 
+/// What `oxtune-bench generate` measures: greedy decoding with the KV cache.
+pub struct GenerateShape {
+    pub batch: usize,
+    pub prompt_len: usize,
+    pub new_tokens: usize,
+    /// Timed runs (after `c.warmup` untimed ones).
+    pub iters: usize,
+}
+
+/// Greedy generation through `trainer::generate::generate` (the evaluation's and `train generate`'s
+/// path): `batch` random prompts of `prompt_len` tokens, exactly `new_tokens` new tokens each (no
+/// EOS, so every row runs to the end), the LoRA adapters of `c` on. Time = wall time of each whole
+/// call (prefill + decode); tokens/s = batch × new_tokens ÷ the median time.
+pub fn generation(c: &BenchConfig, g: &GenerateShape) -> anyhow::Result<Value> {
+    if g.iters == 0 || g.new_tokens == 0 || g.batch == 0 {
+        bail!("--iters, --new-tokens and --batch must be at least 1");
+    }
+    let spec = JobSpec::from_hyperparameters(&hyperparameters(c)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let model = build_model(c, &spec)?;
+    let (_tok_dir, tok) = bench_tokenizer()?;
+    let mut rng = Rng::derive(c.seed, "bench-prompts");
+    let prompts: Vec<Vec<u32>> =
+        (0..g.batch).map(|_| random_ids(&mut rng, g.prompt_len.max(1), c.arch.cfg.vocab_size)).collect();
+    let cfg = trainer::generate::SamplingConfig {
+        temperature: 0.0,
+        top_p: 1.0,
+        top_k: 0,
+        max_new_tokens: g.new_tokens,
+        eos_ids: vec![],
+        stop_strings: vec![],
+    };
+    let mut secs = Vec::new();
+    for i in 0..c.warmup + g.iters {
+        let t = Instant::now();
+        let out = trainer::generate::generate(&model, &tok, &prompts, &cfg, &mut Rng::new(c.seed), true)?;
+        c.device.synchronize()?;
+        if out.iter().any(|o| o.ids.len() != g.new_tokens) {
+            bail!("a row stopped before {} tokens", g.new_tokens);
+        }
+        if i >= c.warmup {
+            secs.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let mut sorted = secs.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    Ok(json!({
+        "impl": "oxtune",
+        "status": "ok",
+        "method": "generate",
+        "arch": c.arch.name,
+        "device": device_name(&c.device),
+        "dtype": dtype_name(c.dtype),
+        "rank": c.rank,
+        "batch": g.batch,
+        "prompt_len": g.prompt_len,
+        "new_tokens": g.new_tokens,
+        "warmup": c.warmup,
+        "iters": g.iters,
+        "seconds": secs,
+        "median_s": median,
+        "tokens_per_sec": (g.batch * g.new_tokens) as f64 / median,
+        "timing_note": "wall time of each trainer::generate::generate call (prefill + greedy decode with the KV cache, LoRA adapters on), median of the timed runs",
+        "version": env!("CARGO_PKG_VERSION"),
+    }))
+}
+
 /// Measured bf16 matmul throughput: `iters` products of two `n × n` bf16 matrices (cuBLAS on
 /// CUDA), timed between device synchronisations after 3 warm-up products. FLOPs = 2·n³ each.
 pub fn gemm(device: &Device, dtype: DType, n: usize, iters: usize) -> anyhow::Result<Value> {

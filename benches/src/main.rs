@@ -102,6 +102,26 @@ enum Cmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Greedy generation with the KV cache (trainer::generate, as evaluation runs it).
+    Generate {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 4)]
+        batch: usize,
+        #[arg(long, default_value_t = 32)]
+        prompt_len: usize,
+        /// New tokens per row (every row runs to this length: no EOS).
+        #[arg(long, default_value_t = 64)]
+        new_tokens: usize,
+        #[arg(long, default_value_t = 5)]
+        iters: usize,
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        #[arg(long, default_value_t = 16)]
+        rank: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
     /// Measured bf16 matmul throughput (n×n×n products).
     Gemm {
         #[command(flatten)]
@@ -147,6 +167,27 @@ fn main() -> anyhow::Result<()> {
             let dev = device(common.device)?;
             let v = benches::gemm(&dev, dtype(common.dtype, &dev), n, iters)?;
             return emit(&common, &v);
+        }
+        Cmd::Generate { common, batch, prompt_len, new_tokens, iters, warmup, rank, seed } => {
+            let dev = device(common.device)?;
+            let cfg = BenchConfig {
+                method: Method::Lora,
+                arch: benches::arch(&common.arch)?,
+                seq: prompt_len + new_tokens,
+                batch,
+                steps: 1,
+                warmup,
+                rank,
+                alpha: 2.0 * rank as f64,
+                dropout: 0.0,
+                gradient_checkpointing: false,
+                dtype: dtype(common.dtype, &dev),
+                device: dev,
+                seed,
+                grpo: GrpoShape { prompts: 1, generations: 1, completion: new_tokens, prompt_len },
+            };
+            let shape = benches::GenerateShape { batch, prompt_len, new_tokens, iters };
+            return emit(&common, &benches::generation(&cfg, &shape)?);
         }
         Cmd::Emulator { iters, json } => {
             let v = benches::emulator::run(iters)?;

@@ -38,11 +38,13 @@ impl AwsOptions {
     }
 }
 
-/// The three service clients.
+/// The service clients.
 #[derive(Clone, Debug)]
 pub struct Clients {
     pub region: String,
     pub sagemaker: aws_sdk_sagemaker::Client,
+    /// InvokeEndpoint (`invoke`); its endpoint follows AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME.
+    pub runtime: aws_sdk_sagemakerruntime::Client,
     pub s3: aws_sdk_s3::Client,
     pub logs: aws_sdk_cloudwatchlogs::Client,
 }
@@ -94,6 +96,7 @@ pub fn clients_from_config(sdk: &SdkConfig, path_style: bool) -> Result<Clients,
     Ok(Clients {
         region,
         sagemaker: aws_sdk_sagemaker::Client::new(sdk),
+        runtime: aws_sdk_sagemakerruntime::Client::new(sdk),
         s3,
         logs: aws_sdk_cloudwatchlogs::Client::new(sdk),
     })

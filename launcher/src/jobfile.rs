@@ -73,6 +73,8 @@ pub struct SageMakerSection {
     pub input_mode: Option<String>,
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    /// Train for `oxtune deploy`: merge_adapter=true and the model uploaded uncompressed.
+    pub deployable: Option<bool>,
 }
 
 /// `"6h"` or a number of seconds.
@@ -197,6 +199,9 @@ pub struct Overrides {
     /// Tag KEY=VALUE (repeatable).
     #[arg(long = "tag", value_name = "KEY=VALUE")]
     pub tag: Vec<String>,
+    /// Train for `oxtune deploy`: merge the adapter and upload the model uncompressed.
+    #[arg(long)]
+    pub deployable: bool,
 }
 
 /// Everything a submission or local run needs, resolved from file + flags.
@@ -227,6 +232,8 @@ pub struct Job {
     /// Variable names whose values came from the caller's environment (secrets, never printed).
     pub passed_env: Vec<String>,
     pub tags: BTreeMap<String, String>,
+    /// `oxtune deploy` can serve its output: a merged model, uploaded uncompressed.
+    pub deployable: bool,
     pub estimate: EstimateSection,
     /// Directory relative paths in the job file are resolved against.
     pub base_dir: PathBuf,
@@ -383,6 +390,21 @@ fn environment(
     Ok((environment, passed_env))
 }
 
+/// A deployable job merges its adapter: `merge_adapter=true` unless set (false contradicts it).
+fn deployable_hyperparameters(hp: &mut BTreeMap<String, String>) -> Result<(), Error> {
+    let set = hp.iter().find(|(k, _)| trainer::spec::lookup(k).is_some_and(|p| p.name == "merge_adapter"));
+    match set {
+        Some((k, v)) if !trainer::spec::parse_bool(v).unwrap_or(false) => Err(Error::Invalid(format!(
+            "`deployable = true` serves the merged model, but the hyperparameter `{k}` is `{v}`: remove it or set it to true"
+        ))),
+        Some(_) => Ok(()),
+        None => {
+            hp.insert("merge_adapter".into(), "true".into());
+            Ok(())
+        }
+    }
+}
+
 /// Merge file + flags. `now` is the UTC epoch used for the job-name suffix.
 pub fn resolve(
     file: Option<(&Path, JobFile)>,
@@ -433,6 +455,10 @@ pub fn resolve(
         hyperparameters.insert(k, v);
     }
 
+    let deployable = o.deployable || sm.deployable.unwrap_or(false);
+    if deployable {
+        deployable_hyperparameters(&mut hyperparameters)?;
+    }
     let channels = channels(&f, o, &base_dir)?;
     let (environment, passed_env) = environment(&f, o, env, &mut warnings)?;
 
@@ -471,6 +497,7 @@ pub fn resolve(
         environment,
         passed_env,
         tags,
+        deployable,
         estimate: f.estimate.clone(),
         base_dir,
         warnings,

@@ -7,6 +7,7 @@ pub mod calibration;
 pub mod catalogue;
 pub mod cli;
 pub mod clock;
+pub mod deploy;
 pub mod error;
 pub mod estimate;
 pub mod format;

@@ -31,19 +31,26 @@ pub const MIN_ROLE_ARN: usize = 20;
 
 /// `[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}`: letters, digits and hyphens, starting and ending with a letter or digit.
 pub fn check_job_name(name: &str) -> Result<(), Error> {
+    check_resource_name("TrainingJobName", name).map_err(|e| match name.chars().count() > MAX_JOB_NAME {
+        true => Error::Invalid(format!("{e} (the timestamp suffix adds 16: keep `name` ≤ 47 or use --exact-name)")),
+        false => e,
+    })
+}
+
+/// The name pattern SageMaker shares between training jobs, models, endpoint configs and endpoints:
+/// `[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}`.
+pub fn check_resource_name(field: &str, name: &str) -> Result<(), Error> {
     let n = name.chars().count();
     if n == 0 || n > MAX_JOB_NAME {
-        return Err(Error::Invalid(format!(
-            "TrainingJobName `{name}` is {n} characters; the limit is 1–{MAX_JOB_NAME} (the timestamp suffix adds 16: keep `name` ≤ 47 or use --exact-name)"
-        )));
+        return Err(Error::Invalid(format!("{field} `{name}` is {n} characters; the limit is 1–{MAX_JOB_NAME}")));
     }
     if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-')) {
         return Err(Error::Invalid(format!(
-            "TrainingJobName `{name}` contains `{bad}`; only letters, digits and hyphens are allowed (pattern [a-zA-Z0-9](-*[a-zA-Z0-9]){{0,62}})"
+            "{field} `{name}` contains `{bad}`; only letters, digits and hyphens are allowed (pattern [a-zA-Z0-9](-*[a-zA-Z0-9]){{0,62}})"
         )));
     }
     if name.starts_with('-') || name.ends_with('-') {
-        return Err(Error::Invalid(format!("TrainingJobName `{name}` must start and end with a letter or digit")));
+        return Err(Error::Invalid(format!("{field} `{name}` must start and end with a letter or digit")));
     }
     Ok(())
 }
@@ -392,27 +399,33 @@ fn check_resources(req: &CreateTrainingJobRequest, errs: &mut Vec<String>) {
 
 /// Tags: count, characters, the reserved aws: prefix.
 fn check_tags(req: &CreateTrainingJobRequest, errs: &mut Vec<String>) {
-    let tags = &req.tags;
+    errs.extend(check_tag_list(req.tags.iter().map(|t| (t.key.as_str(), t.value.as_str()))));
+}
+
+/// Tags as every SageMaker Create* call takes them: ≤ 50, keys 1–128 and values ≤ 256 characters of
+/// letters, digits, spaces and `_.:/=+-@`, no `aws:` prefix.
+pub fn check_tag_list<'a>(tags: impl ExactSizeIterator<Item = (&'a str, &'a str)>) -> Vec<String> {
+    let mut errs = Vec::new();
     if tags.len() > MAX_TAGS {
         errs.push(format!("{} tags; the limit is {MAX_TAGS}", tags.len()));
     }
-    for t in tags {
-        if t.key.is_empty() || t.key.chars().count() > MAX_TAG_KEY || !t.key.chars().all(is_tag_char) {
+    for (key, value) in tags {
+        if key.is_empty() || key.chars().count() > MAX_TAG_KEY || !key.chars().all(is_tag_char) {
             errs.push(format!(
                 "tag key `{}` must be 1–{MAX_TAG_KEY} characters of letters, digits, spaces and _.:/=+-@",
-                short(&t.key)
+                short(key)
             ));
         }
-        if t.key.to_ascii_lowercase().starts_with("aws:") {
-            errs.push(format!("tag key `{}` uses the reserved prefix aws:", t.key));
+        if key.to_ascii_lowercase().starts_with("aws:") {
+            errs.push(format!("tag key `{key}` uses the reserved prefix aws:"));
         }
-        if t.value.chars().count() > MAX_TAG_VALUE || !t.value.chars().all(is_tag_char) {
+        if value.chars().count() > MAX_TAG_VALUE || !value.chars().all(is_tag_char) {
             errs.push(format!(
-                "tag `{}` value must be ≤ {MAX_TAG_VALUE} characters of letters, digits, spaces and _.:/=+-@",
-                t.key
+                "tag `{key}` value must be ≤ {MAX_TAG_VALUE} characters of letters, digits, spaces and _.:/=+-@"
             ));
         }
     }
+    errs
 }
 
 fn short(s: &str) -> String {

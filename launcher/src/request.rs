@@ -79,6 +79,9 @@ pub struct S3DataSource {
 #[serde(rename_all = "PascalCase")]
 pub struct OutputDataConfig {
     pub s3_output_path: String,
+    /// `NONE`: the model is uploaded as files under `<job>/output/model/`, not `model.tar.gz`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression_type: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -184,7 +187,10 @@ pub fn build(job: &Job, channel_uris: &BTreeMap<String, String>) -> Result<Creat
         },
         hyper_parameters: job.hyperparameters.clone(),
         input_data_config: channels,
-        output_data_config: OutputDataConfig { s3_output_path: output },
+        output_data_config: OutputDataConfig {
+            s3_output_path: output,
+            compression_type: job.deployable.then(|| "NONE".to_string()),
+        },
         resource_config: ResourceConfig {
             instance_type: job.instance_type.clone(),
             instance_count: job.instance_count,
@@ -245,7 +251,12 @@ impl CreateTrainingJobRequest {
             .role_arn(&self.role_arn)
             .algorithm_specification(algo.build())
             .output_data_config(
-                t::OutputDataConfig::builder().s3_output_path(&self.output_data_config.s3_output_path).build(),
+                t::OutputDataConfig::builder()
+                    .s3_output_path(&self.output_data_config.s3_output_path)
+                    .set_compression_type(
+                        self.output_data_config.compression_type.as_deref().map(t::OutputCompressionType::from),
+                    )
+                    .build(),
             )
             .resource_config({
                 let r = &self.resource_config;

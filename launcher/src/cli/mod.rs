@@ -8,6 +8,7 @@ use crate::aws::AwsOptions;
 use crate::catalogue::PriceTable;
 use crate::error::Error;
 
+mod deploy;
 mod estimate;
 mod jobs;
 mod local;
@@ -17,11 +18,12 @@ mod submit;
 
 /// Exit codes, one table for every command (the README's "Exit codes" lists the same).
 pub const EXIT_OK: i32 = 0;
-/// A failure: an AWS error, a local run that broke, a job that ended `Failed` (`wait`, `local`).
+/// A failure: an AWS error, a local run that broke, a job that ended `Failed` (`wait`, `local`), an
+/// endpoint that ended `Failed` (`deploy --wait`).
 pub const EXIT_ERROR: i32 = 1;
 /// Invalid input (job file, flags, limits, hyperparameters, data): nothing was sent to AWS.
 pub const EXIT_INVALID: i32 = 2;
-/// `wait --timeout` gave up while the job was still running.
+/// `wait --timeout` (or `deploy --wait --timeout`) gave up while the job (endpoint) was still starting.
 pub const EXIT_TIMEOUT: i32 = 3;
 /// The job was stopped: StopTrainingJob, max runtime or spot max wait exceeded (`wait`, `local`).
 pub const EXIT_STOPPED: i32 = 4;
@@ -30,8 +32,8 @@ pub const EXIT_STOPPED: i32 = 4;
 #[command(
     name = "oxtune",
     version,
-    about = "Estimate, submit, follow, stop and locally run oxtune fine-tuning jobs on Amazon SageMaker",
-    long_about = "Estimate, submit, follow, stop and locally run oxtune fine-tuning jobs on Amazon SageMaker.\n\nEvery job is validated and priced before any AWS call, and the same job file runs locally with `oxtune local`."
+    about = "Estimate, submit, follow, stop, locally run and deploy oxtune fine-tuning jobs on Amazon SageMaker",
+    long_about = "Estimate, submit, follow, stop, locally run and deploy oxtune fine-tuning jobs on Amazon SageMaker.\n\nEvery job is validated and priced before any AWS call, and the same job file runs locally with `oxtune local`."
 )]
 pub struct Cli {
     /// AWS region (default: the job file's, then AWS_REGION / your profile's).
@@ -72,6 +74,14 @@ pub enum Command {
     PrepareData(prepare::PrepareArgs),
     /// Run the job file on this machine under a synthesised /opt/ml.
     Local(local::LocalArgs),
+    /// Put a finished job's merged model behind a real-time SageMaker endpoint.
+    Deploy(deploy::DeployArgs),
+    /// Send prompts to an endpoint (and score them when the file has references).
+    Invoke(deploy::InvokeArgs),
+    /// This region's oxtune endpoints with status, instance, age and cost so far.
+    Endpoints(deploy::EndpointsArgs),
+    /// Delete an endpoint, its config and its model.
+    Undeploy(deploy::UndeployArgs),
 }
 
 /// A command failure: message and exit code.
@@ -132,6 +142,10 @@ pub fn run(cli: Cli) -> Res {
         Command::Compare(a) => block_on(jobs::compare(&aws, a)),
         Command::PrepareData(a) => prepare::run(a),
         Command::Local(a) => local::run(a),
+        Command::Deploy(a) => block_on(deploy::deploy(&aws, a)),
+        Command::Invoke(a) => block_on(deploy::invoke(&aws, a)),
+        Command::Endpoints(a) => block_on(deploy::list(&aws, a)),
+        Command::Undeploy(a) => block_on(deploy::undeploy(&aws, a)),
     }
 }
 

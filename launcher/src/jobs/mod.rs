@@ -38,6 +38,8 @@ pub struct JobInfo {
     pub status: String,
     pub secondary_status: String,
     pub failure_reason: Option<String>,
+    /// The execution role (`deploy` hands it to the endpoint's model).
+    pub role_arn: Option<String>,
     pub instance_type: String,
     pub instance_count: u32,
     pub spot: bool,
@@ -76,6 +78,7 @@ impl JobInfo {
             status: d.training_job_status().map(|s| s.as_str().to_string()).unwrap_or_default(),
             secondary_status: d.secondary_status().map(|s| s.as_str().to_string()).unwrap_or_default(),
             failure_reason: d.failure_reason().map(str::to_string),
+            role_arn: d.role_arn().map(str::to_string),
             instance_type: rc.and_then(|r| r.instance_type()).map(|t| t.as_str().to_string()).unwrap_or_default(),
             instance_count: rc.and_then(|r| r.instance_count()).unwrap_or(1).max(0) as u32,
             spot: d.enable_managed_spot_training().unwrap_or(false),

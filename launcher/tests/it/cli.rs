@@ -750,9 +750,23 @@ fn prepare_data_token_histogram() {
 #[test]
 fn every_command_parses() {
     let home = tempfile::tempdir().unwrap();
-    for cmd in
-        ["estimate", "prices", "submit", "status", "list", "stop", "logs", "wait", "compare", "prepare-data", "local"]
-    {
+    for cmd in [
+        "estimate",
+        "prices",
+        "submit",
+        "status",
+        "list",
+        "stop",
+        "logs",
+        "wait",
+        "compare",
+        "prepare-data",
+        "local",
+        "deploy",
+        "invoke",
+        "endpoints",
+        "undeploy",
+    ] {
         let out = oxtune(home.path()).args([cmd, "--help"]).output().unwrap();
         assert_eq!(out.status.code(), Some(0), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -768,4 +782,62 @@ fn every_command_parses() {
     {
         assert!(help.contains(flag), "local has no {flag}:\n{help}");
     }
+}
+
+/// `deploy`, `invoke` and `undeploy` refuse bad input with exit 2 and no AWS call.
+#[test]
+fn deploy_bad_input_is_refused_before_any_network_call() {
+    let home = tempfile::tempdir().unwrap();
+    let missing = home.path().join("prompts.jsonl");
+    let bad_rows = home.path().join("bad.jsonl");
+    std::fs::write(&bad_rows, "{\"prompt\": \"ok\"}\n{\"prompt\": \"unterminated\n").unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["deploy", "my-job", "--instance", "ml.g5.2xlarg"], "did you mean `ml.g5.2xlarge`"),
+        (vec!["deploy", "my-job", "--instance", "ml.m5.xlarge"], "GPU instances it knows"),
+        (vec!["deploy", "my_job"], "contains `_`"),
+        (vec!["deploy", "my-job", "--name=ep-"], "must start and end"),
+        (vec!["deploy", "s3://bucket/model"], "needs --role"),
+        (vec!["deploy", "s3://bucket/model", "--role", "arn:aws:iam::1:user/me"], "12-digit account"),
+        (vec!["deploy", "my-job", "--count", "0"], "--count"),
+        (vec!["deploy", "my-job", "--timeout", "soon"], "--timeout"),
+        (vec!["invoke", "ep", "--file", missing.to_str().unwrap()], "prompts.jsonl"),
+        (vec!["invoke", "ep", "--file", bad_rows.to_str().unwrap()], "bad.jsonl:2"),
+        (vec!["undeploy", "my_ep"], "contains `_`"),
+    ];
+    for (args, want) in cases {
+        let out = oxtune(home.path())
+            .args(&args)
+            .args(["--region", "us-east-1", "--endpoint-url", DEAD_ENDPOINT])
+            .output()
+            .unwrap();
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stdout}{stderr}");
+        assert!(stderr.contains(want), "{args:?}: want `{want}` in:\n{stderr}");
+    }
+}
+
+/// `--deployable` (or `deployable = true`) uploads the model uncompressed and merges the adapter;
+/// with `merge_adapter = false` it is a contradiction, refused.
+#[test]
+fn deployable_jobs_merge_and_upload_uncompressed() {
+    let home = tempfile::tempdir().unwrap();
+    let out = oxtune(home.path())
+        .args(["submit", "--dry-run", "--exact-name", "--deployable", "--endpoint-url", DEAD_ENDPOINT])
+        .arg(fixtures().join("job.toml"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    let req: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(req["OutputDataConfig"]["CompressionType"], "NONE");
+    assert_eq!(req["HyperParameters"]["merge_adapter"], "true");
+    let (code, text) = submit_variant(
+        |j| {
+            set(j, "sagemaker", "deployable", toml::Value::Boolean(true));
+            set(j, "hyperparameters", "merge_weights", toml::Value::Boolean(false));
+        },
+        &[],
+    );
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("`merge_weights` is `false`"), "{text}");
 }

@@ -4,6 +4,7 @@
 mod common;
 
 mod cli;
+mod deploy;
 mod estimate;
 mod local;
 mod local_docker;

@@ -6,10 +6,7 @@
 
 use std::time::Duration;
 
-use aws_config::retry::RetryConfig;
-use aws_config::{BehaviorVersion, Region};
-use aws_sdk_sagemaker::config::Credentials;
-use aws_smithy_mocks::{create_mock_http_client, mock, MockResponseInterceptor, Rule, RuleMode};
+use aws_smithy_mocks::{mock, Rule};
 use launcher::aws::{advice, classify, explain, Clients, ErrorContext, ErrorKind};
 use launcher::catalogue::embedded_prices;
 use launcher::jobs::{self, JobEnd, StopOutcome, WaitOptions};
@@ -22,46 +19,9 @@ fn recorded(name: &str) -> String {
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
-fn interceptor(rules: &[&Rule]) -> MockResponseInterceptor {
-    let mut i = MockResponseInterceptor::new().rule_mode(RuleMode::MatchAny);
-    for r in rules {
-        i = i.with_rule(r);
-    }
-    i
-}
-
 /// Real clients (oxtune's retry policy, 1 ms backoff) whose HTTP layer is the mock.
 fn clients(sm_rules: &[&Rule], log_rules: &[&Rule]) -> Clients {
-    let retry = RetryConfig::standard().with_max_attempts(3).with_initial_backoff(Duration::from_millis(1));
-    let creds = Credentials::new("AKIDTEST", "secret", None, None, "test");
-    let sm = aws_sdk_sagemaker::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(creds.clone())
-        .retry_config(retry.clone())
-        .http_client(create_mock_http_client())
-        .interceptor(interceptor(sm_rules))
-        .build();
-    let logs = aws_sdk_cloudwatchlogs::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(creds.clone())
-        .retry_config(retry.clone())
-        .http_client(create_mock_http_client())
-        .interceptor(interceptor(log_rules))
-        .build();
-    let s3 = aws_sdk_s3::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(creds)
-        .http_client(create_mock_http_client())
-        .build();
-    Clients {
-        region: "us-east-1".into(),
-        sagemaker: aws_sdk_sagemaker::Client::from_conf(sm),
-        s3: aws_sdk_s3::Client::from_conf(s3),
-        logs: aws_sdk_cloudwatchlogs::Client::from_conf(logs),
-    }
+    crate::common::mock_clients(sm_rules, log_rules, &[], &[])
 }
 
 /// No log group yet: CloudWatch answers ResourceNotFoundException.

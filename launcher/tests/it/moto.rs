@@ -9,32 +9,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use aws_sdk_sagemaker::config::Credentials;
-use launcher::aws::{AwsOptions, Clients};
+use launcher::aws::Clients;
 use launcher::jobs::{LogCursor, LOG_GROUP};
 
-fn moto() -> Option<String> {
-    match std::env::var("OXTUNE_MOTO_ENDPOINT") {
-        Ok(e) if !e.is_empty() => Some(e),
-        _ => {
-            if std::env::var_os("CI").is_some() {
-                panic!("OXTUNE_MOTO_ENDPOINT is not set but CI is: start moto with tests/launcher/moto.sh start and export the endpoint");
-            }
-            eprintln!("\n*** SKIPPED moto test: OXTUNE_MOTO_ENDPOINT is not set (run `export OXTUNE_MOTO_ENDPOINT=$(tests/launcher/moto.sh start)`) ***\n");
-            None
-        }
-    }
-}
-
-async fn clients(endpoint: &str) -> Clients {
-    let mut o = AwsOptions::new(Some("us-east-1".into()), None, Some(endpoint.to_string()));
-    o.static_credentials = Some(Credentials::new("testing", "testing", None, None, "moto"));
-    // moto answers HTTP 500 for operations it does not implement: do not retry those slowly.
-    o.max_attempts = 2;
-    o.initial_backoff = Duration::from_millis(10);
-    let sdk = launcher::aws::load_sdk_config(&o).await;
-    launcher::aws::clients_from_config(&sdk, true).unwrap()
-}
+use crate::common::{moto_clients as clients, moto_endpoint as moto};
 
 /// A bucket name unique to this test run.
 fn bucket(tag: &str) -> String {

@@ -1,0 +1,286 @@
+//! After training: put a finished job's merged model behind a real-time SageMaker endpoint served by
+//! an existing container (`deploy`), call it (`invoke`), list what runs and what it has cost
+//! (`endpoints`) and delete it (`undeploy`).
+//!
+//! - [`serving`]: the containers, their pinned images and host AMIs, their environment;
+//! - [`plan`]: what `deploy` creates, checked against the API's limits and the GPU memory;
+//! - [`endpoints`]: the Create/Describe/List/Delete calls and following an endpoint to `InService`;
+//! - [`invoke`]: request bodies per container, replies, the response stream, scoring a test file.
+
+pub mod endpoints;
+pub mod invoke;
+pub mod plan;
+pub mod serving;
+
+use std::collections::BTreeMap;
+
+use trainer::model::config::ModelConfig;
+
+use crate::aws::{explain, Clients, ErrorContext};
+use crate::catalogue::{Catalogue, PriceTable};
+use crate::error::Error;
+use crate::jobs::JobInfo;
+use plan::{DeployPlan, DeployRequest, ModelArtifact};
+use serving::Container;
+
+/// What to deploy: a training job (its merged model) or an S3 prefix holding a merged model.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    Job(String),
+    S3(String),
+}
+
+impl Source {
+    /// `s3://…` is a prefix (a trailing `/` is added); anything else is a job name.
+    pub fn parse(text: &str) -> Result<Source, Error> {
+        if text.starts_with("s3://") {
+            crate::limits::check_s3_uri("the model URI", text)?;
+            let prefix = if text.ends_with('/') { text.to_string() } else { format!("{text}/") };
+            Ok(Source::S3(prefix))
+        } else {
+            crate::limits::check_resource_name("the training job name", text)?;
+            Ok(Source::Job(text.to_string()))
+        }
+    }
+
+    pub fn text(&self) -> &str {
+        match self {
+            Source::Job(j) => j,
+            Source::S3(s) => s,
+        }
+    }
+}
+
+/// What the user asked `deploy` for, before anything is looked up.
+#[derive(Debug, Clone)]
+pub struct DeployInput {
+    pub source: Source,
+    pub name: Option<String>,
+    pub instance_type: String,
+    pub count: u32,
+    pub container: Container,
+    pub role: Option<String>,
+    pub max_model_len: Option<usize>,
+}
+
+impl DeployInput {
+    /// Every check that needs no AWS call: the source, the name, the instance type (a GPU type the
+    /// catalogue knows), the count and the role.
+    pub fn check(&self, catalogue: &Catalogue) -> Result<(), Error> {
+        if let Some(n) = &self.name {
+            crate::limits::check_resource_name("--name (the endpoint, its config and its model)", n)?;
+        }
+        plan::gpu_instance(catalogue, &self.instance_type)?;
+        if self.count < 1 {
+            return Err(Error::Invalid("--count must be at least 1".into()));
+        }
+        if let Some(r) = &self.role {
+            crate::limits::check_role_arn(r)?;
+        } else if matches!(self.source, Source::S3(_)) {
+            return Err(Error::Invalid(
+                "deploying an s3:// prefix needs --role (the execution role the endpoint reads the model with)".into(),
+            ));
+        }
+        if self.max_model_len == Some(0) {
+            return Err(Error::Invalid("--max-model-len must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Resolve the source (a finished job's merged model or an S3 prefix), inspect the model and plan
+/// the deployment; nothing is created. `now` names an S3 deployment that has no --name.
+pub async fn prepare(
+    clients: &Clients,
+    input: &DeployInput,
+    catalogue: &Catalogue,
+    prices: &PriceTable,
+    now: u64,
+) -> Result<DeployPlan, Error> {
+    input.check(catalogue)?;
+    let (prefix, job_len, job_role, default_name) = match &input.source {
+        Source::Job(name) => {
+            let job = crate::jobs::describe(clients, name).await?;
+            (merged_prefix_of(&job)?, Some(job_max_seq_length(&job)), job.role_arn.clone(), name.clone())
+        }
+        Source::S3(prefix) => (prefix.clone(), None, None, format!("oxtune-{}", crate::clock::utc_stamp(now))),
+    };
+    let artifact = inspect_model(clients, &prefix).await?;
+    let max_model_len = input
+        .max_model_len
+        .or(job_len)
+        .unwrap_or_else(|| artifact.config.max_position_embeddings.clamp(1, DEFAULT_MAX_MODEL_LEN));
+    let role = input
+        .role
+        .clone()
+        .or(job_role)
+        .ok_or_else(|| Error::Invalid("the training job reports no execution role; pass --role".to_string()))?;
+    let req = DeployRequest {
+        name: input.name.clone().unwrap_or(default_name),
+        source: input.source.text().to_string(),
+        instance_type: input.instance_type.clone(),
+        count: input.count,
+        container: input.container,
+        role,
+        region: clients.region.clone(),
+        max_model_len,
+    };
+    plan::plan(&req, &artifact, catalogue, prices)
+}
+
+/// The serving window of an S3 model without a job or --max-model-len: its own limit, at most this.
+pub const DEFAULT_MAX_MODEL_LEN: usize = 4096;
+
+/// The directory the trainer writes the merged model to, under the job's model output.
+pub const MERGED_DIR: &str = "merged";
+
+/// The job's merged model prefix, or why the job cannot be deployed: it must be `Completed`, have
+/// trained with `merge_adapter=true` and have uploaded its model uncompressed (`deployable = true`
+/// in the job file sets both).
+pub fn merged_prefix_of(job: &JobInfo) -> Result<String, Error> {
+    if job.status != "Completed" {
+        return Err(Error::Invalid(format!(
+            "training job {} is {} ({}); only a Completed job can be deployed",
+            job.name, job.status, job.secondary_status
+        )));
+    }
+    let fix = "train with `deployable = true` in the job file's [sagemaker] section (it sets merge_adapter=true and uploads the model uncompressed), or deploy an s3:// prefix that holds a merged model";
+    let merged = job.hyperparameters.iter().any(|(k, v)| {
+        trainer::spec::lookup(k).is_some_and(|p| p.name == "merge_adapter")
+            && trainer::spec::parse_bool(v) == Some(true)
+    });
+    if !merged {
+        return Err(Error::Invalid(format!(
+            "training job {} wrote no merged model (merge_adapter is not true); {fix}",
+            job.name
+        )));
+    }
+    let Some(artifacts) = job.model_artifacts.as_deref() else {
+        return Err(Error::Invalid(format!("training job {} reports no model artifacts; {fix}", job.name)));
+    };
+    if artifacts.ends_with(".tar.gz") {
+        return Err(Error::Invalid(format!(
+            "training job {} uploaded its model compressed ({artifacts}); endpoints load a merged model from an uncompressed S3 prefix; {fix}",
+            job.name
+        )));
+    }
+    Ok(format!("{}/{MERGED_DIR}/", artifacts.trim_end_matches('/')))
+}
+
+/// `max_seq_length` of the job's hyperparameters (aliases included), else the trainer's default.
+pub fn job_max_seq_length(job: &JobInfo) -> usize {
+    crate::plan::validate_hyperparameters(&job.hyperparameters)
+        .or_else(|_| crate::plan::validate_hyperparameters(&BTreeMap::new()))
+        .map(|s| s.max_seq_length)
+        .unwrap_or(1024)
+}
+
+fn split_s3(uri: &str) -> (&str, &str) {
+    let rest = uri.trim_start_matches("s3://");
+    rest.split_once('/').unwrap_or((rest, ""))
+}
+
+/// Files a served merged model must have (the LMI model-artifacts guide: `save_pretrained` layout).
+const REQUIRED: [&str; 2] = ["config.json", "tokenizer_config.json"];
+
+/// List the prefix and read its config: a merged model in `save_pretrained` layout, or an error
+/// that says what is missing. Also refuses what makes S3Prefix deployments fail (0-byte "folder"
+/// objects, a file and a folder of the same name).
+pub async fn inspect_model(clients: &Clients, prefix: &str) -> Result<ModelArtifact, Error> {
+    let (bucket, key_prefix) = split_s3(prefix);
+    let ctx = ErrorContext { operation: "ListObjectsV2".into(), region: clients.region.clone(), ..Default::default() };
+    let mut objects: BTreeMap<String, u64> = BTreeMap::new();
+    let mut pages = clients.s3.list_objects_v2().bucket(bucket).prefix(key_prefix).into_paginator().send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| explain(&e, &ctx))?;
+        for o in page.contents() {
+            if let Some(k) = o.key() {
+                objects.insert(k[key_prefix.len()..].to_string(), o.size().unwrap_or(0).max(0) as u64);
+            }
+        }
+    }
+    let missing: Vec<&str> = REQUIRED.iter().copied().filter(|f| !objects.contains_key(*f)).collect();
+    let weights = objects.keys().any(|k| k.ends_with(".safetensors") && !k.contains('/'));
+    if objects.is_empty() || !missing.is_empty() || !weights {
+        return Err(Error::Invalid(format!(
+            "{prefix} holds no merged model ({}); a deployable job writes one to model/{MERGED_DIR}/ with `deployable = true` in [sagemaker]",
+            if objects.is_empty() {
+                "no objects".to_string()
+            } else {
+                let mut what: Vec<String> = missing.iter().map(|m| m.to_string()).collect();
+                if !weights {
+                    what.push("*.safetensors".into());
+                }
+                format!("missing {}", what.join(", "))
+            }
+        )));
+    }
+    if let Some(bad) = objects.iter().find(|(k, size)| k.is_empty() || (k.ends_with('/') && **size == 0)) {
+        return Err(Error::Invalid(format!(
+            "{prefix}{}: a 0-byte folder object makes S3Prefix model downloads fail; delete it",
+            bad.0
+        )));
+    }
+    let config_text = get_text(clients, bucket, &format!("{key_prefix}config.json")).await?;
+    let config =
+        ModelConfig::from_json_str(&config_text).map_err(|e| Error::Invalid(format!("{prefix}config.json: {e}")))?;
+    let chat = objects.contains_key("chat_template.jinja")
+        || get_text(clients, bucket, &format!("{key_prefix}tokenizer_config.json"))
+            .await
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .is_some_and(|v| v.get("chat_template").is_some_and(|c| !c.is_null()));
+    Ok(ModelArtifact { prefix: prefix.to_string(), config, bytes: objects.values().sum(), chat })
+}
+
+async fn get_text(clients: &Clients, bucket: &str, key: &str) -> Result<String, Error> {
+    let ctx = ErrorContext { operation: "GetObject".into(), region: clients.region.clone(), ..Default::default() };
+    let out = clients.s3.get_object().bucket(bucket).key(key).send().await.map_err(|e| explain(&e, &ctx))?;
+    let bytes = out
+        .body
+        .collect()
+        .await
+        .map_err(|e| Error::Failed(format!("GetObject s3://{bucket}/{key}: {e}")))?
+        .into_bytes();
+    String::from_utf8(bytes.to_vec()).map_err(|_| Error::Invalid(format!("s3://{bucket}/{key} is not UTF-8 text")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(status: &str, hp: &[(&str, &str)], artifacts: &str) -> JobInfo {
+        let d = aws_sdk_sagemaker::operation::describe_training_job::DescribeTrainingJobOutput::builder()
+            .training_job_name("llama-sft-1")
+            .training_job_status(status.into())
+            .set_hyper_parameters(Some(hp.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()))
+            .model_artifacts(aws_sdk_sagemaker::types::ModelArtifacts::builder().s3_model_artifacts(artifacts).build())
+            .build();
+        JobInfo::from_describe(&d)
+    }
+
+    #[test]
+    fn sources() {
+        assert_eq!(Source::parse("s3://b/m").unwrap(), Source::S3("s3://b/m/".into()));
+        assert_eq!(Source::parse("llama-sft-1").unwrap(), Source::Job("llama-sft-1".into()));
+        assert!(Source::parse("not a job").unwrap_err().is_invalid_input());
+    }
+
+    #[test]
+    fn only_a_completed_merged_uncompressed_job_deploys() {
+        let ok = job(
+            "Completed",
+            &[("merge_weights", "true"), ("max_seq_length", "1024")],
+            "s3://b/o/llama-sft-1/output/model/",
+        );
+        assert_eq!(merged_prefix_of(&ok).unwrap(), "s3://b/o/llama-sft-1/output/model/merged/");
+        assert_eq!(job_max_seq_length(&ok), 1024);
+        let running = job("InProgress", &[("merge_adapter", "true")], "s3://b/o/model/");
+        assert!(merged_prefix_of(&running).unwrap_err().to_string().contains("only a Completed job"));
+        let unmerged = job("Completed", &[], "s3://b/o/model/");
+        assert!(merged_prefix_of(&unmerged).unwrap_err().to_string().contains("merge_adapter is not true"));
+        let tarball = job("Completed", &[("merge_adapter", "true")], "s3://b/o/llama-sft-1/output/model.tar.gz");
+        let e = merged_prefix_of(&tarball).unwrap_err().to_string();
+        assert!(e.contains("compressed") && e.contains("deployable = true"), "{e}");
+    }
+}

@@ -1,0 +1,200 @@
+//! The serving containers `deploy` can use (data in `launcher/data/serving.toml`): their image URI
+//! per region, the host AMI pinned with each, and the environment each reads its settings from.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+pub const SERVING_TOML: &str = include_str!("../../data/serving.toml");
+
+/// A serving container: the one declaration of the choice (`--container`, the endpoint's tag).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Container {
+    /// LMI (DJL Serving) with the vLLM engine — the default.
+    Lmi,
+    /// Hugging Face TGI (upstream in maintenance mode).
+    Tgi,
+    /// The AWS vLLM deep learning container.
+    Vllm,
+}
+
+impl Container {
+    pub const ALL: [Container; 3] = [Container::Lmi, Container::Tgi, Container::Vllm];
+
+    pub fn key(self) -> &'static str {
+        match self {
+            Container::Lmi => "lmi",
+            Container::Tgi => "tgi",
+            Container::Vllm => "vllm",
+        }
+    }
+
+    pub fn from_key(key: &str) -> Option<Container> {
+        Container::ALL.into_iter().find(|c| c.key() == key)
+    }
+}
+
+/// One container's pinned image and host AMI.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Image {
+    pub name: String,
+    pub repo: String,
+    pub tag: String,
+    pub cuda: String,
+    pub ami: String,
+    pub src: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Meta {
+    date: String,
+    default: String,
+    default_account: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct ServingFile {
+    meta: Meta,
+    accounts: BTreeMap<String, String>,
+    container: BTreeMap<String, Image>,
+}
+
+/// The embedded table of serving images.
+#[derive(Debug)]
+pub struct Serving {
+    pub date: String,
+    pub default: Container,
+    default_account: String,
+    accounts: BTreeMap<String, String>,
+    images: BTreeMap<String, Image>,
+}
+
+impl Serving {
+    pub fn embedded() -> Serving {
+        let f: ServingFile = toml::from_str(SERVING_TOML).expect("launcher/data/serving.toml is valid (tested)");
+        Serving {
+            date: f.meta.date,
+            default: Container::from_key(&f.meta.default).expect("the default container is known (tested)"),
+            default_account: f.meta.default_account,
+            accounts: f.accounts,
+            images: f.container,
+        }
+    }
+
+    pub fn image(&self, c: Container) -> &Image {
+        self.images.get(c.key()).expect("every container has an image (tested)")
+    }
+
+    /// `<account>.dkr.ecr.<region>.amazonaws.com[.cn]/<repo>:<tag>`.
+    pub fn image_uri(&self, c: Container, region: &str) -> String {
+        let img = self.image(c);
+        let account = self.accounts.get(region).unwrap_or(&self.default_account);
+        let domain = if region.starts_with("cn-") { "amazonaws.com.cn" } else { "amazonaws.com" };
+        format!("{account}.dkr.ecr.{region}.{domain}/{}:{}", img.repo, img.tag)
+    }
+}
+
+/// What a container's settings are computed from.
+#[derive(Debug, Clone)]
+pub struct ServingSettings {
+    /// Longest prompt + completion, in tokens.
+    pub max_model_len: usize,
+    pub gpus: u32,
+    /// The GPU computes in bfloat16 (Ampere and later); otherwise the model is served in float16.
+    pub bf16: bool,
+}
+
+/// The container's environment for a merged model in `/opt/ml/model` (shared/reference
+/// deploy-and-eval.md §3.2: each container's variables).
+pub fn environment(c: Container, s: &ServingSettings) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    let mut set = |k: &str, v: String| {
+        env.insert(k.to_string(), v);
+    };
+    match c {
+        Container::Lmi => {
+            set("HF_MODEL_ID", "/opt/ml/model".into());
+            set("OPTION_ROLLING_BATCH", "vllm".into());
+            set("TENSOR_PARALLEL_DEGREE", "max".into());
+            set("OPTION_MAX_MODEL_LEN", s.max_model_len.to_string());
+            if !s.bf16 {
+                set("OPTION_DTYPE", "fp16".into());
+            }
+        }
+        Container::Tgi => {
+            set("HF_MODEL_ID", "/opt/ml/model".into());
+            set("SM_NUM_GPUS", s.gpus.to_string());
+            set("MAX_TOTAL_TOKENS", s.max_model_len.to_string());
+            set("MAX_INPUT_TOKENS", tgi_max_input(s.max_model_len).to_string());
+            if !s.bf16 {
+                set("DTYPE", "float16".into());
+            }
+        }
+        Container::Vllm => {
+            set("SM_VLLM_MAX_MODEL_LEN", s.max_model_len.to_string());
+            set("SM_VLLM_TENSOR_PARALLEL_SIZE", s.gpus.to_string());
+            if !s.bf16 {
+                set("SM_VLLM_DTYPE", "float16".into());
+            }
+        }
+    }
+    env
+}
+
+/// TGI needs MAX_INPUT_TOKENS < MAX_TOTAL_TOKENS: three quarters of the window go to the prompt.
+fn tgi_max_input(total: usize) -> usize {
+    (total * 3 / 4).clamp(1, total.saturating_sub(1).max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_container_has_a_pinned_image_and_ami() {
+        let s = Serving::embedded();
+        assert_eq!(s.default, Container::Lmi);
+        for c in Container::ALL {
+            let img = s.image(c);
+            assert!(!img.tag.is_empty() && !img.ami.is_empty() && !img.src.is_empty(), "{c:?}");
+            // The AMI's driver must carry the image's CUDA: cu13 needs the 4-x AMI (§3.4).
+            if img.cuda.starts_with("13") {
+                assert!(img.ami.contains("gpu-4"), "{c:?}: CUDA {} on {}", img.cuda, img.ami);
+            } else {
+                assert!(img.ami.contains("gpu-3"), "{c:?}: CUDA {} on {}", img.cuda, img.ami);
+            }
+        }
+    }
+
+    #[test]
+    fn image_uris_per_region() {
+        let s = Serving::embedded();
+        assert_eq!(
+            s.image_uri(Container::Lmi, "us-east-1"),
+            "763104351884.dkr.ecr.us-east-1.amazonaws.com/djl-inference:0.38.0-lmi29.0.0-cu130"
+        );
+        assert!(s
+            .image_uri(Container::Tgi, "af-south-1")
+            .starts_with("626614931356.dkr.ecr.af-south-1.amazonaws.com/"));
+        assert!(s.image_uri(Container::Vllm, "cn-north-1").contains(".amazonaws.com.cn/vllm:"));
+        // Every image URI passes the launcher's own image check.
+        for c in Container::ALL {
+            assert!(crate::limits::check_image_uri(&s.image_uri(c, "eu-west-1")).is_ok(), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn environments() {
+        let s = ServingSettings { max_model_len: 2048, gpus: 4, bf16: false };
+        let lmi = environment(Container::Lmi, &s);
+        assert_eq!(lmi["OPTION_MAX_MODEL_LEN"], "2048");
+        assert_eq!(lmi["OPTION_DTYPE"], "fp16");
+        let tgi = environment(Container::Tgi, &s);
+        assert_eq!((tgi["MAX_INPUT_TOKENS"].as_str(), tgi["MAX_TOTAL_TOKENS"].as_str()), ("1536", "2048"));
+        assert_eq!(tgi["SM_NUM_GPUS"], "4");
+        let v = environment(Container::Vllm, &ServingSettings { bf16: true, ..s });
+        assert_eq!(v["SM_VLLM_TENSOR_PARALLEL_SIZE"], "4");
+        assert!(!v.contains_key("SM_VLLM_DTYPE"));
+        assert_eq!(tgi_max_input(2), 1);
+    }
+}
