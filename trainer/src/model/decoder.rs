@@ -381,37 +381,14 @@ impl Decoder {
 
     /// Set adapter weights from a PEFT adapter file (resume, or loading a trained adapter).
     pub fn load_adapter_tensors(&self, path: &Path) -> std::result::Result<(), ModelError> {
-        let tensors = candle_core::safetensors::load(path, &self.device).map_err(|e| ModelError::Config {
-            path: path.to_path_buf(),
-            problem: format!("invalid safetensors: {e}"),
-        })?;
-        for (module, lora) in self.adapters() {
-            for (which, var) in [('A', &lora.a), ('B', &lora.b)] {
-                let key = crate::lora::peft_key(module, which);
-                let t = tensors.get(&key).ok_or_else(|| ModelError::MissingTensor {
-                    dir: path.to_path_buf(),
-                    name: key.clone(),
-                    hint: "the adapter does not match this model's target_modules / rank".into(),
-                })?;
-                if t.dims() != var.dims() {
-                    return Err(ModelError::BadShape {
-                        dir: path.to_path_buf(),
-                        name: key,
-                        found: t.dims().to_vec(),
-                        expected: var.dims().to_vec(),
-                    });
-                }
-                var.set(&t.to_dtype(DType::F32)?)?;
-            }
-        }
-        Ok(())
+        super::linear::load_peft_adapter(path, &self.adapters(), &self.device)
     }
 }
 
 /// One projection's frozen base weight: a bitsandbytes 4-bit tensor set when the checkpoint has one,
 /// NF4-quantised while loading when asked (one matrix dense on the host at a time), else dense.
 #[allow(clippy::too_many_arguments)]
-fn load_base(
+pub(super) fn load_base(
     w: &Weights,
     dir: &Path,
     name: &str,

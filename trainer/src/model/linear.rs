@@ -1,8 +1,11 @@
 //! A decoder projection: a frozen base weight plus an optional LoRA adapter.
 
-use candle_core::{DType, Result, Tensor};
+use std::path::Path;
+
+use candle_core::{DType, Device, Result, Tensor};
 
 use super::forward::ForwardCtx;
+use super::ModelError;
 use crate::lora::LoraAdapter;
 
 /// The frozen base weight. QLoRA adds an NF4 variant beside `Dense`; callers only see `Linear`.
@@ -64,4 +67,35 @@ impl Linear {
             None => Ok(w),
         }
     }
+}
+
+/// Set every adapter from a PEFT adapter file (PEFT's tensor keys for each module path): resume, or
+/// loading a trained adapter, for every model family.
+pub fn load_peft_adapter(
+    path: &Path,
+    adapters: &[(&str, &LoraAdapter)],
+    device: &Device,
+) -> std::result::Result<(), ModelError> {
+    let tensors = candle_core::safetensors::load(path, device)
+        .map_err(|e| ModelError::Config { path: path.to_path_buf(), problem: format!("invalid safetensors: {e}") })?;
+    for (module, lora) in adapters {
+        for (which, var) in [('A', &lora.a), ('B', &lora.b)] {
+            let key = crate::lora::peft_key(module, which);
+            let t = tensors.get(&key).ok_or_else(|| ModelError::MissingTensor {
+                dir: path.to_path_buf(),
+                name: key.clone(),
+                hint: "the adapter does not match this model's target_modules / rank".into(),
+            })?;
+            if t.dims() != var.dims() {
+                return Err(ModelError::BadShape {
+                    dir: path.to_path_buf(),
+                    name: key,
+                    found: t.dims().to_vec(),
+                    expected: var.dims().to_vec(),
+                });
+            }
+            var.set(&t.to_dtype(DType::F32)?)?;
+        }
+    }
+    Ok(())
 }

@@ -8,6 +8,7 @@ pub mod forward;
 pub mod hub;
 pub mod linear;
 pub mod random;
+pub mod t5;
 pub mod weights;
 
 use std::path::PathBuf;

@@ -18,4 +18,5 @@ mod qlora;
 mod readme;
 mod resume;
 mod rouge;
+mod t5;
 mod try_model;

@@ -1,0 +1,484 @@
+//! The T5 family (T5 v1.1 and FLAN-T5: `T5ForConditionalGeneration` checkpoints) as an
+//! encoder–decoder: T5 layer norm (the RMS norm kernel: scale only, no mean, no bias), gated-GELU
+//! (or ReLU) feed-forward, relative position bias computed once per stack from block 0's table,
+//! attention without 1/√d scaling, cross-attention, the LM head (stored, or the shared embedding;
+//! the decoder output rescaled by d_model^-0.5 only for original T5, as transformers does). Projections are the decoder families' [`Linear`] (frozen base
+//! + LoRA, NF4 for QLoRA), named as in the checkpoint so PEFT adapters load as they are.
+//! Facts: shared/reference/distributed-and-t5.md §5 (transformers `modeling_t5.py`).
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Result, Tensor, Var, D};
+
+use super::decoder::{load_base, LoadOptions};
+use super::forward::ForwardCtx;
+use super::linear::Linear;
+use super::weights::Weights;
+use super::ModelError;
+use crate::lora::{LoraAdapter, LoraConfig};
+use crate::rng::Rng;
+
+/// Additive bias of masked scores: exp() of it is exactly 0 in f32, as transformers' finfo.min.
+const MASKED: f64 = -1e9;
+
+/// The hyperparameters of a T5 `config.json`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct T5Config {
+    pub vocab_size: usize,
+    pub d_model: usize,
+    pub d_kv: usize,
+    pub d_ff: usize,
+    pub num_heads: usize,
+    pub num_layers: usize,
+    pub num_decoder_layers: usize,
+    pub buckets: usize,
+    pub max_distance: usize,
+    pub eps: f64,
+    /// `gated-gelu` (FLAN-T5, T5 v1.1): gelu_new(wi_0·x) ⊙ wi_1·x; otherwise relu(wi·x).
+    pub gated_gelu: bool,
+    /// Decoder output × d_model^-0.5 before the head: transformers 5's `scale_decoder_outputs`, or
+    /// (configs written before it) `tie_word_embeddings` — original T5 scales, v1.1 / FLAN-T5 do not.
+    pub scale_decoder_outputs: bool,
+    pub pad_token_id: u32,
+    pub eos_token_id: u32,
+    pub decoder_start_token_id: u32,
+}
+
+impl T5Config {
+    pub fn from_json(v: &serde_json::Value, path: &Path) -> std::result::Result<T5Config, ModelError> {
+        let bad = |problem: String| ModelError::Config { path: path.to_path_buf(), problem };
+        let int = |k: &str, default: Option<usize>| -> std::result::Result<usize, ModelError> {
+            match v.get(k).and_then(|x| x.as_u64()) {
+                Some(n) => Ok(n as usize),
+                None => default.ok_or_else(|| bad(format!("`{k}` is missing or not a number"))),
+            }
+        };
+        let proj = v.get("feed_forward_proj").and_then(|x| x.as_str()).unwrap_or("relu");
+        // Some FLAN configs say `gelu` with `is_gated_act: true`: gating is derived from both.
+        let gated = proj.starts_with("gated-") || v.get("is_gated_act").and_then(|x| x.as_bool()).unwrap_or(false);
+        let act = proj.trim_start_matches("gated-");
+        let gated_gelu = match (gated, act) {
+            (true, "gelu" | "gelu_new") => true,
+            (false, "relu") => false,
+            _ => {
+                return Err(bad(format!(
+                    "feed_forward_proj `{proj}`: only gated-gelu (FLAN-T5, T5 v1.1) and relu (T5) are supported"
+                )))
+            }
+        };
+        let num_layers = int("num_layers", None)?;
+        Ok(T5Config {
+            vocab_size: int("vocab_size", None)?,
+            d_model: int("d_model", None)?,
+            d_kv: int("d_kv", None)?,
+            d_ff: int("d_ff", None)?,
+            num_heads: int("num_heads", None)?,
+            num_layers,
+            num_decoder_layers: int("num_decoder_layers", Some(num_layers))?,
+            buckets: int("relative_attention_num_buckets", Some(32))?,
+            max_distance: int("relative_attention_max_distance", Some(128))?,
+            eps: v.get("layer_norm_epsilon").and_then(|x| x.as_f64()).unwrap_or(1e-6),
+            gated_gelu,
+            scale_decoder_outputs: v
+                .get("scale_decoder_outputs")
+                .or_else(|| v.get("tie_word_embeddings"))
+                .and_then(|x| x.as_bool())
+                .unwrap_or(true),
+            pad_token_id: int("pad_token_id", Some(0))? as u32,
+            eos_token_id: int("eos_token_id", Some(1))? as u32,
+            decoder_start_token_id: int("decoder_start_token_id", Some(0))? as u32,
+        })
+    }
+
+    /// (d_model, inner attention width = heads × d_kv).
+    fn attention_shape(&self) -> (usize, usize) {
+        (self.d_model, self.num_heads * self.d_kv)
+    }
+}
+
+/// transformers' `_relative_position_bucket`: the bucket of `memory − query` (f32 logarithm, as torch).
+pub fn relative_bucket(relative: i64, bidirectional: bool, buckets: usize, max_distance: usize) -> u32 {
+    let mut n = buckets as i64;
+    let mut bucket = 0i64;
+    let distance = if bidirectional {
+        n /= 2;
+        if relative > 0 {
+            bucket += n;
+        }
+        relative.abs()
+    } else {
+        (-relative).max(0)
+    };
+    let max_exact = n / 2;
+    if distance < max_exact {
+        return (bucket + distance) as u32;
+    }
+    let ratio = (distance as f32 / max_exact as f32).ln() / (max_distance as f32 / max_exact as f32).ln();
+    let large = max_exact + (ratio * (n - max_exact) as f32) as i64;
+    (bucket + large.min(n - 1)) as u32
+}
+
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    /// Block 0 of each stack: the relative attention bias table [buckets, heads].
+    relative_bias: Option<Tensor>,
+}
+
+impl Attention {
+    /// Multi-head attention of `x` [b, tq, d] over `kv` [b, tk, d] with `bias` [1|b, h, tq, tk] added
+    /// to the unscaled scores.
+    fn forward(
+        &self,
+        x: &Tensor,
+        kv: &Tensor,
+        bias: &Tensor,
+        heads: (usize, usize),
+        ctx: &mut ForwardCtx,
+    ) -> Result<Tensor> {
+        let (b, tq, _) = x.dims3()?;
+        let tk = kv.dim(1)?;
+        let (h, dk) = heads;
+        let split = |y: Tensor, t: usize| -> Result<Tensor> { y.reshape((b, t, h, dk))?.transpose(1, 2)?.contiguous() };
+        let q = split(self.q.forward(x, ctx)?, tq)?.to_dtype(DType::F32)?;
+        let k = split(self.k.forward(kv, ctx)?, tk)?.to_dtype(DType::F32)?;
+        let v = split(self.v.forward(kv, ctx)?, tk)?;
+        let scores = q.matmul(&k.t()?)?.broadcast_add(bias)?;
+        let p = softmax(&scores)?.to_dtype(v.dtype())?;
+        let out = p.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((b, tq, h * dk))?;
+        self.o.forward(&out, ctx)
+    }
+
+    fn linears(&self) -> [&Linear; 4] {
+        [&self.q, &self.k, &self.v, &self.o]
+    }
+}
+
+/// Softmax over the last dimension in f32 (the max is a constant for the gradient).
+fn softmax(x: &Tensor) -> Result<Tensor> {
+    let m = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&m)?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+}
+
+struct FeedForward {
+    /// `wi_0` (gated) or `wi`.
+    wi: Linear,
+    /// `wi_1`, gated only.
+    gate: Option<Linear>,
+    wo: Linear,
+}
+
+impl FeedForward {
+    fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        let a = self.wi.forward(x, ctx)?;
+        let hidden = match &self.gate {
+            // gelu_new = the tanh approximation, candle's `gelu`.
+            Some(g) => (a.gelu()? * g.forward(x, ctx)?)?,
+            None => a.relu()?,
+        };
+        self.wo.forward(&hidden, ctx)
+    }
+
+    fn linears(&self) -> Vec<&Linear> {
+        [Some(&self.wi), self.gate.as_ref(), Some(&self.wo)].into_iter().flatten().collect()
+    }
+}
+
+struct Block {
+    self_norm: Tensor,
+    self_attn: Attention,
+    /// Decoder blocks: cross-attention over the encoder output.
+    cross: Option<(Tensor, Attention)>,
+    ff_norm: Tensor,
+    ff: FeedForward,
+}
+
+struct Stack {
+    blocks: Vec<Block>,
+    final_norm: Tensor,
+    is_decoder: bool,
+}
+
+/// A T5 encoder–decoder with optional LoRA adapters.
+pub struct T5 {
+    pub cfg: T5Config,
+    pub dtype: DType,
+    pub device: Device,
+    shared: Tensor,
+    encoder: Stack,
+    decoder: Stack,
+    lm_head: Tensor,
+}
+
+/// What loading needs besides the weights.
+struct Loader<'a, 'r> {
+    w: &'a Weights,
+    dtype: DType,
+    device: &'a Device,
+    lora: Option<(&'a LoraConfig, &'r mut Rng)>,
+    opts: &'a LoadOptions,
+}
+
+impl Loader<'_, '_> {
+    fn linear(&mut self, name: String, inf: usize, outf: usize) -> std::result::Result<Linear, ModelError> {
+        let base = load_base(self.w, self.w.dir(), &name, [outf, inf], self.dtype, self.device, None, self.opts)?;
+        let adapter = match self.lora.as_mut() {
+            Some((cfg, rng)) if cfg.targets_module(&name) => Some(LoraAdapter::init(inf, outf, cfg, rng, self.device)?),
+            _ => None,
+        };
+        Ok(Linear { name, in_features: inf, out_features: outf, base, lora: adapter })
+    }
+
+    fn norm(&self, name: &str, d: usize) -> std::result::Result<Tensor, ModelError> {
+        self.w.get(name, &[d], self.dtype, self.device)
+    }
+
+    fn attention(&mut self, p: &str, cfg: &T5Config, first: bool) -> std::result::Result<Attention, ModelError> {
+        let (d, inner) = cfg.attention_shape();
+        Ok(Attention {
+            q: self.linear(format!("{p}.q"), d, inner)?,
+            k: self.linear(format!("{p}.k"), d, inner)?,
+            v: self.linear(format!("{p}.v"), d, inner)?,
+            o: self.linear(format!("{p}.o"), inner, d)?,
+            relative_bias: match first {
+                true => Some(self.w.get(
+                    &format!("{p}.relative_attention_bias.weight"),
+                    &[cfg.buckets, cfg.num_heads],
+                    DType::F32,
+                    self.device,
+                )?),
+                false => None,
+            },
+        })
+    }
+
+    fn stack(&mut self, prefix: &str, cfg: &T5Config, is_decoder: bool) -> std::result::Result<Stack, ModelError> {
+        let n = if is_decoder { cfg.num_decoder_layers } else { cfg.num_layers };
+        let mut blocks = Vec::with_capacity(n);
+        for i in 0..n {
+            let p = format!("{prefix}.block.{i}.layer");
+            let self_attn = self.attention(&format!("{p}.0.SelfAttention"), cfg, i == 0)?;
+            let cross = match is_decoder {
+                true => Some((
+                    self.norm(&format!("{p}.1.layer_norm.weight"), cfg.d_model)?,
+                    self.attention(&format!("{p}.1.EncDecAttention"), cfg, false)?,
+                )),
+                false => None,
+            };
+            let f = if is_decoder { 2 } else { 1 };
+            let ffp = format!("{p}.{f}.DenseReluDense");
+            let ff = if cfg.gated_gelu {
+                FeedForward {
+                    wi: self.linear(format!("{ffp}.wi_0"), cfg.d_model, cfg.d_ff)?,
+                    gate: Some(self.linear(format!("{ffp}.wi_1"), cfg.d_model, cfg.d_ff)?),
+                    wo: self.linear(format!("{ffp}.wo"), cfg.d_ff, cfg.d_model)?,
+                }
+            } else {
+                FeedForward {
+                    wi: self.linear(format!("{ffp}.wi"), cfg.d_model, cfg.d_ff)?,
+                    gate: None,
+                    wo: self.linear(format!("{ffp}.wo"), cfg.d_ff, cfg.d_model)?,
+                }
+            };
+            blocks.push(Block {
+                self_norm: self.norm(&format!("{p}.0.layer_norm.weight"), cfg.d_model)?,
+                self_attn,
+                cross,
+                ff_norm: self.norm(&format!("{p}.{f}.layer_norm.weight"), cfg.d_model)?,
+                ff,
+            });
+        }
+        Ok(Stack {
+            blocks,
+            final_norm: self.norm(&format!("{prefix}.final_layer_norm.weight"), cfg.d_model)?,
+            is_decoder,
+        })
+    }
+}
+
+impl T5 {
+    pub fn from_weights(
+        w: &Weights,
+        cfg: &T5Config,
+        dtype: DType,
+        device: &Device,
+        lora: Option<(&LoraConfig, &mut Rng)>,
+        opts: &LoadOptions,
+    ) -> std::result::Result<T5, ModelError> {
+        let (v, d) = (cfg.vocab_size, cfg.d_model);
+        let shared = w.get("shared.weight", &[v, d], dtype, device)?;
+        // An untied head is stored as lm_head (FLAN-T5); a tied one is the shared embedding.
+        let head = if w.contains("lm_head.weight") {
+            w.get("lm_head.weight", &[v, d], dtype, device)?
+        } else {
+            shared.clone()
+        };
+        let lm_head = match cfg.scale_decoder_outputs {
+            true => (head.to_dtype(DType::F32)? * (d as f64).powf(-0.5))?.to_dtype(dtype)?,
+            false => head,
+        };
+        let mut l = Loader { w, dtype, device, lora, opts };
+        let encoder = l.stack("encoder", cfg, false)?;
+        let decoder = l.stack("decoder", cfg, true)?;
+        Ok(T5 { cfg: cfg.clone(), dtype, device: device.clone(), shared, encoder, decoder, lm_head })
+    }
+
+    /// Relative position bias [1, h, tq, tk] from a stack's table (queries at `q_offset`…).
+    fn position_bias(
+        &self,
+        table: &Tensor,
+        tq: usize,
+        tk: usize,
+        q_offset: usize,
+        bidirectional: bool,
+    ) -> Result<Tensor> {
+        let mut ids = Vec::with_capacity(tq * tk);
+        for i in 0..tq {
+            for j in 0..tk {
+                ids.push(relative_bucket(
+                    j as i64 - (i + q_offset) as i64,
+                    bidirectional,
+                    self.cfg.buckets,
+                    self.cfg.max_distance,
+                ));
+            }
+        }
+        let ids = Tensor::from_vec(ids, tq * tk, &self.device)?;
+        table.index_select(&ids, 0)?.reshape((tq, tk, self.cfg.num_heads))?.permute((2, 0, 1))?.unsqueeze(0)
+    }
+
+    /// Additive key mask [b, 1, 1, tk] from a 1/0 mask [b, tk].
+    fn key_mask(&self, mask: &Tensor) -> Result<Tensor> {
+        let m = mask.to_dtype(DType::F32)?;
+        ((1.0 - m)? * MASKED)?.unsqueeze(1)?.unsqueeze(1)
+    }
+
+    fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        self.shared.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, self.cfg.d_model))
+    }
+
+    fn run_stack(
+        &self,
+        stack: &Stack,
+        x: Tensor,
+        self_bias: &Tensor,
+        enc: Option<(&Tensor, &Tensor)>,
+        ctx: &mut ForwardCtx,
+    ) -> Result<Tensor> {
+        let heads = (self.cfg.num_heads, self.cfg.d_kv);
+        let eps = self.cfg.eps;
+        let mut x = x;
+        for blk in &stack.blocks {
+            let h = kernels::rms_norm::rms_norm(&x, &blk.self_norm, eps)?;
+            x = (&x + blk.self_attn.forward(&h, &h, self_bias, heads, ctx)?)?;
+            if let (Some((norm, cross)), Some((enc, enc_bias))) = (&blk.cross, enc) {
+                let h = kernels::rms_norm::rms_norm(&x, norm, eps)?;
+                x = (&x + cross.forward(&h, enc, enc_bias, heads, ctx)?)?;
+            }
+            let h = kernels::rms_norm::rms_norm(&x, &blk.ff_norm, eps)?;
+            x = (&x + blk.ff.forward(&h, ctx)?)?;
+        }
+        kernels::rms_norm::rms_norm(&x, &stack.final_norm, eps)
+    }
+
+    /// Encoder output [b, s, d] for `input_ids` [b, s] (u32) with `mask` [b, s] (1 = token, 0 = padding).
+    pub fn encode(&self, input_ids: &Tensor, mask: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        let s = input_ids.dim(1)?;
+        let table = self.encoder.blocks[0].self_attn.relative_bias.as_ref().expect("block 0 has the bias table");
+        let bias = self.position_bias(table, s, s, 0, true)?.broadcast_add(&self.key_mask(mask)?)?;
+        self.run_stack(&self.encoder, self.embed(input_ids)?, &bias, None, ctx)
+    }
+
+    /// Decoder hidden states [b, t, d] for `decoder_ids` [b, t] (teacher forcing: the targets shifted
+    /// right behind the decoder start token) over the encoder output and its mask.
+    pub fn decode(
+        &self,
+        decoder_ids: &Tensor,
+        enc: &Tensor,
+        enc_mask: &Tensor,
+        ctx: &mut ForwardCtx,
+    ) -> Result<Tensor> {
+        debug_assert!(self.decoder.is_decoder);
+        let t = decoder_ids.dim(1)?;
+        let table = self.decoder.blocks[0].self_attn.relative_bias.as_ref().expect("block 0 has the bias table");
+        let causal: Vec<f32> =
+            (0..t).flat_map(|i| (0..t).map(move |j| if j > i { MASKED as f32 } else { 0.0 })).collect();
+        let causal = Tensor::from_vec(causal, (1, 1, t, t), &self.device)?;
+        let bias = self.position_bias(table, t, t, 0, false)?.broadcast_add(&causal)?;
+        let enc_bias = self.key_mask(enc_mask)?;
+        self.run_stack(&self.decoder, self.embed(decoder_ids)?, &bias, Some((enc, &enc_bias)), ctx)
+    }
+
+    /// Logits [b, t, vocab] in f32.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        kernels::frozen_linear::frozen_linear(hidden, &self.lm_head, None)?.to_dtype(DType::F32)
+    }
+
+    /// `labels` shifted right behind the decoder start token; ignored labels (−100) become padding.
+    pub fn shift_right(&self, labels: &[Vec<i64>]) -> Vec<Vec<u32>> {
+        labels
+            .iter()
+            .map(|row| {
+                std::iter::once(self.cfg.decoder_start_token_id)
+                    .chain(row[..row.len().saturating_sub(1)].iter().map(|&l| {
+                        if l < 0 {
+                            self.cfg.pad_token_id
+                        } else {
+                            l as u32
+                        }
+                    }))
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Mean cross-entropy over the labels that are not −100 (transformers' loss), with the
+    /// chunked log-softmax of the decoder families.
+    pub fn loss(&self, input_ids: &Tensor, mask: &Tensor, labels: &[Vec<i64>], ctx: &mut ForwardCtx) -> Result<Tensor> {
+        let (b, t) = (labels.len(), labels.first().map_or(0, Vec::len));
+        let dec = Tensor::from_vec(self.shift_right(labels).concat(), (b, t), &self.device)?;
+        let enc = self.encode(input_ids, mask, ctx)?;
+        let hidden = self.decode(&dec, &enc, mask, ctx)?;
+        let flat: Vec<i64> = labels.concat();
+        let targets: Vec<u32> = flat.iter().map(|&l| l.max(0) as u32).collect();
+        let keep: Vec<f32> = flat.iter().map(|&l| f32::from(l >= 0)).collect();
+        let n = keep.iter().sum::<f32>().max(1.0);
+        let chunk = (8 * 1024 * 1024 / self.cfg.vocab_size.max(1)).max(1);
+        let logp = kernels::cross_entropy::linear_log_probs(
+            &hidden.flatten_to(D::Minus2)?,
+            &self.lm_head,
+            &Tensor::from_vec(targets, b * t, &self.device)?,
+            chunk,
+        )?;
+        (logp * Tensor::from_vec(keep, b * t, &self.device)?)?.sum_all()?.neg()? / n as f64
+    }
+
+    fn linears(&self) -> impl Iterator<Item = &Linear> {
+        [&self.encoder, &self.decoder].into_iter().flat_map(|s| s.blocks.iter()).flat_map(|blk| {
+            let mut v: Vec<&Linear> = blk.self_attn.linears().to_vec();
+            if let Some((_, c)) = &blk.cross {
+                v.extend(c.linears());
+            }
+            v.extend(blk.ff.linears());
+            v
+        })
+    }
+
+    /// (module path, adapter) for every adapted projection, in checkpoint order.
+    pub fn adapters(&self) -> Vec<(&str, &LoraAdapter)> {
+        self.linears().filter_map(|l| l.lora.as_ref().map(|a| (l.name.as_str(), a))).collect()
+    }
+
+    /// Set the adapters from a PEFT adapter file.
+    pub fn load_adapter_tensors(&self, path: &Path) -> std::result::Result<(), ModelError> {
+        super::linear::load_peft_adapter(path, &self.adapters(), &self.device)
+    }
+
+    pub fn trainable_vars(&self) -> Vec<Var> {
+        self.adapters().into_iter().flat_map(|(_, a)| [a.a.clone(), a.b.clone()]).collect()
+    }
+}

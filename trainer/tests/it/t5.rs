@@ -1,0 +1,126 @@
+//! The T5 family (FLAN-T5's architecture) against transformers and PEFT on the committed fixture
+//! tests/fixtures/t5 (made by tests/fixtures/scripts/make_t5.py): relative position buckets, logits
+//! of the base and with a PEFT LoRA adapter, the loss, and every LoRA gradient.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use trainer::lora::LoraConfig;
+use trainer::model::t5::{relative_bucket, T5Config, T5};
+use trainer::model::weights::Weights;
+use trainer::model::{ForwardCtx, LoadOptions};
+use trainer::rng::Rng;
+
+fn dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/t5")
+}
+
+fn reference() -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(dir().join("reference.safetensors"), &Device::Cpu).unwrap()
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+}
+
+fn ids(t: &Tensor) -> Tensor {
+    t.to_dtype(DType::U32).unwrap()
+}
+
+/// The fixture's base model, with the PEFT adapter (q, v; r = 4, α = 8) when `adapter`.
+fn model(adapter: bool) -> T5 {
+    let base = dir().join("base");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(base.join("config.json")).unwrap()).unwrap();
+    let cfg = T5Config::from_json(&json, &base.join("config.json")).unwrap();
+    let w = Weights::open(&base).unwrap();
+    let lora = LoraConfig { r: 4, alpha: 8.0, dropout: 0.0, use_rslora: false, targets: vec!["q".into(), "v".into()] };
+    let mut rng = Rng::new(1);
+    let m = T5::from_weights(
+        &w,
+        &cfg,
+        DType::F32,
+        &Device::Cpu,
+        adapter.then_some((&lora, &mut rng)),
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    if adapter {
+        m.load_adapter_tensors(&dir().join("adapter/adapter_model.safetensors")).unwrap();
+    }
+    m
+}
+
+fn logits(m: &T5, r: &HashMap<String, Tensor>) -> Tensor {
+    let mut ctx = ForwardCtx::eval();
+    let enc = m.encode(&ids(&r["input_ids"]), &r["attention_mask"], &mut ctx).unwrap();
+    let h = m.decode(&ids(&r["decoder_input_ids"]), &enc, &r["attention_mask"], &mut ctx).unwrap();
+    m.logits(&h).unwrap()
+}
+
+#[test]
+fn t5_relative_position_buckets_match_transformers() {
+    let r = reference();
+    for (name, bidirectional) in [("buckets_bidirectional", true), ("buckets_causal", false)] {
+        let want: Vec<i64> = r[name].to_vec1().unwrap();
+        let got: Vec<i64> = (-40i64..=40).map(|p| relative_bucket(p, bidirectional, 32, 128) as i64).collect();
+        assert_eq!(got, want, "{name}");
+    }
+}
+
+#[test]
+fn t5_logits_match_transformers_with_and_without_a_peft_adapter() {
+    let r = reference();
+    let d = max_diff(&logits(&model(false), &r), &r["base_logits"]);
+    assert!(d < 1e-4, "base logits differ from transformers by {d}");
+    let with = logits(&model(true), &r);
+    let d = max_diff(&with, &r["lora_logits"]);
+    assert!(d < 1e-4, "LoRA logits differ from PEFT by {d}");
+    // The adapter changes the output (so the check above is not the base model's twice).
+    assert!(max_diff(&with, &r["base_logits"]) > 1e-2);
+}
+
+#[test]
+fn t5_loss_and_lora_gradients_match_transformers_and_peft() {
+    let r = reference();
+    let m = model(true);
+    let labels: Vec<Vec<i64>> = r["labels"].to_vec2().unwrap();
+    let dec: Vec<Vec<i64>> = r["decoder_input_ids"].to_vec2().unwrap();
+    let shifted: Vec<Vec<i64>> =
+        m.shift_right(&labels).iter().map(|row| row.iter().map(|&x| x as i64).collect()).collect();
+    assert_eq!(shifted, dec, "labels shifted right as transformers' _shift_right");
+    let loss = m.loss(&ids(&r["input_ids"]), &r["attention_mask"], &labels, &mut ForwardCtx::eval()).unwrap();
+    let want = r["lora_loss"].to_scalar::<f32>().unwrap();
+    let got = loss.to_scalar::<f32>().unwrap();
+    assert!((got - want).abs() < 1e-5, "loss {got} vs transformers {want}");
+    let grads = loss.backward().unwrap();
+    let adapters = m.adapters();
+    assert_eq!(adapters.len(), 2 * 2 + 2 * 2 * 2, "q and v of every self- and cross-attention");
+    for (module, a) in adapters {
+        for (which, var) in [('A', &a.a), ('B', &a.b)] {
+            let key = format!("grad.{}", trainer::lora::peft_key(module, which));
+            let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {key}"));
+            let want = &r[&key];
+            let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1e-6);
+            let d = max_diff(g, want);
+            assert!(d <= 1e-4 * scale.max(1.0), "{key}: gradient differs from PEFT by {d} (max {scale})");
+        }
+    }
+}
+
+#[test]
+fn t5_configs_are_read_or_refused_clearly() {
+    let p = Path::new("config.json");
+    let flan_like = serde_json::json!({"vocab_size": 32128, "d_model": 512, "d_kv": 64, "d_ff": 1024, "num_heads": 6,
+        "num_layers": 8, "feed_forward_proj": "gelu", "is_gated_act": true, "tie_word_embeddings": false});
+    let c = T5Config::from_json(&flan_like, p).unwrap();
+    assert!(c.gated_gelu && c.num_decoder_layers == 8 && c.buckets == 32 && c.max_distance == 128);
+    assert!(!c.scale_decoder_outputs, "FLAN-T5 (tie_word_embeddings: false) does not rescale the decoder output");
+    let bad = serde_json::json!({"vocab_size": 1, "d_model": 1, "d_kv": 1, "d_ff": 1, "num_heads": 1, "num_layers": 1,
+        "feed_forward_proj": "gated-silu"});
+    let e = T5Config::from_json(&bad, p).unwrap_err().to_string();
+    assert!(e.contains("config.json") && e.contains("gated-silu"), "{e}");
+    let missing = serde_json::json!({"vocab_size": 1});
+    assert!(T5Config::from_json(&missing, p).unwrap_err().to_string().contains("is missing"));
+}
