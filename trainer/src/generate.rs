@@ -6,6 +6,7 @@
 use candle_core::{DType, Result, Tensor};
 
 use crate::data::TokenizerBundle;
+use crate::model::t5::T5;
 use crate::model::{Decoder, ForwardCtx, KvCache};
 use crate::rng::Rng;
 
@@ -223,6 +224,49 @@ pub fn generate_streaming(
 }
 
 /// The tokens that end a completion: the model config's EOS ids and the tokenizer's.
+/// Sequence-to-sequence generation (T5): each prompt is encoded once (right-padded, masked), then
+/// the decoder runs one token per step on its KV cache from the decoder start token, sampling with
+/// [`sample`] until every row has produced EOS or `max_new_tokens`. Returns the new ids per row,
+/// EOS included when it came.
+pub fn generate_seq2seq(
+    model: &T5,
+    prompts: &[Vec<u32>],
+    cfg: &SamplingConfig,
+    rng: &mut Rng,
+    adapters: bool,
+) -> Result<Vec<Vec<u32>>> {
+    let (b, dev) = (prompts.len(), &model.device);
+    let s = prompts.iter().map(Vec::len).max().unwrap_or(0).max(1);
+    let pad = model.cfg.pad_token_id;
+    let ids: Vec<u32> =
+        prompts.iter().flat_map(|p| p.iter().copied().chain(std::iter::repeat_n(pad, s - p.len()))).collect();
+    let mask: Vec<u32> = prompts.iter().flat_map(|p| (0..s).map(|i| u32::from(i < p.len()))).collect();
+    let mask = Tensor::from_vec(mask, (b, s), dev)?;
+    let mut ctx = ForwardCtx { adapters, dropout_rng: None, checkpoint: None };
+    let enc = model.encode(&Tensor::from_vec(ids, (b, s), dev)?, &mask, &mut ctx)?;
+    let mut cache = model.start_decoding(&enc, &mask, &mut ctx)?;
+    let mut next = vec![model.cfg.decoder_start_token_id; b];
+    let mut out: Vec<Vec<u32>> = vec![Vec::new(); b];
+    let mut done = vec![false; b];
+    let eos: Vec<u32> = if cfg.eos_ids.is_empty() { vec![model.cfg.eos_token_id] } else { cfg.eos_ids.clone() };
+    for _ in 0..cfg.max_new_tokens {
+        let h = model.decode_step(&Tensor::from_vec(next.clone(), (b, 1), dev)?, &mut cache, &mut ctx)?;
+        let logits: Vec<Vec<f32>> = model.logits(&h)?.squeeze(1)?.to_vec2()?;
+        for (row, l) in logits.iter().enumerate() {
+            // A finished row keeps feeding padding; its tokens are not kept.
+            next[row] = if done[row] { pad } else { sample(l, cfg, rng) };
+            if !done[row] {
+                out[row].push(next[row]);
+                done[row] = eos.contains(&next[row]);
+            }
+        }
+        if done.iter().all(|d| *d) {
+            break;
+        }
+    }
+    Ok(out)
+}
+
 pub fn eos_ids(cfg: &crate::model::ModelConfig, tok: &TokenizerBundle) -> Vec<u32> {
     let mut ids = cfg.eos_token_ids();
     ids.extend(tok.eos_id());

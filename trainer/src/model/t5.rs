@@ -127,28 +127,46 @@ struct Attention {
     relative_bias: Option<Tensor>,
 }
 
+/// Keys [b, h, tk, dk] (f32, for the unscaled scores) and values [b, h, tk, dk].
+type KeyValues = (Tensor, Tensor);
+
 impl Attention {
-    /// Multi-head attention of `x` [b, tq, d] over `kv` [b, tk, d] with `bias` [1|b, h, tq, tk] added
-    /// to the unscaled scores.
-    fn forward(
+    fn key_values(&self, src: &Tensor, heads: (usize, usize), ctx: &mut ForwardCtx) -> Result<KeyValues> {
+        let (b, tk, _) = src.dims3()?;
+        let (h, dk) = heads;
+        let split = |y: Tensor| -> Result<Tensor> { y.reshape((b, tk, h, dk))?.transpose(1, 2)?.contiguous() };
+        Ok((split(self.k.forward(src, ctx)?)?.to_dtype(DType::F32)?, split(self.v.forward(src, ctx)?)?))
+    }
+
+    /// Queries from `x` [b, tq, d] over `kv`, with `bias` [1|b, h, tq, tk] added to the unscaled scores.
+    fn attend(
         &self,
         x: &Tensor,
-        kv: &Tensor,
+        kv: &KeyValues,
         bias: &Tensor,
         heads: (usize, usize),
         ctx: &mut ForwardCtx,
     ) -> Result<Tensor> {
         let (b, tq, _) = x.dims3()?;
-        let tk = kv.dim(1)?;
         let (h, dk) = heads;
-        let split = |y: Tensor, t: usize| -> Result<Tensor> { y.reshape((b, t, h, dk))?.transpose(1, 2)?.contiguous() };
-        let q = split(self.q.forward(x, ctx)?, tq)?.to_dtype(DType::F32)?;
-        let k = split(self.k.forward(kv, ctx)?, tk)?.to_dtype(DType::F32)?;
-        let v = split(self.v.forward(kv, ctx)?, tk)?;
+        let q = self.q.forward(x, ctx)?.reshape((b, tq, h, dk))?.transpose(1, 2)?.contiguous()?.to_dtype(DType::F32)?;
+        let (k, v) = kv;
         let scores = q.matmul(&k.t()?)?.broadcast_add(bias)?;
         let p = softmax(&scores)?.to_dtype(v.dtype())?;
-        let out = p.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((b, tq, h * dk))?;
+        let out = p.matmul(v)?.transpose(1, 2)?.contiguous()?.reshape((b, tq, h * dk))?;
         self.o.forward(&out, ctx)
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        src: &Tensor,
+        bias: &Tensor,
+        heads: (usize, usize),
+        ctx: &mut ForwardCtx,
+    ) -> Result<Tensor> {
+        let kv = self.key_values(src, heads, ctx)?;
+        self.attend(x, &kv, bias, heads, ctx)
     }
 
     fn linears(&self) -> [&Linear; 4] {
@@ -200,6 +218,15 @@ struct Stack {
     blocks: Vec<Block>,
     final_norm: Tensor,
     is_decoder: bool,
+}
+
+/// The state of incremental decoding (see [`T5::start_decoding`]).
+pub struct T5Cache {
+    cross: Vec<KeyValues>,
+    own: Vec<Option<KeyValues>>,
+    enc_bias: Tensor,
+    /// Decoder tokens so far.
+    pub len: usize,
 }
 
 /// A T5 encoder–decoder with optional LoRA adapters.
@@ -411,6 +438,46 @@ impl T5 {
         let bias = self.position_bias(table, t, t, 0, false)?.broadcast_add(&causal)?;
         let enc_bias = self.key_mask(enc_mask)?;
         self.run_stack(&self.decoder, self.embed(decoder_ids)?, &bias, Some((enc, &enc_bias)), ctx)
+    }
+
+    /// Incremental decoding over `enc` [b, s, d]: the cross-attention keys and values of every
+    /// decoder block are computed here once; self-attention keys and values grow with each step.
+    pub fn start_decoding(&self, enc: &Tensor, enc_mask: &Tensor, ctx: &mut ForwardCtx) -> Result<T5Cache> {
+        let heads = (self.cfg.num_heads, self.cfg.d_kv);
+        let cross = self
+            .decoder
+            .blocks
+            .iter()
+            .map(|blk| blk.cross.as_ref().expect("decoder blocks cross-attend").1.key_values(enc, heads, ctx))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(T5Cache { cross, own: vec![None; self.decoder.blocks.len()], enc_bias: self.key_mask(enc_mask)?, len: 0 })
+    }
+
+    /// Decoder hidden states [b, 1, d] of the next token `ids` [b, 1], appended to `cache`.
+    pub fn decode_step(&self, ids: &Tensor, cache: &mut T5Cache, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        let heads = (self.cfg.num_heads, self.cfg.d_kv);
+        let eps = self.cfg.eps;
+        let table = self.decoder.blocks[0].self_attn.relative_bias.as_ref().expect("block 0 has the bias table");
+        // One query at position `len` over keys 0..=len: nothing to mask causally.
+        let bias = self.position_bias(table, 1, cache.len + 1, cache.len, false)?;
+        let mut x = self.embed(ids)?;
+        for (i, blk) in self.decoder.blocks.iter().enumerate() {
+            let h = kernels::rms_norm::rms_norm(&x, &blk.self_norm, eps)?;
+            let (k, v) = blk.self_attn.key_values(&h, heads, ctx)?;
+            let kv = match cache.own[i].take() {
+                Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+                None => (k, v),
+            };
+            x = (&x + blk.self_attn.attend(&h, &kv, &bias, heads, ctx)?)?;
+            cache.own[i] = Some(kv);
+            let (norm, cross) = blk.cross.as_ref().expect("decoder blocks cross-attend");
+            let h = kernels::rms_norm::rms_norm(&x, norm, eps)?;
+            x = (&x + cross.attend(&h, &cache.cross[i], &cache.enc_bias, heads, ctx)?)?;
+            let h = kernels::rms_norm::rms_norm(&x, &blk.ff_norm, eps)?;
+            x = (&x + blk.ff.forward(&h, ctx)?)?;
+        }
+        cache.len += 1;
+        kernels::rms_norm::rms_norm(&x, &self.decoder.final_norm, eps)
     }
 
     /// Logits [b, t, vocab] in f32.
