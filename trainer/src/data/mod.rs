@@ -7,6 +7,7 @@
 //! * [`tokenize`] turns records into [`Example`]s with a loss mask.
 //! * [`make_batches`] shifts, packs or pads examples into [`Batch`]es.
 //! * [`prompt_of`] turns a record into a generation prompt and its reference (GRPO, evaluation).
+//! * [`seq2seq_examples`] turns records into encoder input / decoder target pairs (T5).
 //!
 //! The rules follow transformers/TRL (see `formats.md` §4 and §5 in the shared
 //! reference): plain text and prompt/completion are tokenised with the special
@@ -17,6 +18,7 @@ mod batch;
 mod formats;
 mod prompt;
 mod read;
+mod seq2seq;
 mod template;
 mod tokenize;
 mod tokenizer;
@@ -30,6 +32,7 @@ use crate::choice::choice_enum;
 pub use batch::{make_batches, split_validation, Batch, BatchSpec};
 pub use prompt::{prompt_of, Prompt};
 pub use read::read_path;
+pub use seq2seq::{seq2seq_examples, Seq2SeqExample, Seq2SeqReport};
 pub use tokenize::{
     tokenize, Example, TokenizeReport, MASK_ALL, MASK_GENERATION_TAGS, MASK_PREFIX_DIFF, MASK_PROMPT_PREFIX, MASK_TEXT,
 };

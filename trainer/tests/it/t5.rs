@@ -167,3 +167,41 @@ fn t5_cached_decoding_equals_teacher_forcing_and_greedy_equals_transformers() {
         assert!(w[g.len()..].iter().all(|&x| x == 0));
     }
 }
+
+/// The demo tokenizer in a temporary directory.
+fn demo_tokenizer() -> (tempfile::TempDir, trainer::data::TokenizerBundle) {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("tokenizer.json"), trainer::demo::TOKENIZER_JSON).unwrap();
+    std::fs::write(d.path().join("tokenizer_config.json"), trainer::demo::TOKENIZER_CONFIG_JSON).unwrap();
+    let tok = trainer::data::TokenizerBundle::load(d.path()).unwrap();
+    (d, tok)
+}
+
+#[test]
+fn seq2seq_examples_from_the_trainer_formats() {
+    use trainer::data::{read_path, seq2seq_examples, DataSpec};
+    let (dir, tok) = demo_tokenizer();
+    let samsum = dir.path().join("samsum.jsonl");
+    std::fs::write(
+        &samsum,
+        "{\"dialogue\": \"Amanda: I baked cookies. Do you want some?\\nJerry: Sure!\", \"summary\": \"Amanda baked cookies and will bring Jerry some.\"}\n\
+         {\"dialogue\": \"A: hi\", \"summary\": \"\"}\n",
+    )
+    .unwrap();
+    let records = read_path(&samsum, &DataSpec { prompt_only: true, ..Default::default() }).unwrap().records;
+    let r = seq2seq_examples(&records, &tok, 512, 4, false).unwrap();
+    assert_eq!((r.examples.len(), r.dropped_no_target, r.truncated_targets, r.truncated_sources), (1, 1, 1, 0));
+    let ex = &r.examples[0];
+    let full_target = tok.encode("Amanda baked cookies and will bring Jerry some.", true).unwrap();
+    assert_eq!(ex.target_ids[..], full_target[..4], "the target keeps its start");
+    assert!(ex.source_ids.len() > 4 && r.source_tokens == ex.source_ids.len() && r.target_tokens == 4);
+
+    let chat = dir.path().join("chat.jsonl");
+    std::fs::write(&chat, "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}, {\"role\": \"assistant\", \"content\": \"Hello\"}]}\n")
+        .unwrap();
+    let records = read_path(&chat, &DataSpec::default()).unwrap().records;
+    let e = seq2seq_examples(&records, &tok, 512, 512, false).unwrap_err().to_string();
+    assert!(e.contains("chat.jsonl:1") && e.contains("no chat template"), "{e}");
+    let skipped = seq2seq_examples(&records, &tok, 512, 512, true).unwrap();
+    assert_eq!((skipped.examples.len(), skipped.skipped.len()), (0, 1));
+}
