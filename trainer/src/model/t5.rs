@@ -251,7 +251,11 @@ struct Loader<'a, 'r> {
 
 impl Loader<'_, '_> {
     fn linear(&mut self, name: String, inf: usize, outf: usize) -> std::result::Result<Linear, ModelError> {
-        let base = load_base(self.w, self.w.dir(), &name, [outf, inf], self.dtype, self.device, None, self.opts)?;
+        // QLoRA keeps the feed-forward output `wo` unquantised, as transformers keeps it out of
+        // 4-bit (`_keep_in_fp32_modules = ["wo"]`): T5's activations overflow there.
+        let dense = LoadOptions { quantize_nf4: None };
+        let opts = if name.ends_with(".wo") { &dense } else { self.opts };
+        let base = load_base(self.w, self.w.dir(), &name, [outf, inf], self.dtype, self.device, None, opts)?;
         let adapter = match self.lora.as_mut() {
             Some((cfg, rng)) if cfg.targets_module(&name) => Some(LoraAdapter::init(inf, outf, cfg, rng, self.device)?),
             _ => None,
@@ -538,6 +542,11 @@ impl T5 {
     /// (module path, adapter) for every adapted projection, in checkpoint order.
     pub fn adapters(&self) -> Vec<(&str, &LoraAdapter)> {
         self.linears().filter_map(|l| l.lora.as_ref().map(|a| (l.name.as_str(), a))).collect()
+    }
+
+    /// Module paths whose base weight is NF4 (QLoRA).
+    pub fn quantized_modules(&self) -> Vec<&str> {
+        self.linears().filter(|l| l.is_nf4()).map(|l| l.name.as_str()).collect()
     }
 
     /// Set the adapters from a PEFT adapter file.

@@ -205,3 +205,50 @@ fn seq2seq_examples_from_the_trainer_formats() {
     let skipped = seq2seq_examples(&records, &tok, 512, 512, true).unwrap();
     assert_eq!((skipped.examples.len(), skipped.skipped.len()), (0, 1));
 }
+
+/// LoRA on every linear layer of the fixture's base, trained for a few AdamW steps on its batch.
+fn train_steps(quantize: bool, steps: usize) -> (f32, f32, T5) {
+    let r = reference();
+    let base = dir().join("base");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(base.join("config.json")).unwrap()).unwrap();
+    let cfg = T5Config::from_json(&json, &base.join("config.json")).unwrap();
+    let targets = ["q", "k", "v", "o", "wi_0", "wi_1", "wo"].map(String::from).to_vec();
+    let lora = LoraConfig { r: 8, alpha: 16.0, dropout: 0.0, use_rslora: false, targets };
+    let opts = LoadOptions { quantize_nf4: quantize.then(trainer::quant::nf4::Nf4Options::default) };
+    let m = T5::from_weights(
+        &Weights::open(&base).unwrap(),
+        &cfg,
+        DType::F32,
+        &Device::Cpu,
+        Some((&lora, &mut Rng::new(7))),
+        &opts,
+    )
+    .unwrap();
+    let adamw = trainer::optim::AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+    let mut opt = trainer::optim::AdamW::new(m.trainable_vars(), adamw).unwrap();
+    let labels: Vec<Vec<i64>> = r["labels"].to_vec2().unwrap();
+    let (input, mask) = (ids(&r["input_ids"]), &r["attention_mask"]);
+    let mut losses = vec![];
+    for _ in 0..steps {
+        let loss = m.loss(&input, mask, &labels, &mut ForwardCtx::eval()).unwrap();
+        losses.push(loss.to_scalar::<f32>().unwrap());
+        let grads = loss.backward().unwrap();
+        let g: Vec<Tensor> = opt.params().iter().map(|p| grads.get(p.as_tensor()).unwrap().clone()).collect();
+        opt.step(&g, 1e-2, 1.0).unwrap();
+    }
+    (losses[0], *losses.last().unwrap(), m)
+}
+
+#[test]
+fn t5_lora_and_qlora_training_lowers_the_loss() {
+    let (first, last, m) = train_steps(false, 25);
+    assert!(last < 0.7 * first, "LoRA: loss {first} → {last}");
+    assert!(m.quantized_modules().is_empty());
+    let (first, last, m) = train_steps(true, 25);
+    assert!(last < 0.7 * first, "QLoRA: loss {first} → {last}");
+    let q = m.quantized_modules();
+    // Every projection but the feed-forward output is NF4: 4 + 2 per encoder block, 4 + 4 + 2 per decoder block.
+    assert_eq!(q.len(), 2 * 6 + 2 * 10, "{q:?}");
+    assert!(q.iter().all(|n| !n.ends_with(".wo")), "wo stays dense: {q:?}");
+}
