@@ -90,13 +90,18 @@ pub fn peft_key(module: &str, which: char) -> String {
     format!("base_model.model.{module}.lora_{which}.weight")
 }
 
+/// PEFT's task type of a decoder-only model's adapter.
+pub const TASK_CAUSAL_LM: &str = "CAUSAL_LM";
+/// PEFT's task type of an encoder–decoder (T5) model's adapter.
+pub const TASK_SEQ_2_SEQ_LM: &str = "SEQ_2_SEQ_LM";
+
 /// `adapter_config.json` as PEFT writes it (keys per formats.md §1).
-pub fn peft_config_json(cfg: &LoraConfig, base_model_name_or_path: &str) -> serde_json::Value {
+pub fn peft_config_json(cfg: &LoraConfig, base_model_name_or_path: &str, task_type: &str) -> serde_json::Value {
     let mut targets = cfg.targets.clone();
     targets.sort();
     serde_json::json!({
         "peft_type": "LORA",
-        "task_type": "CAUSAL_LM",
+        "task_type": task_type,
         "base_model_name_or_path": base_model_name_or_path,
         "r": cfg.r,
         "lora_alpha": cfg.alpha,

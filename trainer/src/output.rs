@@ -34,7 +34,7 @@ pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), TrainErr
 pub fn write_adapter(dir: &Path, model: &Decoder, lora: &LoraConfig, base_name: &str) -> Result<(), TrainError> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     save_adapter_tensors(&dir.join("adapter_model.safetensors"), &model.adapters())?;
-    write_json(&dir.join("adapter_config.json"), &peft_config_json(lora, base_name))
+    write_json(&dir.join("adapter_config.json"), &peft_config_json(lora, base_name, crate::lora::TASK_CAUSAL_LM))
 }
 
 /// Copy the tokenizer and chat-template files that exist in the base model directory.

@@ -252,3 +252,63 @@ fn t5_lora_and_qlora_training_lowers_the_loss() {
     assert_eq!(q.len(), 2 * 6 + 2 * 10, "{q:?}");
     assert!(q.iter().all(|n| !n.ends_with(".wo")), "wo stays dense: {q:?}");
 }
+
+/// The adapter oxtune writes for T5 (PEFT's default targets q, v; 10 LoRA steps on the fixture,
+/// deterministic) is committed as tests/fixtures/t5/rust_adapter; tests/fixtures/scripts/t5_peft_logits.py
+/// loaded it with `PeftModel.from_pretrained` (every key used) and recorded its logits. Set
+/// OXTUNE_REGENERATE_T5_ADAPTER=1 to rewrite the committed adapter from this code, then rerun that script.
+#[test]
+fn t5_adapter_written_by_oxtune_loads_in_peft_with_the_same_logits() {
+    let r = reference();
+    let base = dir().join("base");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(base.join("config.json")).unwrap()).unwrap();
+    let cfg = T5Config::from_json(&json, &base.join("config.json")).unwrap();
+    let lora = LoraConfig { r: 4, alpha: 8.0, dropout: 0.0, use_rslora: false, targets: vec!["q".into(), "v".into()] };
+    let m = T5::from_weights(
+        &Weights::open(&base).unwrap(),
+        &cfg,
+        DType::F32,
+        &Device::Cpu,
+        Some((&lora, &mut Rng::new(3))),
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    let adamw = trainer::optim::AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+    let mut opt = trainer::optim::AdamW::new(m.trainable_vars(), adamw).unwrap();
+    let labels: Vec<Vec<i64>> = r["labels"].to_vec2().unwrap();
+    for _ in 0..10 {
+        let loss = m.loss(&ids(&r["input_ids"]), &r["attention_mask"], &labels, &mut ForwardCtx::eval()).unwrap();
+        let grads = loss.backward().unwrap();
+        let g: Vec<Tensor> = opt.params().iter().map(|p| grads.get(p.as_tensor()).unwrap().clone()).collect();
+        opt.step(&g, 1e-2, 1.0).unwrap();
+    }
+    let out = tempfile::tempdir().unwrap();
+    trainer::lora::save_adapter_tensors(&out.path().join("adapter_model.safetensors"), &m.adapters()).unwrap();
+    let config = trainer::lora::peft_config_json(&lora, "tests/fixtures/t5/base", trainer::lora::TASK_SEQ_2_SEQ_LM);
+    std::fs::write(out.path().join("adapter_config.json"), serde_json::to_string_pretty(&config).unwrap()).unwrap();
+    let committed = dir().join("rust_adapter");
+    if std::env::var_os("OXTUNE_REGENERATE_T5_ADAPTER").is_some() {
+        std::fs::create_dir_all(&committed).unwrap();
+        for f in ["adapter_model.safetensors", "adapter_config.json"] {
+            std::fs::copy(out.path().join(f), committed.join(f)).unwrap();
+        }
+    }
+    // What this code writes is the committed adapter.
+    let ours = candle_core::safetensors::load(out.path().join("adapter_model.safetensors"), &Device::Cpu).unwrap();
+    let theirs = candle_core::safetensors::load(committed.join("adapter_model.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(ours.len(), theirs.len());
+    for (k, t) in &ours {
+        let d = max_diff(t, theirs.get(k).unwrap_or_else(|| panic!("{k} missing from the committed adapter")));
+        assert!(d < 1e-4, "{k} differs from the committed adapter by {d}");
+    }
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(committed.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(config["task_type"], "SEQ_2_SEQ_LM");
+    // PEFT's logits with that adapter are ours.
+    let peft =
+        candle_core::safetensors::load(dir().join("rust_adapter_peft_logits.safetensors"), &Device::Cpu).unwrap();
+    let d = max_diff(&logits(&m, &r), &peft["logits"]);
+    assert!(d < 1e-4, "logits with the oxtune adapter differ from PEFT's by {d}");
+    assert!(max_diff(&peft["logits"], &r["lora_logits"]) > 1e-3, "a trained adapter, not the fixture's");
+}
