@@ -238,6 +238,8 @@ pub struct T5 {
     encoder: Stack,
     decoder: Stack,
     lm_head: Tensor,
+    /// The checkpoint stores `lm_head.weight` (FLAN-T5) rather than reusing `shared`.
+    head_stored: bool,
 }
 
 /// What loading needs besides the weights.
@@ -342,7 +344,8 @@ impl T5 {
         let (v, d) = (cfg.vocab_size, cfg.d_model);
         let shared = w.get("shared.weight", &[v, d], dtype, device)?;
         // An untied head is stored as lm_head (FLAN-T5); a tied one is the shared embedding.
-        let head = if w.contains("lm_head.weight") {
+        let head_stored = w.contains("lm_head.weight");
+        let head = if head_stored {
             w.get("lm_head.weight", &[v, d], dtype, device)?
         } else {
             shared.clone()
@@ -354,7 +357,7 @@ impl T5 {
         let mut l = Loader { w, dtype, device, lora, opts };
         let encoder = l.stack("encoder", cfg, false)?;
         let decoder = l.stack("decoder", cfg, true)?;
-        Ok(T5 { cfg: cfg.clone(), dtype, device: device.clone(), shared, encoder, decoder, lm_head })
+        Ok(T5 { cfg: cfg.clone(), dtype, device: device.clone(), shared, encoder, decoder, lm_head, head_stored })
     }
 
     /// Relative position bias [1, h, tq, tk] from a stack's table (queries at `q_offset`…).
@@ -542,6 +545,46 @@ impl T5 {
     /// (module path, adapter) for every adapted projection, in checkpoint order.
     pub fn adapters(&self) -> Vec<(&str, &LoraAdapter)> {
         self.linears().filter_map(|l| l.lora.as_ref().map(|a| (l.name.as_str(), a))).collect()
+    }
+
+    /// Every tensor of the checkpoint with the adapters merged into their projections (W + scale·B·A),
+    /// under the checkpoint's names, in `dtype` — what `merge_adapter` writes for transformers'
+    /// `AutoModelForSeq2SeqLM`.
+    pub fn merged_state_dict(&self, dtype: DType) -> Result<Vec<(String, Tensor)>> {
+        let mut out = vec![("shared.weight".to_string(), self.shared.to_dtype(dtype)?)];
+        for (prefix, stack) in [("encoder", &self.encoder), ("decoder", &self.decoder)] {
+            for (i, blk) in stack.blocks.iter().enumerate() {
+                let p = format!("{prefix}.block.{i}.layer");
+                let ff = if blk.cross.is_some() { 2 } else { 1 };
+                out.push((format!("{p}.0.layer_norm.weight"), blk.self_norm.to_dtype(dtype)?));
+                if let Some(t) = &blk.self_attn.relative_bias {
+                    out.push((format!("{p}.0.SelfAttention.relative_attention_bias.weight"), t.to_dtype(dtype)?));
+                }
+                if let Some((norm, _)) = &blk.cross {
+                    out.push((format!("{p}.1.layer_norm.weight"), norm.to_dtype(dtype)?));
+                }
+                out.push((format!("{p}.{ff}.layer_norm.weight"), blk.ff_norm.to_dtype(dtype)?));
+                let mut linears: Vec<&Linear> = blk.self_attn.linears().to_vec();
+                if let Some((_, c)) = &blk.cross {
+                    linears.extend(c.linears());
+                }
+                linears.extend(blk.ff.linears());
+                for lin in linears {
+                    out.push((format!("{}.weight", lin.name), lin.merged_weight_f32()?.to_dtype(dtype)?));
+                }
+            }
+            out.push((format!("{prefix}.final_layer_norm.weight"), stack.final_norm.to_dtype(dtype)?));
+        }
+        if self.head_stored {
+            let d = self.cfg.d_model as f64;
+            let head = if self.cfg.scale_decoder_outputs {
+                (self.lm_head.to_dtype(DType::F32)? * d.sqrt())?
+            } else {
+                self.lm_head.clone()
+            };
+            out.push(("lm_head.weight".to_string(), head.to_dtype(dtype)?));
+        }
+        Ok(out)
     }
 
     /// Module paths whose base weight is NF4 (QLoRA).

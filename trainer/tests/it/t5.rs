@@ -312,3 +312,27 @@ fn t5_adapter_written_by_oxtune_loads_in_peft_with_the_same_logits() {
     assert!(d < 1e-4, "logits with the oxtune adapter differ from PEFT's by {d}");
     assert!(max_diff(&peft["logits"], &r["lora_logits"]) > 1e-3, "a trained adapter, not the fixture's");
 }
+
+/// `merge_adapter` for T5: the merged checkpoint has exactly the base checkpoint's tensor names (so
+/// transformers loads it as the base) and, loaded without an adapter, gives the adapted model's logits.
+#[test]
+fn t5_merged_checkpoint_keeps_the_names_and_gives_the_adapted_logits() {
+    let r = reference();
+    let m = model(true);
+    let merged = tempfile::tempdir().unwrap();
+    let tensors: std::collections::BTreeMap<String, Tensor> =
+        m.merged_state_dict(DType::F32).unwrap().into_iter().collect();
+    trainer::lora::save_safetensors(&merged.path().join("model.safetensors"), &tensors).unwrap();
+    std::fs::copy(dir().join("base/config.json"), merged.path().join("config.json")).unwrap();
+    let base = candle_core::safetensors::load(dir().join("base/model.safetensors"), &Device::Cpu).unwrap();
+    let mut want: Vec<&String> = base.keys().collect();
+    want.sort();
+    assert_eq!(tensors.keys().collect::<Vec<_>>(), want, "merged tensor names = the checkpoint's");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(merged.path().join("config.json")).unwrap()).unwrap();
+    let cfg = T5Config::from_json(&json, &merged.path().join("config.json")).unwrap();
+    let w = Weights::open(merged.path()).unwrap();
+    let reloaded = T5::from_weights(&w, &cfg, DType::F32, &Device::Cpu, None, &LoadOptions::default()).unwrap();
+    let d = max_diff(&logits(&reloaded, &r), &r["lora_logits"]);
+    assert!(d < 1e-4, "merged logits differ from PEFT's adapted logits by {d}");
+}
