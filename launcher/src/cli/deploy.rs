@@ -36,6 +36,10 @@ pub struct DeployArgs {
     /// Longest prompt + completion in tokens (default: the job's max_seq_length).
     #[arg(long)]
     pub max_model_len: Option<usize>,
+    /// Serve the job's unmerged LoRA adapter on this base model (an s3:// prefix, save_pretrained
+    /// layout) instead of its merged model (LMI only).
+    #[arg(long, value_name = "S3_PREFIX")]
+    pub adapter_on: Option<String>,
     /// Show what would be created and what it costs; create nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -112,6 +116,7 @@ pub(super) async fn deploy(o: &AwsOptions, a: &DeployArgs) -> Res {
         container: a.container.unwrap_or(serving.default),
         role: a.role.clone(),
         max_model_len: a.max_model_len,
+        adapter_on: a.adapter_on.clone(),
     };
     let catalogue = Catalogue::embedded();
     input.check(&catalogue)?;
@@ -123,6 +128,13 @@ pub(super) async fn deploy(o: &AwsOptions, a: &DeployArgs) -> Res {
     let image = serving.image(plan.container);
     println!("endpoint {} in {}:", plan.name, clients.region);
     println!("  model      {}", plan.model_prefix);
+    if let Some(src) = &plan.adapter_source {
+        println!(
+            "  adapter    {src} (copied to {}adapters/ on create), base {}",
+            plan.model_prefix,
+            plan.environment.get("OPTION_MODEL_ID").cloned().unwrap_or_default()
+        );
+    }
     println!("  container  {} {} (host AMI {})", image.name, plan.image, plan.ami);
     println!(
         "  instance   {}{} — {}",
@@ -174,7 +186,7 @@ pub(super) async fn invoke(o: &AwsOptions, a: &InvokeArgs) -> Res {
     };
     let clients = connect(o).await?;
     let tags = endpoints::endpoint_tags(&clients, &a.endpoint).await?;
-    let (tag_container, tag_chat) = endpoints::served_as(&tags);
+    let (tag_container, tag_chat, adapter) = endpoints::served_as(&tags);
     let container = a.container.or(tag_container).unwrap_or(Serving::embedded().default);
     let chat = if a.chat {
         true
@@ -188,6 +200,7 @@ pub(super) async fn invoke(o: &AwsOptions, a: &InvokeArgs) -> Res {
         temperature: a.temperature,
         system: a.system.clone(),
         stream: a.stream,
+        adapter,
     };
     let cases = cases.unwrap_or_else(|| {
         vec![invoke::Case {

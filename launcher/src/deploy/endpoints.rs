@@ -30,6 +30,9 @@ fn tags(plan: &DeployPlan) -> Vec<t::Tag> {
 /// ones created is deleted again, so a failed deploy leaves nothing behind.
 pub async fn create(clients: &Clients, plan: &DeployPlan) -> Result<String, Error> {
     let sm = &clients.sagemaker;
+    if let Some(adapter) = &plan.adapter_source {
+        super::stage_adapter(clients, adapter).await?;
+    }
     let source = t::S3ModelDataSource::builder()
         .s3_uri(&plan.model_prefix)
         .s3_data_type(t::S3ModelDataType::S3Prefix)
@@ -232,7 +235,16 @@ pub async fn list(clients: &Clients, prices: &PriceTable, now: f64) -> Result<Ve
     }
     let mut rows = Vec::new();
     for s in summaries {
-        let tags = tags_of(clients, s.endpoint_arn().unwrap_or_default()).await?;
+        let tags = match tags_of(clients, s.endpoint_arn().unwrap_or_default()).await {
+            Ok(t) => t,
+            // Deleted since it was listed (another `undeploy`): not an error, not a row.
+            Err(e) => match sm.describe_endpoint().endpoint_name(s.endpoint_name().unwrap_or_default()).send().await {
+                Err(gone) if explain(&gone, &ctx(clients, "DescribeEndpoint")).kind() == Some(&ErrorKind::NotFound) => {
+                    continue
+                }
+                _ => return Err(e),
+            },
+        };
         if !tags.contains_key(TAG_ENDPOINT) {
             continue;
         }
@@ -379,10 +391,12 @@ pub async fn undeploy(clients: &Clients, name: &str, force: bool) -> Result<Unde
     Ok(Undeployed { endpoint, config, models: deleted_models })
 }
 
-/// The `invoke` settings an endpoint's tags carry: its container and whether it speaks chat.
-pub fn served_as(tags: &BTreeMap<String, String>) -> (Option<super::serving::Container>, Option<bool>) {
+/// The `invoke` settings an endpoint's tags carry: its container, whether it speaks chat, and the
+/// adapter to select (an endpoint serving an unmerged adapter).
+pub fn served_as(tags: &BTreeMap<String, String>) -> (Option<super::serving::Container>, Option<bool>, Option<String>) {
     (
         tags.get(TAG_CONTAINER).and_then(|c| super::serving::Container::from_key(c)),
         tags.get(TAG_CHAT).map(|c| c == "true"),
+        tags.get(super::plan::TAG_ADAPTER).cloned(),
     )
 }

@@ -34,6 +34,8 @@ pub struct InvokeOptions {
     pub temperature: f64,
     pub system: Option<String>,
     pub stream: bool,
+    /// LMI: the adapter to apply (`"adapters"` in the body), on an endpoint serving an unmerged one.
+    pub adapter: Option<String>,
 }
 
 /// A `--prompt` for an endpoint: chat turns when the model has a chat template, else the text.
@@ -81,6 +83,9 @@ pub fn request_body(container: Container, prompt: &Prompt, o: &InvokeOptions) ->
     };
     if o.stream {
         body["stream"] = json!(true);
+    }
+    if let Some(a) = &o.adapter {
+        body["adapters"] = json!(a);
     }
     Ok(body)
 }
@@ -298,7 +303,7 @@ mod tests {
     use super::*;
 
     fn opts() -> InvokeOptions {
-        InvokeOptions { max_new_tokens: 64, temperature: 0.0, system: None, stream: false }
+        InvokeOptions { max_new_tokens: 64, temperature: 0.0, system: None, stream: false, adapter: None }
     }
 
     #[test]
@@ -325,6 +330,9 @@ mod tests {
         assert_eq!(c["max_tokens"], json!(64));
         let e = request_body(Container::Lmi, &text, &InvokeOptions { system: Some("x".into()), ..opts() }).unwrap_err();
         assert!(e.is_invalid_input() && e.to_string().contains("chat model"));
+        let a =
+            request_body(Container::Lmi, &text, &InvokeOptions { adapter: Some("tuned".into()), ..opts() }).unwrap();
+        assert_eq!(a["adapters"], json!("tuned"));
     }
 
     #[test]

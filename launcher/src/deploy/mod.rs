@@ -61,6 +61,9 @@ pub struct DeployInput {
     pub container: Container,
     pub role: Option<String>,
     pub max_model_len: Option<usize>,
+    /// Serve the job's unmerged adapter on this base model (an S3 prefix with the base in
+    /// `save_pretrained` layout) instead of a merged model (LMI only).
+    pub adapter_on: Option<String>,
 }
 
 impl DeployInput {
@@ -84,6 +87,20 @@ impl DeployInput {
         if self.max_model_len == Some(0) {
             return Err(Error::Invalid("--max-model-len must be at least 1".into()));
         }
+        if let Some(base) = &self.adapter_on {
+            crate::limits::check_s3_uri("--adapter-on", base)?;
+            if !base.starts_with("s3://") {
+                return Err(Error::Invalid(format!(
+                    "--adapter-on `{base}` must be an s3:// prefix holding the base model"
+                )));
+            }
+            if self.container != Container::Lmi {
+                return Err(Error::Invalid(format!(
+                    "--adapter-on serves an unmerged adapter, which oxtune sets up for the LMI container only (not {}); deploy a merged model with that container",
+                    self.container.key()
+                )));
+            }
+        }
         Ok(())
     }
 }
@@ -101,11 +118,25 @@ pub async fn prepare(
     let (prefix, job_len, job_role, default_name) = match &input.source {
         Source::Job(name) => {
             let job = crate::jobs::describe(clients, name).await?;
-            (merged_prefix_of(&job)?, Some(job_max_seq_length(&job)), job.role_arn.clone(), name.clone())
+            let prefix = match input.adapter_on {
+                Some(_) => model_prefix_of(&job)?,
+                None => merged_prefix_of(&job)?,
+            };
+            (prefix, Some(job_max_seq_length(&job)), job.role_arn.clone(), name.clone())
         }
         Source::S3(prefix) => (prefix.clone(), None, None, format!("oxtune-{}", crate::clock::utc_stamp(now))),
     };
-    let artifact = inspect_model(clients, &prefix).await?;
+    let (artifact, adapter) = match &input.adapter_on {
+        Some(base) => {
+            let base = if base.ends_with('/') { base.clone() } else { format!("{base}/") };
+            let rank = adapter_rank(clients, &prefix).await?;
+            let mut artifact = inspect_model(clients, &base).await?;
+            // `create` copies the adapter there first (nothing is written before that).
+            artifact.prefix = format!("{prefix}{SERVING_DIR}/");
+            (artifact, Some((base, rank)))
+        }
+        None => (inspect_model(clients, &prefix).await?, None),
+    };
     let max_model_len = input
         .max_model_len
         .or(job_len)
@@ -124,12 +155,69 @@ pub async fn prepare(
         role,
         region: clients.region.clone(),
         max_model_len,
+        adapter,
     };
-    plan::plan(&req, &artifact, catalogue, prices)
+    let mut plan = plan::plan(&req, &artifact, catalogue, prices)?;
+    plan.adapter_source = input.adapter_on.as_ref().map(|_| prefix);
+    Ok(plan)
 }
 
 /// The serving window of an S3 model without a job or --max-model-len: its own limit, at most this.
 pub const DEFAULT_MAX_MODEL_LEN: usize = 4096;
+
+/// A Completed job's uncompressed model prefix (its adapter files at the top).
+pub fn model_prefix_of(job: &JobInfo) -> Result<String, Error> {
+    if job.status != "Completed" {
+        return Err(Error::Invalid(format!(
+            "training job {} is {} ({}); only a Completed job can be deployed",
+            job.name, job.status, job.secondary_status
+        )));
+    }
+    match job.model_artifacts.as_deref() {
+        Some(a) if !a.ends_with(".tar.gz") => Ok(format!("{}/", a.trim_end_matches('/'))),
+        other => Err(Error::Invalid(format!(
+            "training job {} uploaded its model as {}; serving its adapter needs the files uncompressed: train with `deployable = true` in [sagemaker]",
+            job.name,
+            other.unwrap_or("nothing")
+        ))),
+    }
+}
+
+/// The adapter's rank, from `adapter_config.json` at the prefix (PEFT's format).
+async fn adapter_rank(clients: &Clients, prefix: &str) -> Result<usize, Error> {
+    let (bucket, key) = split_s3(prefix);
+    let text = get_text(clients, bucket, &format!("{key}adapter_config.json"))
+        .await
+        .map_err(|e| Error::Invalid(format!("{prefix} holds no PEFT adapter (adapter_config.json: {e})")))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::Invalid(format!("{prefix}adapter_config.json is not JSON: {e}")))?;
+    v.get("r")
+        .and_then(|r| r.as_u64())
+        .map(|r| r as usize)
+        .ok_or_else(|| Error::Invalid(format!("{prefix}adapter_config.json has no rank `r`")))
+}
+
+/// The prefix under the job's model that LMI mounts: its adapter copied to `adapters/<name>/`.
+pub const SERVING_DIR: &str = "oxtune-serving";
+
+/// Copy the adapter files at `prefix` to `<prefix>oxtune-serving/adapters/tuned/` (LMI's layout)
+/// and return `<prefix>oxtune-serving/`, the endpoint's model data.
+pub(super) async fn stage_adapter(clients: &Clients, prefix: &str) -> Result<String, Error> {
+    let (bucket, key) = split_s3(prefix);
+    let ctx = ErrorContext { operation: "CopyObject".into(), region: clients.region.clone(), ..Default::default() };
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        clients
+            .s3
+            .copy_object()
+            .bucket(bucket)
+            .key(format!("{key}{SERVING_DIR}/adapters/{}/{f}", serving::ADAPTER_NAME))
+            .copy_source(format!("{bucket}/{key}{f}"))
+            .send()
+            .await
+            .map_err(|e| explain(&e, &ctx))?;
+    }
+    Ok(format!("{prefix}{SERVING_DIR}/"))
+}
 
 /// The directory the trainer writes the merged model to, under the job's model output.
 pub const MERGED_DIR: &str = "merged";

@@ -21,6 +21,8 @@ pub const TAG_SOURCE: &str = "oxtune:source";
 pub const TAG_CONTAINER: &str = "oxtune:container";
 /// `true` when the model's tokenizer has a chat template: `invoke` sends the messages API then.
 pub const TAG_CHAT: &str = "oxtune:chat";
+/// The adapter's name on an endpoint that serves an unmerged adapter: `invoke` selects it.
+pub const TAG_ADAPTER: &str = "oxtune:adapter";
 /// The variant's name (one variant per endpoint).
 pub const VARIANT: &str = "AllTraffic";
 /// Of each GPU's memory, the share the engine may use (vLLM's default `gpu_memory_utilization`).
@@ -57,6 +59,8 @@ pub struct DeployRequest {
     pub region: String,
     /// Longest prompt + completion; the job's `max_seq_length` unless given.
     pub max_model_len: usize,
+    /// An unmerged adapter on a base in S3: the base's prefix and the adapter's rank.
+    pub adapter: Option<(String, usize)>,
 }
 
 /// The model's fit on one instance.
@@ -106,6 +110,8 @@ pub struct DeployPlan {
     /// On-demand USD per hour for all instances, when the price table has the type.
     pub hourly_usd: Option<f64>,
     pub container: Container,
+    /// An unmerged adapter's prefix: `create` copies it into `model_prefix`'s `adapters/` first.
+    pub adapter_source: Option<String>,
 }
 
 /// The GPU instance `deploy` can check a model against, or why not.
@@ -190,6 +196,7 @@ pub fn plan(
         max_model_len: req.max_model_len,
         gpus: instance.gpus,
         bf16: catalogue.gpu_of(instance).bf16,
+        adapter: req.adapter.clone(),
     };
     let image = serving.image(req.container);
     let plan = DeployPlan {
@@ -205,15 +212,19 @@ pub fn plan(
             .then(|| ((gb * 1.2).ceil() as u32 + 10).min(512)),
         startup_timeout_s: (300.0 + 20.0 * gb).clamp(60.0, 3600.0) as u32,
         download_timeout_s: (600.0 + 30.0 * gb).clamp(60.0, 3600.0) as u32,
-        tags: vec![
+        tags: [
             (TAG_ENDPOINT.into(), req.name.clone()),
             (TAG_SOURCE.into(), tag_value(&req.source)),
             (TAG_CONTAINER.into(), req.container.key().into()),
             (TAG_CHAT.into(), artifact.chat.to_string()),
-        ],
+        ]
+        .into_iter()
+        .chain(req.adapter.as_ref().map(|_| (TAG_ADAPTER.to_string(), super::serving::ADAPTER_NAME.to_string())))
+        .collect(),
         hourly_usd: prices.rate(&req.instance_type).map(|r| r * req.count as f64),
         fit,
         container: req.container,
+        adapter_source: None,
     };
     let problems = check(&plan);
     if !problems.is_empty() {
@@ -335,6 +346,7 @@ mod tests {
             role: "arn:aws:iam::123456789012:role/SageMakerExecution".into(),
             region: "us-east-1".into(),
             max_model_len: 2048,
+            adapter: None,
         }
     }
 

@@ -102,6 +102,16 @@ pub struct ServingSettings {
     pub gpus: u32,
     /// The GPU computes in bfloat16 (Ampere and later); otherwise the model is served in float16.
     pub bf16: bool,
+    /// Serve an unmerged LoRA adapter (LMI only): the base model's S3 prefix and the adapter's rank.
+    pub adapter: Option<(String, usize)>,
+}
+
+/// The adapter's name on an LMI endpoint: its directory under `adapters/` and the request's `adapters`.
+pub const ADAPTER_NAME: &str = "tuned";
+
+/// vLLM's accepted `max_lora_rank` values: the adapter's rank rounded up to one of them.
+fn lora_rank_slot(r: usize) -> usize {
+    [8, 16, 32, 64, 128, 256, 320, 512].into_iter().find(|&s| s >= r).unwrap_or(r)
 }
 
 /// The container's environment for a merged model in `/opt/ml/model` (shared/reference
@@ -113,7 +123,16 @@ pub fn environment(c: Container, s: &ServingSettings) -> BTreeMap<String, String
     };
     match c {
         Container::Lmi => {
-            set("HF_MODEL_ID", "/opt/ml/model".into());
+            match &s.adapter {
+                // The base comes from S3 (LMI reads an s3:// model id); /opt/ml/model holds adapters/<name>/.
+                Some((base, rank)) => {
+                    set("OPTION_MODEL_ID", base.clone());
+                    set("OPTION_ENABLE_LORA", "true".into());
+                    set("OPTION_MAX_LORAS", "1".into());
+                    set("OPTION_MAX_LORA_RANK", lora_rank_slot(*rank).to_string());
+                }
+                None => set("HF_MODEL_ID", "/opt/ml/model".into()),
+            }
             set("OPTION_ROLLING_BATCH", "vllm".into());
             set("TENSOR_PARALLEL_DEGREE", "max".into());
             set("OPTION_MAX_MODEL_LEN", s.max_model_len.to_string());
@@ -185,7 +204,7 @@ mod tests {
 
     #[test]
     fn environments() {
-        let s = ServingSettings { max_model_len: 2048, gpus: 4, bf16: false };
+        let s = ServingSettings { max_model_len: 2048, gpus: 4, bf16: false, adapter: None };
         let lmi = environment(Container::Lmi, &s);
         assert_eq!(lmi["OPTION_MAX_MODEL_LEN"], "2048");
         assert_eq!(lmi["OPTION_DTYPE"], "fp16");
@@ -196,5 +215,9 @@ mod tests {
         assert_eq!(v["SM_VLLM_TENSOR_PARALLEL_SIZE"], "4");
         assert!(!v.contains_key("SM_VLLM_DTYPE"));
         assert_eq!(tgi_max_input(2), 1);
+        let a = environment(Container::Lmi, &ServingSettings { adapter: Some(("s3://b/base/".into(), 12)), ..s });
+        assert_eq!(a["OPTION_MODEL_ID"], "s3://b/base/");
+        assert_eq!((a["OPTION_ENABLE_LORA"].as_str(), a["OPTION_MAX_LORA_RANK"].as_str()), ("true", "16"));
+        assert!(!a.contains_key("HF_MODEL_ID"));
     }
 }

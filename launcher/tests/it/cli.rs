@@ -800,6 +800,8 @@ fn deploy_bad_input_is_refused_before_any_network_call() {
         (vec!["deploy", "s3://bucket/model", "--role", "arn:aws:iam::1:user/me"], "12-digit account"),
         (vec!["deploy", "my-job", "--count", "0"], "--count"),
         (vec!["deploy", "my-job", "--timeout", "soon"], "--timeout"),
+        (vec!["deploy", "my-job", "--adapter-on", "s3://b/base/", "--container", "tgi"], "LMI container only"),
+        (vec!["deploy", "my-job", "--adapter-on", "/local/base"], "--adapter-on"),
         (vec!["invoke", "ep", "--file", missing.to_str().unwrap()], "prompts.jsonl"),
         (vec!["invoke", "ep", "--file", bad_rows.to_str().unwrap()], "bad.jsonl:2"),
         (vec!["undeploy", "my_ep"], "contains `_`"),

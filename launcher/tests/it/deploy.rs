@@ -36,11 +36,12 @@ fn input(source: Source, name: Option<String>, instance: &str) -> DeployInput {
         container: Container::Lmi,
         role: Some(ROLE.into()),
         max_model_len: None,
+        adapter_on: None,
     }
 }
 
 fn opts() -> InvokeOptions {
-    InvokeOptions { max_new_tokens: 32, temperature: 0.0, system: None, stream: false }
+    InvokeOptions { max_new_tokens: 32, temperature: 0.0, system: None, stream: false, adapter: None }
 }
 
 /// Queue InvokeEndpoint replies in moto (each new request pops one).
@@ -113,7 +114,7 @@ async fn deploy_invoke_list_undeploy_against_moto() {
 
     // The endpoint's tags say how to talk to it: LMI, chat (the tokenizer has a template).
     let tags = endpoints::endpoint_tags(&c, &name).await.unwrap();
-    assert_eq!(endpoints::served_as(&tags), (Some(Container::Lmi), Some(true)));
+    assert_eq!(endpoints::served_as(&tags), (Some(Container::Lmi), Some(true), None));
     queue_replies(
         &ep,
         &[r#"{"generated_text":" Paris"}"#, r#"{"choices":[{"message":{"role":"assistant","content":"Bonjour"}}]}"#],
@@ -135,6 +136,51 @@ async fn deploy_invoke_list_undeploy_against_moto() {
         (Outcome::AlreadyGone, Outcome::AlreadyGone, vec![(name.clone(), Outcome::AlreadyGone)])
     );
     assert!(!endpoints::list(&c, &prices, 0.0).await.unwrap().iter().any(|r| r.name == name));
+}
+
+/// An unmerged adapter on a base model in S3 (LMI): the adapter is copied into LMI's `adapters/`
+/// layout only when the endpoint is created, the base is read from S3 by the container, and the
+/// endpoint's tag makes `invoke` select the adapter.
+#[tokio::test]
+async fn deploy_an_unmerged_adapter_on_a_base_in_s3_against_moto() {
+    let Some(ep) = moto_endpoint() else { return };
+    let c = moto_clients(&ep).await;
+    let bucket = unique("adapter");
+    c.s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    for (key, body) in [
+        ("base/config.json", CONFIG.as_bytes()),
+        ("base/tokenizer_config.json", TOKENIZER_CONFIG.as_bytes()),
+        ("base/model.safetensors", &[0u8; 64][..]),
+        (
+            "run/adapter_config.json",
+            br#"{"peft_type":"LORA","r":12,"lora_alpha":24,"target_modules":["q_proj","v_proj"]}"#,
+        ),
+        ("run/adapter_model.safetensors", &[0u8; 8][..]),
+    ] {
+        c.s3.put_object().bucket(&bucket).key(key).body(body.to_vec().into()).send().await.unwrap();
+    }
+    let (cat, prices) = (Catalogue::embedded(), embedded_prices("us-east-1").unwrap());
+    let name = unique("lora");
+    let mut inp = input(Source::parse(&format!("s3://{bucket}/run")).unwrap(), Some(name.clone()), "ml.g4dn.xlarge");
+    inp.adapter_on = Some(format!("s3://{bucket}/base"));
+    let plan = prepare(&c, &inp, &cat, &prices, 0).await.unwrap();
+    assert_eq!(plan.model_prefix, format!("s3://{bucket}/run/oxtune-serving/"));
+    assert_eq!(plan.environment["OPTION_MODEL_ID"], format!("s3://{bucket}/base/"));
+    assert_eq!(plan.environment["OPTION_MAX_LORA_RANK"], "16", "rank 12 rounded up to vLLM's 16");
+    let staged = format!("run/oxtune-serving/adapters/{}/adapter_config.json", launcher::deploy::serving::ADAPTER_NAME);
+    assert!(c.s3.head_object().bucket(&bucket).key(&staged).send().await.is_err(), "planning wrote to S3");
+    endpoints::create(&c, &plan).await.unwrap();
+    let copied = c.s3.get_object().bucket(&bucket).key(&staged).send().await.unwrap().body.collect().await.unwrap();
+    assert!(String::from_utf8(copied.to_vec()).unwrap().contains("\"r\":12"));
+    let tags = endpoints::endpoint_tags(&c, &name).await.unwrap();
+    let (_, _, adapter) = endpoints::served_as(&tags);
+    assert_eq!(adapter.as_deref(), Some(launcher::deploy::serving::ADAPTER_NAME));
+    let done = endpoints::undeploy(&c, &name, false).await.unwrap();
+    assert_eq!(done.endpoint, Outcome::Deleted);
+    // An adapter on TGI is refused before anything is looked up.
+    inp.container = Container::Tgi;
+    let e = prepare(&c, &inp, &cat, &prices, 0).await.unwrap_err().to_string();
+    assert!(e.contains("LMI container only"), "{e}");
 }
 
 #[tokio::test]

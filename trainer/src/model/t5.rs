@@ -345,11 +345,7 @@ impl T5 {
         let shared = w.get("shared.weight", &[v, d], dtype, device)?;
         // An untied head is stored as lm_head (FLAN-T5); a tied one is the shared embedding.
         let head_stored = w.contains("lm_head.weight");
-        let head = if head_stored {
-            w.get("lm_head.weight", &[v, d], dtype, device)?
-        } else {
-            shared.clone()
-        };
+        let head = if head_stored { w.get("lm_head.weight", &[v, d], dtype, device)? } else { shared.clone() };
         let lm_head = match cfg.scale_decoder_outputs {
             true => (head.to_dtype(DType::F32)? * (d as f64).powf(-0.5))?.to_dtype(dtype)?,
             false => head,
