@@ -140,7 +140,8 @@ pub fn check_s3_uri(field: &str, uri: &str) -> Result<(), Error> {
     }
 }
 
-fn is_tag_char(c: char) -> bool {
+/// A character SageMaker's tag pattern allows (letters, digits, spaces and `_.:/=+-@`).
+pub fn is_tag_char(c: char) -> bool {
     c.is_alphanumeric() || c.is_whitespace() || "_.:/=+-@".contains(c)
 }
 

@@ -91,6 +91,20 @@ pub async fn create(clients: &Clients, plan: &DeployPlan) -> Result<String, Erro
     }
 }
 
+/// DescribeEndpoint, its error explained.
+async fn describe(
+    clients: &Clients,
+    name: &str,
+) -> Result<aws_sdk_sagemaker::operation::describe_endpoint::DescribeEndpointOutput, Error> {
+    clients
+        .sagemaker
+        .describe_endpoint()
+        .endpoint_name(name)
+        .send()
+        .await
+        .map_err(|e| explain(&e, &ctx(clients, "DescribeEndpoint")))
+}
+
 /// How following an endpoint ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EndpointEnd {
@@ -136,13 +150,7 @@ pub async fn wait(
     let mut last = String::new();
     let mut same = 0;
     loop {
-        let d = clients
-            .sagemaker
-            .describe_endpoint()
-            .endpoint_name(name)
-            .send()
-            .await
-            .map_err(|e| explain(&e, &ctx(clients, "DescribeEndpoint")))?;
+        let d = describe(clients, name).await?;
         let status = d.endpoint_status().map(|s| s.as_str().to_string()).unwrap_or_default();
         same = if status == last { same + 1 } else { 0 };
         if same % 10 == 0 {
@@ -193,13 +201,7 @@ async fn tags_of(clients: &Clients, arn: &str) -> Result<BTreeMap<String, String
 
 /// The oxtune tags of an endpoint (empty when it was not created by `deploy`).
 pub async fn endpoint_tags(clients: &Clients, name: &str) -> Result<BTreeMap<String, String>, Error> {
-    let d = clients
-        .sagemaker
-        .describe_endpoint()
-        .endpoint_name(name)
-        .send()
-        .await
-        .map_err(|e| not_found_as(explain(&e, &ctx(clients, "DescribeEndpoint")), name))?;
+    let d = describe(clients, name).await.map_err(|e| not_found_as(e, name))?;
     tags_of(clients, d.endpoint_arn().unwrap_or_default()).await
 }
 
@@ -238,10 +240,8 @@ pub async fn list(clients: &Clients, prices: &PriceTable, now: f64) -> Result<Ve
         let tags = match tags_of(clients, s.endpoint_arn().unwrap_or_default()).await {
             Ok(t) => t,
             // Deleted since it was listed (another `undeploy`): not an error, not a row.
-            Err(e) => match sm.describe_endpoint().endpoint_name(s.endpoint_name().unwrap_or_default()).send().await {
-                Err(gone) if explain(&gone, &ctx(clients, "DescribeEndpoint")).kind() == Some(&ErrorKind::NotFound) => {
-                    continue
-                }
+            Err(e) => match describe(clients, s.endpoint_name().unwrap_or_default()).await {
+                Err(gone) if gone.kind() == Some(&ErrorKind::NotFound) => continue,
                 _ => return Err(e),
             },
         };
@@ -249,7 +249,7 @@ pub async fn list(clients: &Clients, prices: &PriceTable, now: f64) -> Result<Ve
             continue;
         }
         let name = s.endpoint_name().unwrap_or_default().to_string();
-        let d = sm.describe_endpoint().endpoint_name(&name).send().await;
+        let d = describe(clients, &name).await;
         let config_name = d.as_ref().ok().and_then(|d| d.endpoint_config_name()).unwrap_or(&name).to_string();
         let variant = sm
             .describe_endpoint_config()
@@ -350,7 +350,7 @@ where
 /// that exists without oxtune's tag is refused unless `force` (it is someone else's).
 pub async fn undeploy(clients: &Clients, name: &str, force: bool) -> Result<Undeployed, Error> {
     let sm = &clients.sagemaker;
-    let (config_name, exists) = match sm.describe_endpoint().endpoint_name(name).send().await {
+    let (config_name, exists) = match describe(clients, name).await {
         Ok(d) => {
             let tags = tags_of(clients, d.endpoint_arn().unwrap_or_default()).await?;
             if !force && !tags.contains_key(TAG_ENDPOINT) {
@@ -360,14 +360,11 @@ pub async fn undeploy(clients: &Clients, name: &str, force: bool) -> Result<Unde
             }
             (d.endpoint_config_name().unwrap_or(name).to_string(), true)
         }
-        Err(e) => {
-            let err = explain(&e, &ctx(clients, "DescribeEndpoint"));
-            if err.kind() != Some(&ErrorKind::NotFound) {
-                return Err(err);
-            }
+        Err(e) if e.kind() == Some(&ErrorKind::NotFound) => {
             // `deploy` names the config and the model after the endpoint.
             (name.to_string(), false)
         }
+        Err(e) => return Err(e),
     };
     let models: Vec<String> = match sm.describe_endpoint_config().endpoint_config_name(&config_name).send().await {
         Ok(c) => c.production_variants().iter().filter_map(|v| v.model_name().map(str::to_string)).collect(),

@@ -20,6 +20,7 @@ use crate::aws::{explain, Clients, ErrorContext};
 use crate::catalogue::{Catalogue, PriceTable};
 use crate::error::Error;
 use crate::jobs::JobInfo;
+use crate::upload::{parse_s3_uri, S3Location};
 use plan::{DeployPlan, DeployRequest, ModelArtifact};
 use serving::Container;
 
@@ -167,26 +168,39 @@ pub const DEFAULT_MAX_MODEL_LEN: usize = 4096;
 
 /// A Completed job's uncompressed model prefix (its adapter files at the top).
 pub fn model_prefix_of(job: &JobInfo) -> Result<String, Error> {
-    if job.status != "Completed" {
-        return Err(Error::Invalid(format!(
-            "training job {} is {} ({}); only a Completed job can be deployed",
-            job.name, job.status, job.secondary_status
-        )));
+    require_completed(job)?;
+    uncompressed_model(
+        job,
+        "train with `deployable = true` in the job file's [sagemaker] section (it uploads the model uncompressed)",
+    )
+}
+
+fn require_completed(job: &JobInfo) -> Result<(), Error> {
+    if job.status == "Completed" {
+        return Ok(());
     }
+    Err(Error::Invalid(format!(
+        "training job {} is {} ({}); only a Completed job can be deployed",
+        job.name, job.status, job.secondary_status
+    )))
+}
+
+/// `<S3ModelArtifacts>/` when the job uploaded its model as files; otherwise why not, and `fix`.
+fn uncompressed_model(job: &JobInfo, fix: &str) -> Result<String, Error> {
     match job.model_artifacts.as_deref() {
-        Some(a) if !a.ends_with(".tar.gz") => Ok(format!("{}/", a.trim_end_matches('/'))),
-        other => Err(Error::Invalid(format!(
-            "training job {} uploaded its model as {}; serving its adapter needs the files uncompressed: train with `deployable = true` in [sagemaker]",
-            job.name,
-            other.unwrap_or("nothing")
+        None => Err(Error::Invalid(format!("training job {} reports no model artifacts; {fix}", job.name))),
+        Some(a) if a.ends_with(".tar.gz") => Err(Error::Invalid(format!(
+            "training job {} uploaded its model compressed ({a}); endpoints load the model from an uncompressed S3 prefix; {fix}",
+            job.name
         ))),
+        Some(a) => Ok(format!("{}/", a.trim_end_matches('/'))),
     }
 }
 
 /// The adapter's rank, from `adapter_config.json` at the prefix (PEFT's format).
 async fn adapter_rank(clients: &Clients, prefix: &str) -> Result<usize, Error> {
-    let (bucket, key) = split_s3(prefix);
-    let text = get_text(clients, bucket, &format!("{key}adapter_config.json"))
+    let loc = parse_s3_uri(prefix)?;
+    let text = get_text(clients, &loc.bucket, &format!("{}adapter_config.json", loc.key))
         .await
         .map_err(|e| Error::Invalid(format!("{prefix} holds no PEFT adapter (adapter_config.json: {e})")))?;
     let v: serde_json::Value = serde_json::from_str(&text)
@@ -203,13 +217,13 @@ pub const SERVING_DIR: &str = "oxtune-serving";
 /// Copy the adapter files at `prefix` to `<prefix>oxtune-serving/adapters/tuned/` (LMI's layout)
 /// and return `<prefix>oxtune-serving/`, the endpoint's model data.
 pub(super) async fn stage_adapter(clients: &Clients, prefix: &str) -> Result<String, Error> {
-    let (bucket, key) = split_s3(prefix);
+    let S3Location { bucket, key } = parse_s3_uri(prefix)?;
     let ctx = ErrorContext { operation: "CopyObject".into(), region: clients.region.clone(), ..Default::default() };
     for f in ["adapter_config.json", "adapter_model.safetensors"] {
         clients
             .s3
             .copy_object()
-            .bucket(bucket)
+            .bucket(&bucket)
             .key(format!("{key}{SERVING_DIR}/adapters/{}/{f}", serving::ADAPTER_NAME))
             .copy_source(format!("{bucket}/{key}{f}"))
             .send()
@@ -226,12 +240,7 @@ pub const MERGED_DIR: &str = "merged";
 /// trained with `merge_adapter=true` and have uploaded its model uncompressed (`deployable = true`
 /// in the job file sets both).
 pub fn merged_prefix_of(job: &JobInfo) -> Result<String, Error> {
-    if job.status != "Completed" {
-        return Err(Error::Invalid(format!(
-            "training job {} is {} ({}); only a Completed job can be deployed",
-            job.name, job.status, job.secondary_status
-        )));
-    }
+    require_completed(job)?;
     let fix = "train with `deployable = true` in the job file's [sagemaker] section (it sets merge_adapter=true and uploads the model uncompressed), or deploy an s3:// prefix that holds a merged model";
     let merged = job.hyperparameters.iter().any(|(k, v)| {
         trainer::spec::lookup(k).is_some_and(|p| p.name == "merge_adapter")
@@ -243,16 +252,7 @@ pub fn merged_prefix_of(job: &JobInfo) -> Result<String, Error> {
             job.name
         )));
     }
-    let Some(artifacts) = job.model_artifacts.as_deref() else {
-        return Err(Error::Invalid(format!("training job {} reports no model artifacts; {fix}", job.name)));
-    };
-    if artifacts.ends_with(".tar.gz") {
-        return Err(Error::Invalid(format!(
-            "training job {} uploaded its model compressed ({artifacts}); endpoints load a merged model from an uncompressed S3 prefix; {fix}",
-            job.name
-        )));
-    }
-    Ok(format!("{}/{MERGED_DIR}/", artifacts.trim_end_matches('/')))
+    Ok(format!("{}{MERGED_DIR}/", uncompressed_model(job, fix)?))
 }
 
 /// `max_seq_length` of the job's hyperparameters (aliases included), else the trainer's default.
@@ -263,11 +263,6 @@ pub fn job_max_seq_length(job: &JobInfo) -> usize {
         .unwrap_or(1024)
 }
 
-fn split_s3(uri: &str) -> (&str, &str) {
-    let rest = uri.trim_start_matches("s3://");
-    rest.split_once('/').unwrap_or((rest, ""))
-}
-
 /// Files a served merged model must have (the LMI model-artifacts guide: `save_pretrained` layout).
 const REQUIRED: [&str; 2] = ["config.json", "tokenizer_config.json"];
 
@@ -275,7 +270,8 @@ const REQUIRED: [&str; 2] = ["config.json", "tokenizer_config.json"];
 /// that says what is missing. Also refuses what makes S3Prefix deployments fail (0-byte "folder"
 /// objects, a file and a folder of the same name).
 pub async fn inspect_model(clients: &Clients, prefix: &str) -> Result<ModelArtifact, Error> {
-    let (bucket, key_prefix) = split_s3(prefix);
+    let S3Location { bucket, key: key_prefix } = parse_s3_uri(prefix)?;
+    let (bucket, key_prefix) = (bucket.as_str(), key_prefix.as_str());
     let ctx = ErrorContext { operation: "ListObjectsV2".into(), region: clients.region.clone(), ..Default::default() };
     let mut objects: BTreeMap<String, u64> = BTreeMap::new();
     let mut pages = clients.s3.list_objects_v2().bucket(bucket).prefix(key_prefix).into_paginator().send();

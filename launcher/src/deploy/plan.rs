@@ -238,8 +238,7 @@ pub fn plan(
 
 /// A tag value: ≤ 256 characters of the allowed set (an S3 URI keeps its tail).
 fn tag_value(s: &str) -> String {
-    let cleaned: String =
-        s.chars().map(|c| if c.is_alphanumeric() || "_.:/=+-@ ".contains(c) { c } else { '_' }).collect();
+    let cleaned: String = s.chars().map(|c| if limits::is_tag_char(c) { c } else { '_' }).collect();
     let n = cleaned.chars().count();
     if n <= limits::MAX_TAG_VALUE {
         cleaned

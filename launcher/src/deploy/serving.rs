@@ -19,8 +19,8 @@ pub enum Container {
 }
 
 impl Container {
-    pub const ALL: [Container; 3] = [Container::Lmi, Container::Tgi, Container::Vllm];
-
+    /// The name in `--container`, the data file and the endpoint's tag (as clap spells the variant;
+    /// a test holds them equal).
     pub fn key(self) -> &'static str {
         match self {
             Container::Lmi => "lmi",
@@ -30,7 +30,8 @@ impl Container {
     }
 
     pub fn from_key(key: &str) -> Option<Container> {
-        Container::ALL.into_iter().find(|c| c.key() == key)
+        use clap::ValueEnum;
+        Container::value_variants().iter().copied().find(|c| c.key() == key)
     }
 }
 
@@ -173,7 +174,7 @@ mod tests {
     fn every_container_has_a_pinned_image_and_ami() {
         let s = Serving::embedded();
         assert_eq!(s.default, Container::Lmi);
-        for c in Container::ALL {
+        for &c in <Container as clap::ValueEnum>::value_variants() {
             let img = s.image(c);
             assert!(!img.tag.is_empty() && !img.ami.is_empty() && !img.src.is_empty(), "{c:?}");
             // The AMI's driver must carry the image's CUDA: cu13 needs the 4-x AMI (§3.4).
@@ -183,6 +184,16 @@ mod tests {
                 assert!(img.ami.contains("gpu-3"), "{c:?}: CUDA {} on {}", img.cuda, img.ami);
             }
         }
+    }
+
+    #[test]
+    fn keys_are_the_flag_values() {
+        use clap::ValueEnum;
+        for &c in Container::value_variants() {
+            assert_eq!(c.to_possible_value().unwrap().get_name(), c.key());
+            assert_eq!(Container::from_key(c.key()), Some(c));
+        }
+        assert_eq!(Container::from_key("sglang"), None);
     }
 
     #[test]
@@ -197,7 +208,7 @@ mod tests {
             .starts_with("626614931356.dkr.ecr.af-south-1.amazonaws.com/"));
         assert!(s.image_uri(Container::Vllm, "cn-north-1").contains(".amazonaws.com.cn/vllm:"));
         // Every image URI passes the launcher's own image check.
-        for c in Container::ALL {
+        for &c in <Container as clap::ValueEnum>::value_variants() {
             assert!(crate::limits::check_image_uri(&s.image_uri(c, "eu-west-1")).is_ok(), "{c:?}");
         }
     }

@@ -2,8 +2,9 @@
 //! encoder–decoder: T5 layer norm (the RMS norm kernel: scale only, no mean, no bias), gated-GELU
 //! (or ReLU) feed-forward, relative position bias computed once per stack from block 0's table,
 //! attention without 1/√d scaling, cross-attention, the LM head (stored, or the shared embedding;
-//! the decoder output rescaled by d_model^-0.5 only for original T5, as transformers does). Projections are the decoder families' [`Linear`] (frozen base
-//! + LoRA, NF4 for QLoRA), named as in the checkpoint so PEFT adapters load as they are.
+//! the decoder output rescaled by d_model^-0.5 only for original T5, as transformers does).
+//! Projections are the decoder families' [`Linear`] (frozen base and LoRA, NF4 for QLoRA), named
+//! as in the checkpoint so PEFT adapters load as they are.
 //! Facts: shared/reference/distributed-and-t5.md §5 (transformers `modeling_t5.py`).
 
 use std::path::Path;
@@ -212,6 +213,18 @@ struct Block {
     cross: Option<(Tensor, Attention)>,
     ff_norm: Tensor,
     ff: FeedForward,
+}
+
+impl Block {
+    /// Self-attention, cross-attention (decoder) and feed-forward projections, in checkpoint order.
+    fn linears(&self) -> Vec<&Linear> {
+        let mut v: Vec<&Linear> = self.self_attn.linears().to_vec();
+        if let Some((_, c)) = &self.cross {
+            v.extend(c.linears());
+        }
+        v.extend(self.ff.linears());
+        v
+    }
 }
 
 struct Stack {
@@ -528,14 +541,7 @@ impl T5 {
     }
 
     fn linears(&self) -> impl Iterator<Item = &Linear> {
-        [&self.encoder, &self.decoder].into_iter().flat_map(|s| s.blocks.iter()).flat_map(|blk| {
-            let mut v: Vec<&Linear> = blk.self_attn.linears().to_vec();
-            if let Some((_, c)) = &blk.cross {
-                v.extend(c.linears());
-            }
-            v.extend(blk.ff.linears());
-            v
-        })
+        [&self.encoder, &self.decoder].into_iter().flat_map(|s| s.blocks.iter()).flat_map(Block::linears)
     }
 
     /// (module path, adapter) for every adapted projection, in checkpoint order.
@@ -560,12 +566,7 @@ impl T5 {
                     out.push((format!("{p}.1.layer_norm.weight"), norm.to_dtype(dtype)?));
                 }
                 out.push((format!("{p}.{ff}.layer_norm.weight"), blk.ff_norm.to_dtype(dtype)?));
-                let mut linears: Vec<&Linear> = blk.self_attn.linears().to_vec();
-                if let Some((_, c)) = &blk.cross {
-                    linears.extend(c.linears());
-                }
-                linears.extend(blk.ff.linears());
-                for lin in linears {
+                for lin in blk.linears() {
                     out.push((format!("{}.weight", lin.name), lin.merged_weight_f32()?.to_dtype(dtype)?));
                 }
             }

@@ -28,28 +28,48 @@ fn ids(t: &Tensor) -> Tensor {
     t.to_dtype(DType::U32).unwrap()
 }
 
-/// The fixture's base model, with the PEFT adapter (q, v; r = 4, α = 8) when `adapter`.
+/// The T5 checkpoint in `dir` in f32, with fresh LoRA adapters (config, init seed) when given.
+fn load(dir: &Path, lora: Option<(&LoraConfig, u64)>, opts: &LoadOptions) -> T5 {
+    let path = dir.join("config.json");
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let cfg = T5Config::from_json(&json, &path).unwrap();
+    let mut rng = Rng::new(lora.map_or(0, |(_, seed)| seed));
+    let w = Weights::open(dir).unwrap();
+    T5::from_weights(&w, &cfg, DType::F32, &Device::Cpu, lora.map(|(l, _)| (l, &mut rng)), opts).unwrap()
+}
+
+/// PEFT's default T5 targets (q, v) with the fixture adapter's r = 4, α = 8.
+fn peft_default_lora() -> LoraConfig {
+    LoraConfig { r: 4, alpha: 8.0, dropout: 0.0, use_rslora: false, targets: vec!["q".into(), "v".into()] }
+}
+
+/// The fixture's base model, with the PEFT adapter when `adapter`.
 fn model(adapter: bool) -> T5 {
-    let base = dir().join("base");
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(base.join("config.json")).unwrap()).unwrap();
-    let cfg = T5Config::from_json(&json, &base.join("config.json")).unwrap();
-    let w = Weights::open(&base).unwrap();
-    let lora = LoraConfig { r: 4, alpha: 8.0, dropout: 0.0, use_rslora: false, targets: vec!["q".into(), "v".into()] };
-    let mut rng = Rng::new(1);
-    let m = T5::from_weights(
-        &w,
-        &cfg,
-        DType::F32,
-        &Device::Cpu,
-        adapter.then_some((&lora, &mut rng)),
-        &LoadOptions::default(),
-    )
-    .unwrap();
+    let lora = peft_default_lora();
+    let m = load(&dir().join("base"), adapter.then_some((&lora, 1)), &LoadOptions::default());
     if adapter {
         m.load_adapter_tensors(&dir().join("adapter/adapter_model.safetensors")).unwrap();
     }
     m
+}
+
+/// `steps` AdamW steps (lr 1e-2, clipping at 1) of the adapters on the fixture's batch; the loss
+/// before each step.
+fn train(m: &T5, steps: usize) -> Vec<f32> {
+    let r = reference();
+    let adamw = trainer::optim::AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+    let mut opt = trainer::optim::AdamW::new(m.trainable_vars(), adamw).unwrap();
+    let labels: Vec<Vec<i64>> = r["labels"].to_vec2().unwrap();
+    let (input, mask) = (ids(&r["input_ids"]), &r["attention_mask"]);
+    let mut losses = vec![];
+    for _ in 0..steps {
+        let loss = m.loss(&input, mask, &labels, &mut ForwardCtx::eval()).unwrap();
+        losses.push(loss.to_scalar::<f32>().unwrap());
+        let grads = loss.backward().unwrap();
+        let g: Vec<Tensor> = opt.params().iter().map(|p| grads.get(p.as_tensor()).unwrap().clone()).collect();
+        opt.step(&g, 1e-2, 1.0).unwrap();
+    }
+    losses
 }
 
 fn logits(m: &T5, r: &HashMap<String, Tensor>) -> Tensor {
@@ -206,37 +226,14 @@ fn seq2seq_examples_from_the_trainer_formats() {
     assert_eq!((skipped.examples.len(), skipped.skipped.len()), (0, 1));
 }
 
-/// LoRA on every linear layer of the fixture's base, trained for a few AdamW steps on its batch.
+/// LoRA on every linear layer of the fixture's base, trained for a few AdamW steps on its batch:
+/// the first and last loss.
 fn train_steps(quantize: bool, steps: usize) -> (f32, f32, T5) {
-    let r = reference();
-    let base = dir().join("base");
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(base.join("config.json")).unwrap()).unwrap();
-    let cfg = T5Config::from_json(&json, &base.join("config.json")).unwrap();
     let targets = ["q", "k", "v", "o", "wi_0", "wi_1", "wo"].map(String::from).to_vec();
     let lora = LoraConfig { r: 8, alpha: 16.0, dropout: 0.0, use_rslora: false, targets };
     let opts = LoadOptions { quantize_nf4: quantize.then(trainer::quant::nf4::Nf4Options::default) };
-    let m = T5::from_weights(
-        &Weights::open(&base).unwrap(),
-        &cfg,
-        DType::F32,
-        &Device::Cpu,
-        Some((&lora, &mut Rng::new(7))),
-        &opts,
-    )
-    .unwrap();
-    let adamw = trainer::optim::AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
-    let mut opt = trainer::optim::AdamW::new(m.trainable_vars(), adamw).unwrap();
-    let labels: Vec<Vec<i64>> = r["labels"].to_vec2().unwrap();
-    let (input, mask) = (ids(&r["input_ids"]), &r["attention_mask"]);
-    let mut losses = vec![];
-    for _ in 0..steps {
-        let loss = m.loss(&input, mask, &labels, &mut ForwardCtx::eval()).unwrap();
-        losses.push(loss.to_scalar::<f32>().unwrap());
-        let grads = loss.backward().unwrap();
-        let g: Vec<Tensor> = opt.params().iter().map(|p| grads.get(p.as_tensor()).unwrap().clone()).collect();
-        opt.step(&g, 1e-2, 1.0).unwrap();
-    }
+    let m = load(&dir().join("base"), Some((&lora, 7)), &opts);
+    let losses = train(&m, steps);
     (losses[0], *losses.last().unwrap(), m)
 }
 
@@ -260,29 +257,9 @@ fn t5_lora_and_qlora_training_lowers_the_loss() {
 #[test]
 fn t5_adapter_written_by_oxtune_loads_in_peft_with_the_same_logits() {
     let r = reference();
-    let base = dir().join("base");
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(base.join("config.json")).unwrap()).unwrap();
-    let cfg = T5Config::from_json(&json, &base.join("config.json")).unwrap();
-    let lora = LoraConfig { r: 4, alpha: 8.0, dropout: 0.0, use_rslora: false, targets: vec!["q".into(), "v".into()] };
-    let m = T5::from_weights(
-        &Weights::open(&base).unwrap(),
-        &cfg,
-        DType::F32,
-        &Device::Cpu,
-        Some((&lora, &mut Rng::new(3))),
-        &LoadOptions::default(),
-    )
-    .unwrap();
-    let adamw = trainer::optim::AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
-    let mut opt = trainer::optim::AdamW::new(m.trainable_vars(), adamw).unwrap();
-    let labels: Vec<Vec<i64>> = r["labels"].to_vec2().unwrap();
-    for _ in 0..10 {
-        let loss = m.loss(&ids(&r["input_ids"]), &r["attention_mask"], &labels, &mut ForwardCtx::eval()).unwrap();
-        let grads = loss.backward().unwrap();
-        let g: Vec<Tensor> = opt.params().iter().map(|p| grads.get(p.as_tensor()).unwrap().clone()).collect();
-        opt.step(&g, 1e-2, 1.0).unwrap();
-    }
+    let lora = peft_default_lora();
+    let m = load(&dir().join("base"), Some((&lora, 3)), &LoadOptions::default());
+    train(&m, 10);
     let out = tempfile::tempdir().unwrap();
     trainer::lora::save_adapter_tensors(&out.path().join("adapter_model.safetensors"), &m.adapters()).unwrap();
     let config = trainer::lora::peft_config_json(&lora, "tests/fixtures/t5/base", trainer::lora::TASK_SEQ_2_SEQ_LM);
@@ -328,11 +305,7 @@ fn t5_merged_checkpoint_keeps_the_names_and_gives_the_adapted_logits() {
     let mut want: Vec<&String> = base.keys().collect();
     want.sort();
     assert_eq!(tensors.keys().collect::<Vec<_>>(), want, "merged tensor names = the checkpoint's");
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(merged.path().join("config.json")).unwrap()).unwrap();
-    let cfg = T5Config::from_json(&json, &merged.path().join("config.json")).unwrap();
-    let w = Weights::open(merged.path()).unwrap();
-    let reloaded = T5::from_weights(&w, &cfg, DType::F32, &Device::Cpu, None, &LoadOptions::default()).unwrap();
+    let reloaded = load(merged.path(), None, &LoadOptions::default());
     let d = max_diff(&logits(&reloaded, &r), &r["lora_logits"]);
     assert!(d < 1e-4, "merged logits differ from PEFT's adapted logits by {d}");
 }
