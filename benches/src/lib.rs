@@ -13,8 +13,8 @@ use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
 
-use trainer::data::{Example, RowRef, TokenizerBundle};
-use trainer::model::{Decoder, LoadOptions, ModelConfig};
+use trainer::data::{Example, RowRef, TokenizerBundle, TrainSet};
+use trainer::model::{Decoder, LoadOptions, Model, ModelConfig};
 use trainer::quant::nf4::Nf4Options;
 use trainer::report::MetricRecord;
 use trainer::rng::Rng;
@@ -180,16 +180,23 @@ pub fn hyperparameters(c: &BenchConfig) -> BTreeMap<String, String> {
 }
 
 /// The random-weight model of `c` with LoRA adapters, built in memory.
-fn build_model(c: &BenchConfig, spec: &JobSpec) -> anyhow::Result<Decoder> {
+fn build_model(c: &BenchConfig, spec: &JobSpec) -> anyhow::Result<Model> {
     let nf4 = (c.method == Method::Qlora).then_some(Nf4Options { double_quant: true, ..Nf4Options::default() });
     if c.device.is_cuda() {
         c.device.set_seed(c.seed)?;
     }
     let weights = trainer::model::weights::Weights::random(&c.arch.cfg, c.seed, nf4);
-    let lora = spec.lora_config();
+    let lora = spec.lora_config(trainer::lora::LINEAR_MODULES).map_err(|e| anyhow::anyhow!(e))?;
     let mut init_rng = Rng::derive(spec.seed, "lora-init");
     let opts = LoadOptions { quantize_nf4: nf4 };
-    Ok(Decoder::from_weights(&weights, &c.arch.cfg, c.dtype, &c.device, Some((&lora, &mut init_rng)), &opts)?)
+    Ok(Model::Causal(Decoder::from_weights(
+        &weights,
+        &c.arch.cfg,
+        c.dtype,
+        &c.device,
+        Some((&lora, &mut init_rng)),
+        &opts,
+    )?))
 }
 
 /// Random token ids below `vocab` (the values do not change the work done).
@@ -290,7 +297,7 @@ fn timed<'a>(c: &BenchConfig, history: &'a [MetricRecord]) -> anyhow::Result<Vec
 }
 
 /// LoRA / QLoRA: `trainer::train::sft::train` on packed rows of exactly `seq` random tokens.
-fn run_sft(c: &BenchConfig, spec: &JobSpec, model: &Decoder) -> anyhow::Result<Value> {
+fn run_sft(c: &BenchConfig, spec: &JobSpec, model: &Model) -> anyhow::Result<Value> {
     let total = c.warmup + c.steps;
     let mut rng = Rng::derive(c.seed, "bench-data");
     let vocab = c.arch.cfg.vocab_size;
@@ -307,8 +314,8 @@ fn run_sft(c: &BenchConfig, spec: &JobSpec, model: &Decoder) -> anyhow::Result<V
     let outcome = sft::train(SftInputs {
         spec,
         model,
-        train: &train,
-        validation: &[],
+        train: &TrainSet::Causal(train),
+        validation: &TrainSet::Causal(vec![]),
         pad_id: 0,
         checkpoint_dir: ckpt.path(),
         stop: &stop,
@@ -348,7 +355,7 @@ fn bench_tokenizer() -> anyhow::Result<(tempfile::TempDir, TokenizerBundle)> {
 }
 
 /// GRPO: `trainer::train::grpo::train` with `prompts` random prompts per step.
-fn run_grpo(c: &BenchConfig, spec: &JobSpec, model: &Decoder) -> anyhow::Result<Value> {
+fn run_grpo(c: &BenchConfig, spec: &JobSpec, model: &Model) -> anyhow::Result<Value> {
     let g = c.grpo;
     let total = c.warmup + c.steps;
     let (tok_dir, tok) = bench_tokenizer()?;

@@ -31,7 +31,7 @@ fn main() -> anyhow::Result<()> {
         let v: Vec<f32> = (0..n).map(|_| (rng.normal() * 0.05) as f32).collect();
         a.b.set(&Tensor::from_vec(v, a.b.shape(), &Device::Cpu)?)?;
     }
-    trainer::output::write_adapter(out, &model, &lora, "tests/fixtures/parity/llama")?;
+    trainer::output::write_adapter(out, &trainer::model::Model::Causal(model), &lora, "tests/fixtures/parity/llama")?;
     println!("wrote {}", out.display());
     Ok(())
 }

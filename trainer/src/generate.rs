@@ -1,13 +1,14 @@
-//! Batched sampling with the KV cache: prompts are left-padded (padding is its
-//! own attention segment, positions start at 0 at each prompt's first token),
-//! prefilled once, then decoded one token per step for every row. It stands above the model and
+//! Batched sampling with the KV cache, for decoder-only models (prompts left-padded — padding is
+//! its own attention segment, positions start at 0 at each prompt's first token — prefilled once,
+//! then decoded one token per step for every row) and for T5 (the encoder run once, the decoder
+//! one token per step). It stands above the model and
 //! the data (it decodes text to match stop strings), beside the GRPO loop and evaluation, its users.
 
 use candle_core::{DType, Result, Tensor};
 
 use crate::data::TokenizerBundle;
 use crate::model::t5::T5;
-use crate::model::{Decoder, ForwardCtx, KvCache};
+use crate::model::{Decoder, ForwardCtx, KvCache, Model};
 use crate::rng::Rng;
 
 #[derive(Debug, Clone)]
@@ -129,9 +130,10 @@ fn argmax(v: &[f32]) -> u32 {
     v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1).then(b.0.cmp(&a.0))).map(|(i, _)| i as u32).unwrap_or(0)
 }
 
-/// Generate one completion per prompt row (repeat a prompt to get a group). `adapters` selects policy or base.
+/// Generate one completion per prompt row (repeat a prompt to get a group) with a decoder-only
+/// model or an encoder–decoder. `adapters` selects policy or base.
 pub fn generate(
-    model: &Decoder,
+    model: &Model,
     tok: &TokenizerBundle,
     prompts: &[Vec<u32>],
     cfg: &SamplingConfig,
@@ -143,7 +145,7 @@ pub fn generate(
 
 /// [`generate`], calling `on_token(row, token)` for every token as soon as it is sampled.
 pub fn generate_streaming(
-    model: &Decoder,
+    model: &Model,
     tok: &TokenizerBundle,
     prompts: &[Vec<u32>],
     cfg: &SamplingConfig,
@@ -151,9 +153,74 @@ pub fn generate_streaming(
     adapters: bool,
     on_token: &mut dyn FnMut(usize, u32),
 ) -> Result<Vec<Completion>> {
+    let ctx = ForwardCtx { adapters, dropout_rng: None, checkpoint: None };
+    let mut rows = Rows { tok, cfg, on_token, out: vec![vec![]; prompts.len()], finish: vec![None; prompts.len()] };
+    match model {
+        Model::Causal(m) => decoder_rows(m, prompts, &mut rows, rng, ctx)?,
+        Model::Seq2Seq(m) => seq2seq_rows(m, prompts, &mut rows, rng, ctx)?,
+    }
+    Ok(rows
+        .out
+        .into_iter()
+        .zip(rows.finish)
+        .map(|(ids, f)| {
+            let text = tok.decode(&ids, true).unwrap_or_default();
+            Completion { ids, text, finish: f.unwrap_or(Finish::Length) }
+        })
+        .collect())
+}
+
+/// The rows being generated: the tokens so far and how each row ended.
+struct Rows<'a> {
+    tok: &'a TokenizerBundle,
+    cfg: &'a SamplingConfig,
+    on_token: &'a mut dyn FnMut(usize, u32),
+    out: Vec<Vec<u32>>,
+    finish: Vec<Option<Finish>>,
+}
+
+impl Rows<'_> {
+    /// Samples the next token of every unfinished row from `logits` [b, vocab]; a finished row is
+    /// fed `pad`. Returns the tokens to feed and whether generation is over.
+    fn step(&mut self, logits: &Tensor, pad: u32, step: usize, rng: &mut Rng) -> Result<(Vec<u32>, bool)> {
+        let rows = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        let mut next = Vec::with_capacity(rows.len());
+        for (r, row) in rows.iter().enumerate() {
+            if self.finish[r].is_some() {
+                next.push(pad);
+                continue;
+            }
+            let t = sample(row, self.cfg, rng);
+            self.out[r].push(t);
+            (self.on_token)(r, t);
+            if self.cfg.eos_ids.contains(&t) {
+                self.finish[r] = Some(Finish::Eos);
+            } else if !self.cfg.stop_strings.is_empty() {
+                let tail_start = self.out[r].len().saturating_sub(16);
+                let tail = self.tok.decode(&self.out[r][tail_start..], false).unwrap_or_default();
+                if self.cfg.stop_strings.iter().any(|s| tail.contains(s.as_str())) {
+                    self.finish[r] = Some(Finish::StopString);
+                }
+            }
+            next.push(t);
+        }
+        let over = self.finish.iter().all(Option::is_some) || step + 1 >= self.cfg.max_new_tokens;
+        Ok((next, over))
+    }
+}
+
+/// Decoder-only: prompts left-padded (padding is its own attention segment), prefilled once, then
+/// one token per step on the KV cache.
+fn decoder_rows(
+    model: &Decoder,
+    prompts: &[Vec<u32>],
+    rows: &mut Rows,
+    rng: &mut Rng,
+    mut ctx: ForwardCtx,
+) -> Result<()> {
     let b = prompts.len();
     let width = prompts.iter().map(Vec::len).max().unwrap_or(0).max(1);
-    let pad = tok.pad_id();
+    let pad = rows.tok.pad_id();
     let (mut ids, mut pos, mut seg) =
         (Vec::with_capacity(b * width), Vec::with_capacity(b * width), Vec::with_capacity(b * width));
     for p in prompts {
@@ -165,7 +232,6 @@ pub fn generate_streaming(
     let dev = &model.device;
     let mut segments = Tensor::from_vec(seg, (b, width), dev)?;
     let mut cache = KvCache::new();
-    let mut ctx = ForwardCtx { adapters, dropout_rng: None, checkpoint: None };
     let hidden = model.hidden_cached(
         &Tensor::from_vec(ids, (b, width), dev)?,
         &Tensor::from_vec(pos, (b, width), dev)?,
@@ -174,32 +240,10 @@ pub fn generate_streaming(
         &mut ctx,
     )?;
     let mut logits = model.logits(&hidden.narrow(1, width - 1, 1)?.detach())?.squeeze(1)?;
-    let mut out: Vec<Vec<u32>> = vec![vec![]; b];
-    let mut finish: Vec<Option<Finish>> = vec![None; b];
     let ones = Tensor::ones((b, 1), DType::U32, dev)?;
-    for step in 0..cfg.max_new_tokens {
-        let rows = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-        let mut next = Vec::with_capacity(b);
-        for (r, row) in rows.iter().enumerate() {
-            if finish[r].is_some() {
-                next.push(pad);
-                continue;
-            }
-            let t = sample(row, cfg, rng);
-            out[r].push(t);
-            on_token(r, t);
-            if cfg.eos_ids.contains(&t) {
-                finish[r] = Some(Finish::Eos);
-            } else if !cfg.stop_strings.is_empty() {
-                let tail_start = out[r].len().saturating_sub(16);
-                let tail = tok.decode(&out[r][tail_start..], false).unwrap_or_default();
-                if cfg.stop_strings.iter().any(|s| tail.contains(s.as_str())) {
-                    finish[r] = Some(Finish::StopString);
-                }
-            }
-            next.push(t);
-        }
-        if finish.iter().all(Option::is_some) || step + 1 == cfg.max_new_tokens {
+    for step in 0..rows.cfg.max_new_tokens {
+        let (next, over) = rows.step(&logits, pad, step, rng)?;
+        if over {
             break;
         }
         let positions: Vec<u32> = prompts.iter().map(|p| (p.len() + step) as u32).collect();
@@ -213,28 +257,13 @@ pub fn generate_streaming(
         )?;
         logits = model.logits(&hidden.detach())?.squeeze(1)?;
     }
-    Ok(out
-        .into_iter()
-        .zip(finish)
-        .map(|(ids, f)| {
-            let text = tok.decode(&ids, true).unwrap_or_default();
-            Completion { ids, text, finish: f.unwrap_or(Finish::Length) }
-        })
-        .collect())
+    Ok(())
 }
 
-/// The tokens that end a completion: the model config's EOS ids and the tokenizer's.
-/// Sequence-to-sequence generation (T5): each prompt is encoded once (right-padded, masked), then
-/// the decoder runs one token per step on its KV cache from the decoder start token, sampling with
-/// [`sample`] until every row has produced EOS or `max_new_tokens`. Returns the new ids per row,
-/// EOS included when it came.
-pub fn generate_seq2seq(
-    model: &T5,
-    prompts: &[Vec<u32>],
-    cfg: &SamplingConfig,
-    rng: &mut Rng,
-    adapters: bool,
-) -> Result<Vec<Vec<u32>>> {
+/// Encoder–decoder (T5): each prompt is encoded once (right-padded, masked), then the decoder runs
+/// one token per step on its KV cache from the decoder start token (the cross-attention keys and
+/// values computed once).
+fn seq2seq_rows(model: &T5, prompts: &[Vec<u32>], rows: &mut Rows, rng: &mut Rng, mut ctx: ForwardCtx) -> Result<()> {
     let (b, dev) = (prompts.len(), &model.device);
     let s = prompts.iter().map(Vec::len).max().unwrap_or(0).max(1);
     let pad = model.cfg.pad_token_id;
@@ -242,35 +271,18 @@ pub fn generate_seq2seq(
         prompts.iter().flat_map(|p| p.iter().copied().chain(std::iter::repeat_n(pad, s - p.len()))).collect();
     let mask: Vec<u32> = prompts.iter().flat_map(|p| (0..s).map(|i| u32::from(i < p.len()))).collect();
     let mask = Tensor::from_vec(mask, (b, s), dev)?;
-    let mut ctx = ForwardCtx { adapters, dropout_rng: None, checkpoint: None };
     let enc = model.encode(&Tensor::from_vec(ids, (b, s), dev)?, &mask, &mut ctx)?;
     let mut cache = model.start_decoding(&enc, &mask, &mut ctx)?;
     let mut next = vec![model.cfg.decoder_start_token_id; b];
-    let mut out: Vec<Vec<u32>> = vec![Vec::new(); b];
-    let mut done = vec![false; b];
-    let eos: Vec<u32> = if cfg.eos_ids.is_empty() { vec![model.cfg.eos_token_id] } else { cfg.eos_ids.clone() };
-    for _ in 0..cfg.max_new_tokens {
-        let h = model.decode_step(&Tensor::from_vec(next.clone(), (b, 1), dev)?, &mut cache, &mut ctx)?;
-        let logits: Vec<Vec<f32>> = model.logits(&h)?.squeeze(1)?.to_vec2()?;
-        for (row, l) in logits.iter().enumerate() {
-            // A finished row keeps feeding padding; its tokens are not kept.
-            next[row] = if done[row] { pad } else { sample(l, cfg, rng) };
-            if !done[row] {
-                out[row].push(next[row]);
-                done[row] = eos.contains(&next[row]);
-            }
-        }
-        if done.iter().all(|d| *d) {
+    for step in 0..rows.cfg.max_new_tokens {
+        let h = model.decode_step(&Tensor::from_vec(next, (b, 1), dev)?, &mut cache, &mut ctx)?;
+        let over;
+        (next, over) = rows.step(&model.logits(&h.detach())?.squeeze(1)?, pad, step, rng)?;
+        if over {
             break;
         }
     }
-    Ok(out)
-}
-
-pub fn eos_ids(cfg: &crate::model::ModelConfig, tok: &TokenizerBundle) -> Vec<u32> {
-    let mut ids = cfg.eos_token_ids();
-    ids.extend(tok.eos_id());
-    ids
+    Ok(())
 }
 
 /// The text before the first stop string: the stop string is not part of the answer (generation

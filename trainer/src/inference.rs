@@ -1,7 +1,7 @@
 //! A model from local files, outside a training job: `train generate` (try a few prompts, tokens
 //! streamed as they come) and `train evaluate` (score a test file as the job's evaluation does).
-//! The model is a Hugging Face checkpoint directory (a base, or a merged model); an adapter is a
-//! PEFT LoRA directory (`adapter_config.json` + `adapter_model.safetensors`, as `train` writes it)
+//! The model is a Hugging Face checkpoint directory (a base, or a merged model) of a decoder-only
+//! family or T5; an adapter is a PEFT LoRA directory (`adapter_config.json` + `adapter_model.safetensors`, as `train` writes it)
 //! put on top of the base.
 
 use std::io::Write;
@@ -14,12 +14,12 @@ use crate::device::JobDevice;
 use crate::error::{io_err, TrainError};
 use crate::eval::{self, EvalConfig, EvalRun};
 use crate::generate::{cut_at_stop, generate_streaming, Finish, SamplingConfig};
-use crate::model::{hub, Decoder, ModelConfig, ModelError};
+use crate::model::{hub, Arch, LoadOptions, Model, ModelError};
 use crate::rng::Rng;
 
 /// A model ready to generate: weights (with the adapter when one was given), tokenizer, stop tokens.
 pub struct LoadedModel {
-    pub model: Decoder,
+    pub model: Model,
     pub tok: TokenizerBundle,
     pub eos_ids: Vec<u32>,
     /// With an adapter: generate with it on (a merged model or a base has none).
@@ -37,11 +37,12 @@ pub fn load(
     if let Some(a) = adapter_dir {
         check_adapter_dir(a)?;
     }
-    let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
+    let arch = Arch::from_file(&dir.join("config.json"))?;
     let tok = TokenizerBundle::load(&dir)?;
-    tok.check_matches_model(cfg.vocab_size, &dir)?;
+    tok.check_matches_model(arch.vocab_size(), &dir)?;
+    let opts = LoadOptions::default();
     let model = match adapter_dir {
-        None => Decoder::load(&dir, &cfg, dtype, &device.device, None)?,
+        None => Model::load(&dir, &arch, dtype, &device.device, None, &opts)?,
         Some(adapter) => {
             let config_path = adapter.join("adapter_config.json");
             let text = std::fs::read_to_string(&config_path).map_err(io_err(&config_path))?;
@@ -55,19 +56,26 @@ pub fn load(
                 .map_err(|e| TrainError::BadInput(format!("{}: {e}", config_path.display())))?;
             // The adapter's values replace the initialisation, so its seed does not matter.
             let mut rng = Rng::new(0);
-            let model = Decoder::load(&dir, &cfg, dtype, &device.device, Some((&lora, &mut rng)))?;
+            let model = Model::load(&dir, &arch, dtype, &device.device, Some((&lora, &mut rng)), &opts)?;
             model.load_adapter_tensors(&adapter.join(crate::checkpoint::ADAPTER_FILE))?;
             model
         }
     };
-    let eos_ids = crate::generate::eos_ids(&cfg, &tok);
+    let eos_ids = arch.eos_ids(&tok);
     Ok(LoadedModel { model, tok, eos_ids, adapters: adapter_dir.is_some() })
 }
 
-/// A prompt typed on the command line: a user turn (after `system`, when given) through the chat
-/// template when the tokenizer has one, else the text as it is.
-pub fn text_prompt(tok: &TokenizerBundle, text: &str, system: Option<&str>) -> Result<Prompt, TrainError> {
-    let content = if tok.has_chat_template() {
+/// A prompt typed on the command line: for a decoder-only model a user turn (after `system`, when
+/// given) through the chat template when the tokenizer has one, else the text as it is; for T5 the
+/// encoder's input (`system` is refused: T5 has no system turn).
+pub fn text_prompt(m: &LoadedModel, text: &str, system: Option<&str>) -> Result<Prompt, TrainError> {
+    let seq2seq = m.model.causal().is_none();
+    if seq2seq && system.is_some() {
+        return Err(TrainError::BadInput(
+            "--system: a T5 model has no chat template or system turn; put the instruction into --prompt".into(),
+        ));
+    }
+    let content = if m.tok.has_chat_template() && !seq2seq {
         let mut msgs: Vec<Message> = system.map(|s| Message::new("system", s)).into_iter().collect();
         msgs.push(Message::new("user", text));
         Content::Messages(msgs)
@@ -76,14 +84,21 @@ pub fn text_prompt(tok: &TokenizerBundle, text: &str, system: Option<&str>) -> R
     };
     let record =
         Record { content, extra: Default::default(), source: RowRef { file: PathBuf::from("--prompt"), line: 1 } };
-    Ok(data::prompt_of(&record, tok, usize::MAX)?)
+    prompt_of(m, &record)
 }
 
 /// Prompts from a file in any format the trainer reads (chat rows lose their final assistant turn,
-/// prompt/completion rows their completion).
-pub fn file_prompts(tok: &TokenizerBundle, file: &Path, spec: &DataSpec) -> Result<Vec<Prompt>, TrainError> {
+/// prompt/completion rows their completion; T5 refuses chat rows).
+pub fn file_prompts(m: &LoadedModel, file: &Path, spec: &DataSpec) -> Result<Vec<Prompt>, TrainError> {
     let read = data::read_path(file, spec)?;
-    Ok(read.records.iter().map(|r| data::prompt_of(r, tok, usize::MAX)).collect::<Result<_, _>>()?)
+    read.records.iter().map(|r| prompt_of(m, r)).collect()
+}
+
+fn prompt_of(m: &LoadedModel, record: &Record) -> Result<Prompt, TrainError> {
+    Ok(match m.model.causal() {
+        Some(_) => data::prompt_of(record, &m.tok, usize::MAX)?,
+        None => data::encoder_prompt_of(record, &m.tok, usize::MAX)?,
+    })
 }
 
 /// How `train generate` samples.
@@ -172,7 +187,7 @@ pub fn evaluate_file(
     out_dir: &Path,
 ) -> Result<EvalRun, TrainError> {
     let read = data::read_path(file, spec)?;
-    let cases = eval::cases(&read.records, &m.tok, cfg)?;
+    let cases = eval::cases(&read.records, &m.tok, cfg, m.model.causal().is_none())?;
     if cases.is_empty() {
         return Err(TrainError::BadInput(format!("{}: no rows to evaluate", file.display())));
     }

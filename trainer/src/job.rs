@@ -1,5 +1,6 @@
 //! One training job end to end under the `/opt/ml` contract, read top to bottom in [`run`]:
-//! resolve the spec, check the contract, pick the device, load the base model, load the data,
+//! resolve the spec, check the contract, pick the device, load the base model (a decoder-only
+//! family or T5) and check the options its family takes, load the data,
 //! load the test set, load the model with its adapters, evaluate the base (`eval_baseline`), train,
 //! evaluate the tuned model, write the outputs.
 
@@ -8,11 +9,12 @@ use std::time::Instant;
 
 use candle_core::DType;
 
-use crate::data::{self, Example, ReadReport, TokenizerBundle};
+use crate::data::{self, ReadReport, TokenizerBundle, TrainSet};
 use crate::device::JobDevice;
 use crate::error::{self, TrainError};
 use crate::eval;
-use crate::model::{hub, Decoder, LoadOptions, ModelConfig, ModelError};
+use crate::lora::LoraConfig;
+use crate::model::{hub, Arch, LoadOptions, Model, ModelError};
 use crate::output::{self, Summary};
 use crate::report::MetricRecord;
 use crate::rewards::RewardFn;
@@ -71,7 +73,8 @@ pub fn run(opts: JobOptions) -> Result<JobResult, TrainError> {
     let dtype = device.dtype(spec.dtype);
     announce(paths, &channels, &resources, &device, dtype, &spec);
     let base = load_base(&spec, paths)?;
-    let data = load_data(&spec, paths, &base.tok)?;
+    check_family_options(&spec, &base.arch)?;
+    let data = load_data(&spec, paths, &base)?;
     let test = load_test(&spec, paths, &base)?;
     let model = load_model(&spec, &base, dtype, &device)?;
     let baseline = evaluate_baseline(&spec, &base, &model, test.as_ref())?;
@@ -134,17 +137,21 @@ fn base_model_dir(name: &str, paths: &MlPaths) -> Result<PathBuf, TrainError> {
     Ok(hub::checked_model_dir(dir, "")?)
 }
 
-/// The base model's directory, config and tokenizer.
+/// The base model's directory, architecture and tokenizer, and the adapters it gets.
 struct Base {
     dir: PathBuf,
-    cfg: ModelConfig,
+    arch: Arch,
     tok: TokenizerBundle,
+    lora: LoraConfig,
 }
 
 fn load_base(spec: &JobSpec, paths: &MlPaths) -> Result<Base, TrainError> {
     let dir = base_model_dir(&spec.base_model, paths)?;
-    let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
-    if let Some(window) = cfg.effective_sliding_window() {
+    let arch = Arch::from_file(&dir.join("config.json"))?;
+    if let Some(window) = match &arch {
+        Arch::Causal(cfg) => cfg.effective_sliding_window(),
+        Arch::Seq2Seq(_) => None,
+    } {
         if spec.max_seq_length > window {
             return Err(TrainError::Unsupported(format!(
                 "max_seq_length {} exceeds the model's sliding_window {window}; sliding-window attention is not implemented yet: use max_seq_length ≤ {window}",
@@ -153,48 +160,69 @@ fn load_base(spec: &JobSpec, paths: &MlPaths) -> Result<Base, TrainError> {
         }
     }
     let tok = TokenizerBundle::load(&dir)?;
-    tok.check_matches_model(cfg.vocab_size, &dir)?;
+    tok.check_matches_model(arch.vocab_size(), &dir)?;
+    let lora = spec.lora_config(arch.linear_modules()).map_err(|e| {
+        TrainError::BadInput(format!("{e} ({} family, {})", arch.family_name().unwrap_or("this"), dir.display()))
+    })?;
     tracing::info!(
-        "Base model: {} ({} family, {} layers, hidden {}, vocab {})",
+        "Base model: {} ({} family, {}, vocab {})",
         dir.display(),
-        cfg.family()?.name(),
-        cfg.num_hidden_layers,
-        cfg.hidden_size,
-        cfg.vocab_size
+        arch.family_name()?,
+        arch.shape(),
+        arch.vocab_size()
     );
-    Ok(Base { dir, cfg, tok })
+    Ok(Base { dir, arch, tok, lora })
+}
+
+/// Options a family does not take, refused before any data or weights are read.
+fn check_family_options(spec: &JobSpec, arch: &Arch) -> Result<(), TrainError> {
+    if !arch.is_seq2seq() {
+        return Ok(());
+    }
+    if spec.method == Method::Grpo {
+        return Err(TrainError::Unsupported(
+            "method=grpo trains decoder-only models (Llama, Mistral, Qwen2); GRPO for T5 is not implemented yet: use method=lora or qlora".into(),
+        ));
+    }
+    if spec.packing {
+        return Err(TrainError::BadInput(
+            "packing=true: T5 pairs are not packed (each input is its own encoder row and each target its own decoder row); set packing=false".into(),
+        ));
+    }
+    if spec.gradient_checkpointing {
+        tracing::warn!("gradient_checkpointing is not implemented for T5 yet: training keeps every activation");
+    }
+    Ok(())
 }
 
 /// The training data, read and checked before any model is loaded: SFT examples (with a
 /// validation set from its channel or split off) or GRPO prompts.
 struct TrainData {
     read: ReadReport,
-    train: Vec<Example>,
-    validation: Vec<Example>,
+    train: TrainSet,
+    validation: TrainSet,
     grpo_prompts: Option<Vec<PromptRow>>,
 }
 
-fn load_data(spec: &JobSpec, paths: &MlPaths, tok: &TokenizerBundle) -> Result<TrainData, TrainError> {
+fn load_data(spec: &JobSpec, paths: &MlPaths, base: &Base) -> Result<TrainData, TrainError> {
     let train_dir = paths.train_channel()?;
     let read = data::read_path(&train_dir, &spec.data)?;
     report_read("train", &read);
     if spec.method == Method::Grpo {
-        let prompts = grpo::prompt_rows(&read.records, tok, spec)?;
+        let prompts = grpo::prompt_rows(&read.records, &base.tok, spec)?;
         tracing::info!("train: {} prompts for GRPO", prompts.len());
-        return Ok(TrainData { read, train: vec![], validation: vec![], grpo_prompts: Some(prompts) });
+        let none = TrainSet::Causal(vec![]);
+        return Ok(TrainData { read, train: none.clone(), validation: none, grpo_prompts: Some(prompts) });
     }
-    let train_tok = data::tokenize(&read.records, tok, &spec.data)?;
-    report_tokens("train", &train_tok);
+    let train_set = examples("train", &read, spec, base)?;
     let (train, validation) = match paths.optional_channel("validation") {
         Some(dir) => {
             let val_read = data::read_path(&dir, &spec.data)?;
             report_read("validation", &val_read);
-            let val = data::tokenize(&val_read.records, tok, &spec.data)?;
-            report_tokens("validation", &val);
-            (train_tok.examples, val.examples)
+            (train_set, examples("validation", &val_read, spec, base)?)
         }
         None if spec.validation_split > 0.0 => {
-            let (t, v) = data::split_validation(train_tok.examples, spec.validation_split, spec.seed);
+            let (t, v) = train_set.split_validation(spec.validation_split, spec.seed);
             tracing::info!(
                 "validation: {} examples held out of the training data (validation_split={})",
                 v.len(),
@@ -202,7 +230,10 @@ fn load_data(spec: &JobSpec, paths: &MlPaths, tok: &TokenizerBundle) -> Result<T
             );
             (t, v)
         }
-        None => (train_tok.examples, vec![]),
+        None => {
+            let none = train_set.empty_like();
+            (train_set, none)
+        }
     };
     if train.is_empty() {
         return Err(TrainError::BadInput(format!(
@@ -234,7 +265,12 @@ fn load_test(spec: &JobSpec, paths: &MlPaths, base: &Base) -> Result<Option<Test
     };
     let read = data::read_path(&dir, &spec.data)?;
     report_read("test", &read);
-    let cases = eval::cases(&read.records, &base.tok, &spec.eval.config)?;
+    let mut config = spec.eval.config.clone();
+    if base.arch.is_seq2seq() {
+        // A T5 prompt is the encoder's input: as long as training's inputs, cut at the end.
+        config.max_prompt_tokens = spec.max_source_length;
+    }
+    let cases = eval::cases(&read.records, &base.tok, &config, base.arch.is_seq2seq())?;
     if cases.is_empty() {
         return Err(TrainError::BadInput(format!("the test channel {} has no rows to evaluate", dir.display())));
     }
@@ -244,7 +280,7 @@ fn load_test(spec: &JobSpec, paths: &MlPaths, base: &Base) -> Result<Option<Test
         cases.len(),
         if spec.eval.baseline { " and on the base model before it" } else { "" },
         if truncated > 0 {
-            format!(" ({truncated} prompts cut to their last max_seq_length tokens)")
+            format!(" ({truncated} prompts cut to {} tokens)", config.max_prompt_tokens)
         } else {
             String::new()
         }
@@ -255,18 +291,14 @@ fn load_test(spec: &JobSpec, paths: &MlPaths, base: &Base) -> Result<Option<Test
     } else {
         vec![]
     };
-    Ok(Some(TestSet { cases, config: spec.eval.config.clone(), rewards, eos_ids: eos_ids(base) }))
-}
-
-fn eos_ids(base: &Base) -> Vec<u32> {
-    crate::generate::eos_ids(&base.cfg, &base.tok)
+    Ok(Some(TestSet { cases, config, rewards, eos_ids: base.arch.eos_ids(&base.tok) }))
 }
 
 /// With `eval_baseline`: the base model (adapters off) on the test set, before training.
 fn evaluate_baseline(
     spec: &JobSpec,
     base: &Base,
-    model: &Decoder,
+    model: &Model,
     test: Option<&TestSet>,
 ) -> Result<Option<eval::EvalRun>, TrainError> {
     let Some(t) = test.filter(|_| spec.eval.baseline) else { return Ok(None) };
@@ -283,7 +315,7 @@ struct Tests {
 
 /// After training, once the adapter is on disk: the tuned model on the test set. A failure here
 /// does not fail the finished job; it is logged and recorded in the summary instead.
-fn evaluate_tuned(base: &Base, model: &Decoder, tests: &Tests) -> Option<Result<eval::EvalRun, String>> {
+fn evaluate_tuned(base: &Base, model: &Model, tests: &Tests) -> Option<Result<eval::EvalRun, String>> {
     let t = tests.test.as_ref()?;
     let run = eval::run(model, &base.tok, &t.cases, &t.config, &t.eos_ids, &t.rewards, true);
     if let Err(e) = &run {
@@ -300,16 +332,21 @@ fn metric_line(step: u64, epoch: f64, prefix: &str, metrics: &std::collections::
 
 /// The base weights (NF4 for QLoRA: quantised while loading; a bitsandbytes 4-bit checkpoint
 /// loads as NF4 regardless) with freshly initialised LoRA adapters.
-fn load_model(spec: &JobSpec, base: &Base, dtype: DType, device: &JobDevice) -> Result<Decoder, TrainError> {
-    let lora_cfg = spec.lora_config();
+fn load_model(spec: &JobSpec, base: &Base, dtype: DType, device: &JobDevice) -> Result<Model, TrainError> {
+    let lora_cfg = &base.lora;
     let mut init_rng = Rng::derive(spec.seed, "lora-init");
     let load_opts = LoadOptions { quantize_nf4: spec.nf4_options() };
-    let model =
-        Decoder::load_with(&base.dir, &base.cfg, dtype, &device.device, Some((&lora_cfg, &mut init_rng)), &load_opts)?;
+    let model = Model::load(&base.dir, &base.arch, dtype, &device.device, Some((lora_cfg, &mut init_rng)), &load_opts)?;
     if model.is_quantized() {
+        let (which, stored) = match &base.arch {
+            Arch::Causal(c) => ("decoder projections are", c.quantization_config.is_some()),
+            Arch::Seq2Seq(_) => {
+                ("projections but the feed-forward output `wo` (kept dense, as transformers keeps it) are", false)
+            }
+        };
         tracing::info!(
-            "QLoRA: decoder projections are NF4 (blocksize 64, double quant {}), compute dtype {:?}",
-            spec.bnb_4bit_use_double_quant || base.cfg.quantization_config.is_some(),
+            "QLoRA: {which} NF4 (blocksize 64, double quant {}), compute dtype {:?}",
+            spec.bnb_4bit_use_double_quant || stored,
             dtype
         );
     }
@@ -329,7 +366,7 @@ fn train(
     spec: &JobSpec,
     paths: &MlPaths,
     base: &Base,
-    model: &Decoder,
+    model: &Model,
     data: &TrainData,
     stop: &StopFlag,
 ) -> Result<Outcome, TrainError> {
@@ -343,7 +380,7 @@ fn train(
                 tok: &base.tok,
                 prompts,
                 rewards: &rewards,
-                eos_ids: eos_ids(base),
+                eos_ids: base.arch.eos_ids(&base.tok),
                 checkpoint_dir: &checkpoint_dir,
                 output_data_dir: &paths.output_data_dir(),
                 stop,
@@ -366,7 +403,7 @@ fn write_outputs(
     spec: &JobSpec,
     paths: &MlPaths,
     base: &Base,
-    model: &Decoder,
+    model: &Model,
     data: &TrainData,
     outcome: &Outcome,
     tests: Tests,
@@ -376,7 +413,7 @@ fn write_outputs(
 ) -> Result<JobResult, TrainError> {
     let model_dir = paths.model_dir();
     let base_name = if spec.base_model.is_empty() { base.dir.display().to_string() } else { spec.base_model.clone() };
-    output::write_adapter(&model_dir, model, &spec.lora_config(), &base_name)?;
+    output::write_adapter(&model_dir, model, &base.lora, &base_name)?;
     output::copy_tokenizer_files(&base.dir, &model_dir)?;
     let merged = if spec.merge_adapter {
         Some(output::write_merged(&model_dir.join("merged"), model, &base.dir)?)
@@ -399,7 +436,7 @@ fn write_outputs(
     let summary = Summary {
         spec,
         base_name: &base_name,
-        family: base.cfg.family()?.name(),
+        family: base.arch.family_name()?,
         device: device.name(),
         dtype,
         outcome,
@@ -433,6 +470,30 @@ fn report_read(channel: &str, r: &data::ReadReport) {
             tracing::info!("  … and {} more", r.skipped.len() - 20);
         }
     }
+}
+
+/// A channel's records as training examples of the base model's kind, with what tokenising did.
+fn examples(channel: &str, read: &ReadReport, spec: &JobSpec, base: &Base) -> Result<TrainSet, TrainError> {
+    if !base.arch.is_seq2seq() {
+        let t = data::tokenize(&read.records, &base.tok, &spec.data)?;
+        report_tokens(channel, &t);
+        return Ok(TrainSet::Causal(t.examples));
+    }
+    let (src, tgt) = (spec.max_source_length, spec.max_target_length);
+    let r = data::seq2seq_examples(&read.records, &base.tok, src, tgt, spec.data.skip_bad_rows)?;
+    tracing::info!(
+        "{channel}: {} pairs, {} input + {} target tokens, {} inputs cut to max_source_length={src}, {} targets cut to max_target_length={tgt}, {} dropped without a target",
+        r.examples.len(),
+        r.source_tokens,
+        r.target_tokens,
+        r.truncated_sources,
+        r.truncated_targets,
+        r.dropped_no_target
+    );
+    for (row, why) in r.skipped.iter().take(20) {
+        tracing::info!("  skipped {}:{}: {why}", row.file.display(), row.line);
+    }
+    Ok(TrainSet::Seq2Seq(r.examples))
 }
 
 fn report_tokens(channel: &str, t: &data::TokenizeReport) {

@@ -17,6 +17,9 @@ pub enum Targets {
 
 /// Module names the decoder has; `all-linear` means all of them (PEFT excludes lm_head too).
 pub const LINEAR_MODULES: &[&str] = &["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+/// The projections of T5 blocks as PEFT names them (`wi` in the original T5's ungated feed-forward,
+/// `wi_0` / `wi_1` in T5 v1.1 and FLAN-T5).
+pub const T5_LINEAR_MODULES: &[&str] = &["q", "k", "v", "o", "wi_0", "wi_1", "wi", "wo"];
 
 /// One adapter: `A` [r, in] and `B` [out, r], trainable, always f32.
 pub struct LoraAdapter {
@@ -86,6 +89,11 @@ impl LoraAdapter {
 }
 
 /// PEFT tensor key of an adapter matrix for a module path.
+/// The trainable variables of `adapters` in a stable order: for each adapter, A then B.
+pub fn trainable_vars(adapters: &[(&str, &LoraAdapter)]) -> Vec<candle_core::Var> {
+    adapters.iter().flat_map(|(_, a)| [a.a.clone(), a.b.clone()]).collect()
+}
+
 pub fn peft_key(module: &str, which: char) -> String {
     format!("base_model.model.{module}.lora_{which}.weight")
 }
@@ -142,8 +150,9 @@ pub fn lora_config_from_peft(json: &serde_json::Value) -> std::result::Result<Lo
     let alpha = json.get("lora_alpha").and_then(|v| v.as_f64()).ok_or("missing or invalid `lora_alpha`")?;
     let targets = match json.get("target_modules") {
         Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(String::from)).collect(),
+        // Targets match module leaf names, and the two families' names differ: either family's all.
         Some(serde_json::Value::String(s)) if s == "all-linear" => {
-            LINEAR_MODULES.iter().map(|s| s.to_string()).collect()
+            LINEAR_MODULES.iter().chain(T5_LINEAR_MODULES).map(|s| s.to_string()).collect()
         }
         _ => return Err("missing `target_modules` (a list of module names)".into()),
     };

@@ -14,7 +14,7 @@ use trainer::TrainError;
 const USAGE: &str = "\
 Usage:
   train [train] [--ml-root DIR] [--<hyperparameter> VALUE | --<hyperparameter>=VALUE]...
-  train demo [--ml-root DIR] [--steps N] [--prepare-only] [--<hyperparameter> VALUE]...
+  train demo [--ml-root DIR] [--steps N] [--family llama|t5] [--prepare-only] [--<hyperparameter> VALUE]...
   train generate --model DIR [--adapter DIR] (--prompt TEXT | --file FILE) [--system TEXT]
                  [--max-new-tokens N] [--temperature T] [--top-p P] [--stop TEXT]... [--seed N]
   train evaluate --model DIR [--adapter DIR] --file FILE [--output DIR] [--<eval_* or data hyperparameter> VALUE]...
@@ -25,7 +25,8 @@ Reads /opt/ml (or --ml-root, OXTUNE_ML_ROOT, SAGEMAKER_BASE_DIR): input/config/h
 channels input/data/{train|training,validation,model}; writes model/, output/data/, checkpoints/;
 on failure output/failure and a non-zero exit (2 bad input, 1 internal error, 143 stopped by SIGTERM
 after checkpointing). Hyperparameters: CLI > OXTUNE_HP_<NAME> environment > hyperparameters.json > defaults.
-`demo --prepare-only` writes the demo's /opt/ml tree and stops (to run it elsewhere, e.g. in the image).
+`demo --prepare-only` writes the demo's /opt/ml tree and stops (to run it elsewhere, e.g. in the image);
+`demo --family t5` trains a tiny FLAN-T5-architecture encoder-decoder instead of the tiny Llama.
 `generate` streams each completion to stdout (chat template applied when the tokenizer has one; --file
 takes any format the trainer reads); `evaluate` scores FILE as a job's test channel is scored and writes
 eval_predictions.jsonl and eval_summary.json into --output (default ./eval-output). Both run where
@@ -35,7 +36,7 @@ Diagnostics on stderr are coloured only on a terminal, and never with NO_COLOR s
 
 enum Command {
     Train,
-    Demo { steps: Option<u64>, prepare_only: bool },
+    Demo { steps: Option<u64>, prepare_only: bool, family: trainer::demo::DemoFamily },
     Generate,
     Evaluate,
 }
@@ -55,7 +56,7 @@ fn parse_args(raw: Vec<String>) -> Result<Option<Args>, String> {
         }
         Some("demo") => {
             it.next();
-            command = Command::Demo { steps: None, prepare_only: false };
+            command = Command::Demo { steps: None, prepare_only: false, family: trainer::demo::DemoFamily::Llama };
         }
         Some("generate") => {
             it.next();
@@ -112,6 +113,7 @@ fn parse_args(raw: Vec<String>) -> Result<Option<Args>, String> {
             ("steps", Command::Demo { steps, .. }) => {
                 *steps = Some(value.parse().map_err(|_| format!("--steps needs a whole number, got `{value}`"))?)
             }
+            ("family", Command::Demo { family, .. }) => *family = trainer::demo::DemoFamily::parse(&value)?,
             _ => args.hyperparameters.push((key, value)),
         }
     }
@@ -169,14 +171,11 @@ fn main() -> ProcessExit {
         return try_model(args);
     }
     let paths = match &args.command {
-        Command::Demo { steps, prepare_only } => {
+        Command::Demo { steps, prepare_only, family } => {
             let root = args.ml_root.clone().unwrap_or_else(|| PathBuf::from("ml-demo"));
-            match trainer::demo::prepare(&root, *steps) {
+            match trainer::demo::prepare(&root, *steps, *family) {
                 Ok(p) => {
-                    println!(
-                        "Demo: tiny Llama-architecture model + bundled instruction data written to {}",
-                        root.display()
-                    );
+                    println!("Demo: {} + bundled instruction data written to {}", family.describe(), root.display());
                     if *prepare_only {
                         println!("Not training (--prepare-only): run `train --ml-root {}` to train it", root.display());
                         return ProcessExit::SUCCESS;
@@ -291,10 +290,10 @@ fn try_model(args: Args) -> ProcessExit {
         let m = load(device.dtype(spec.dtype))?;
         let mut prompts = Vec::new();
         for p in &prompts_text {
-            prompts.push(trainer::inference::text_prompt(&m.tok, p, system.as_deref())?);
+            prompts.push(trainer::inference::text_prompt(&m, p, system.as_deref())?);
         }
         if let Some(file) = &file {
-            prompts.extend(trainer::inference::file_prompts(&m.tok, file.as_ref(), &spec.data)?);
+            prompts.extend(trainer::inference::file_prompts(&m, file.as_ref(), &spec.data)?);
         }
         if prompts.is_empty() {
             return Err(bad("nothing to generate from: give --prompt TEXT or --file FILE".into()));

@@ -9,7 +9,7 @@ use candle_core::DType;
 use crate::data::ReadReport;
 use crate::error::{io_err, TrainError};
 use crate::lora::{peft_config_json, save_adapter_tensors, save_safetensors, LoraConfig};
-use crate::model::Decoder;
+use crate::model::Model;
 use crate::report::{loss_curve_svg, MetricRecord};
 use crate::sagemaker::MlPaths;
 use crate::spec::JobSpec;
@@ -23,6 +23,7 @@ const TOKENIZER_FILES: &[&str] = &[
     "chat_template.jinja",
     "generation_config.json",
     "tokenizer.model",
+    "spiece.model",
 ];
 
 pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), TrainError> {
@@ -31,10 +32,10 @@ pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), TrainErr
 }
 
 /// `adapter_model.safetensors` + `adapter_config.json` in PEFT format.
-pub fn write_adapter(dir: &Path, model: &Decoder, lora: &LoraConfig, base_name: &str) -> Result<(), TrainError> {
+pub fn write_adapter(dir: &Path, model: &Model, lora: &LoraConfig, base_name: &str) -> Result<(), TrainError> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     save_adapter_tensors(&dir.join("adapter_model.safetensors"), &model.adapters())?;
-    write_json(&dir.join("adapter_config.json"), &peft_config_json(lora, base_name, crate::lora::TASK_CAUSAL_LM))
+    write_json(&dir.join("adapter_config.json"), &peft_config_json(lora, base_name, model.task_type()))
 }
 
 /// Copy the tokenizer and chat-template files that exist in the base model directory.
@@ -53,7 +54,7 @@ pub fn copy_tokenizer_files(base_dir: &Path, out: &Path) -> Result<Vec<String>, 
 
 /// Merged model (W + scale·B·A) as HF safetensors + config.json (+ tokenizer files), in the base's dtype
 /// (bf16 unless the base config says float32; always bf16 for an NF4 base). Large models are sharded with an index.
-pub fn write_merged(dir: &Path, model: &Decoder, base_dir: &Path) -> Result<PathBuf, TrainError> {
+pub fn write_merged(dir: &Path, model: &Model, base_dir: &Path) -> Result<PathBuf, TrainError> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let config_text =
         std::fs::read_to_string(base_dir.join("config.json")).map_err(io_err(&base_dir.join("config.json")))?;

@@ -200,7 +200,7 @@ fn docker_run_command_line_interruption_resume_and_packing() {
     let data = demo_channels(&train, d.path());
 
     let steps = 6u64;
-    let mut hp = trainer::demo::demo_hyperparameters(Some(steps));
+    let mut hp = trainer::demo::demo_hyperparameters(Some(steps), trainer::demo::DemoFamily::Llama);
     hp.insert("logging_steps".into(), "1".into());
     hp.insert("save_steps".into(), "0".into()); // only the SIGTERM checkpoint
     hp.insert("eval_steps".into(), "0".into());

@@ -19,7 +19,7 @@ fn local_run_with_interruption_resumes_and_packs_outputs() {
 
     // 2. A job file over those channels, with the demo's hyperparameters.
     let steps: u64 = std::env::var("OXTUNE_E2E_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
-    let mut hp = trainer::demo::demo_hyperparameters(Some(steps));
+    let mut hp = trainer::demo::demo_hyperparameters(Some(steps), trainer::demo::DemoFamily::Llama);
     hp.insert("logging_steps".into(), "1".into());
     hp.insert("save_steps".into(), "0".into()); // only the SIGTERM checkpoint
     hp.insert("eval_steps".into(), "0".into());

@@ -143,7 +143,7 @@ fn below(rng: &mut SplitMix64, n: usize) -> usize {
 /// Hold out `round(fraction * n)` examples (at least 1 when `fraction > 0` and there are at
 /// least 2 examples; never all of them), chosen by a seeded shuffle. Returns
 /// `(train, validation)`, both in their original order. Deterministic in `seed`.
-pub fn split_validation(examples: Vec<Example>, fraction: f64, seed: u64) -> (Vec<Example>, Vec<Example>) {
+pub fn split_validation<T>(examples: Vec<T>, fraction: f64, seed: u64) -> (Vec<T>, Vec<T>) {
     let n = examples.len();
     if fraction.is_nan() || fraction <= 0.0 || n < 2 {
         return (examples, vec![]);

@@ -8,6 +8,7 @@
 //! * [`make_batches`] shifts, packs or pads examples into [`Batch`]es.
 //! * [`prompt_of`] turns a record into a generation prompt and its reference (GRPO, evaluation).
 //! * [`seq2seq_examples`] turns records into encoder input / decoder target pairs (T5).
+//! * [`TrainSet`] holds the examples of either kind and cuts them into [`MicroBatch`]es.
 //!
 //! The rules follow transformers/TRL (see `formats.md` §4 and §5 in the shared
 //! reference): plain text and prompt/completion are tokenised with the special
@@ -22,6 +23,7 @@ mod seq2seq;
 mod template;
 mod tokenize;
 mod tokenizer;
+mod train_set;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -32,11 +34,15 @@ use crate::choice::choice_enum;
 pub use batch::{make_batches, split_validation, Batch, BatchSpec};
 pub use prompt::{prompt_of, Prompt};
 pub use read::read_path;
-pub use seq2seq::{seq2seq_examples, Seq2SeqExample, Seq2SeqReport};
+pub use seq2seq::{
+    encoder_ids, encoder_prompt_of, make_seq2seq_batches, not_a_pair, seq2seq_examples, Seq2SeqBatch, Seq2SeqExample,
+    Seq2SeqReport,
+};
 pub use tokenize::{
     tokenize, Example, TokenizeReport, MASK_ALL, MASK_GENERATION_TAGS, MASK_PREFIX_DIFF, MASK_PROMPT_PREFIX, MASK_TEXT,
 };
 pub use tokenizer::TokenizerBundle;
+pub use train_set::{MicroBatch, TrainSet};
 
 /// Errors of the data pipeline. Every variant names the file (and the row for row
 /// errors) and says what to do about it.

@@ -17,7 +17,7 @@ use serde_json::{json, Map, Value};
 
 use crate::data::{self, DataError, Record, TokenizerBundle};
 use crate::generate::{cut_at_stop, generate, Finish, SamplingConfig};
-use crate::model::Decoder;
+use crate::model::Model;
 use crate::rewards::{score_weighted, RewardError, RewardFn, RewardInput};
 use crate::rng::Rng;
 use rouge::RougeOptions;
@@ -68,11 +68,20 @@ pub struct EvalCase {
 
 /// Cases from test-channel records. Every row must have a reference (a completion, an assistant
 /// turn last, or the `answer_field` column): a row without one is a bad row, found before training.
-pub fn cases(records: &[Record], tok: &TokenizerBundle, cfg: &EvalConfig) -> Result<Vec<EvalCase>, DataError> {
+/// `encoder`: the prompts are a T5 encoder's input ([`data::encoder_prompt_of`]), else a decoder's.
+pub fn cases(
+    records: &[Record],
+    tok: &TokenizerBundle,
+    cfg: &EvalConfig,
+    encoder: bool,
+) -> Result<Vec<EvalCase>, DataError> {
     let take = if cfg.max_cases > 0 { cfg.max_cases.min(records.len()) } else { records.len() };
     let mut out = Vec::with_capacity(take);
     for r in &records[..take] {
-        let prompt = data::prompt_of(r, tok, cfg.max_prompt_tokens)?;
+        let prompt = match encoder {
+            true => data::encoder_prompt_of(r, tok, cfg.max_prompt_tokens)?,
+            false => data::prompt_of(r, tok, cfg.max_prompt_tokens)?,
+        };
         let column =
             r.extra.get(&cfg.answer_field).map(|v| v.as_str().map(String::from).unwrap_or_else(|| v.to_string()));
         let Some(reference) = prompt.reference.clone().or(column) else {
@@ -125,7 +134,7 @@ pub type WeightedRewards<'a> = &'a [(RewardFn, f64)];
 /// Cases are generated longest prompt first in batches of `batch_size` (less padding), reported in
 /// their own order.
 pub fn run(
-    model: &Decoder,
+    model: &Model,
     tok: &TokenizerBundle,
     cases: &[EvalCase],
     cfg: &EvalConfig,

@@ -113,7 +113,7 @@ struct Identity {
 }
 
 /// Supported families, as the "not supported" message lists them.
-const SUPPORTED: &str = "llama (Llama 2/3/3.1/3.2), mistral, qwen2 (Qwen2/2.5)";
+const SUPPORTED: &str = "llama (Llama 2/3/3.1/3.2), mistral, qwen2 (Qwen2/2.5), t5 (FLAN-T5, T5 v1.1)";
 
 fn family_of(model_type: &str, architectures: &[String]) -> Result<Family, ModelError> {
     let mt = model_type.to_ascii_lowercase();
@@ -382,10 +382,11 @@ mod tests {
 
     #[test]
     fn family_is_decided_before_its_fields() {
-        // A T5 config has none of the decoder's fields: the family decides the message.
-        let t5 = r#"{"architectures":["T5ForConditionalGeneration"],"model_type":"t5","d_model":512,"num_layers":6,"vocab_size":32128}"#;
-        let err = ModelConfig::from_json_str(t5).unwrap_err().to_string();
-        assert!(err.contains("model_type `t5` is not supported; supported families: llama"), "{err}");
+        // A BART config has none of the decoder's fields: the family decides the message.
+        let bart = r#"{"architectures":["BartForConditionalGeneration"],"model_type":"bart","d_model":512,"vocab_size":50265}"#;
+        let err = ModelConfig::from_json_str(bart).unwrap_err().to_string();
+        assert!(err.contains("model_type `bart` is not supported; supported families: llama"), "{err}");
+        assert!(err.contains("t5 (FLAN-T5"), "{err}");
         // A supported family missing a field names the family and the field.
         let text = LLAMA_8B.replace("\"hidden_size\":4096,", "");
         let err = ModelConfig::from_json_str(&text).unwrap_err().to_string();

@@ -351,7 +351,7 @@ impl Decoder {
 
     /// Trainable parameters in a stable order: for each adapter, A then B.
     pub fn trainable_vars(&self) -> Vec<Var> {
-        self.adapters().into_iter().flat_map(|(_, a)| [a.a.clone(), a.b.clone()]).collect()
+        crate::lora::trainable_vars(&self.adapters())
     }
 
     pub fn trainable_param_count(&self) -> usize {

@@ -1,7 +1,9 @@
-//! The model: HF config, weight loading, linear layers (frozen base + LoRA) and
-//! the one decoder shared by the Llama, Mistral and Qwen2 families, generation with a KV cache,
-//! and finding the base model (local directory, channel or the Hugging Face Hub).
+//! The model: HF config (which architecture a checkpoint is: [`Arch`]), weight loading, linear
+//! layers (frozen base + LoRA), the one decoder shared by the Llama, Mistral and Qwen2 families, the
+//! T5 encoder–decoder, the model a job tunes ([`Model`]: either of them), and finding the base model
+//! (local directory, channel or the Hugging Face Hub).
 
+pub mod arch;
 pub mod config;
 pub mod decoder;
 pub mod forward;
@@ -9,13 +11,17 @@ pub mod hub;
 pub mod linear;
 pub mod random;
 pub mod t5;
+pub mod t5_config;
+pub mod tuned;
 pub mod weights;
 
 use std::path::PathBuf;
 
+pub use arch::Arch;
 pub use config::{Family, ModelConfig};
 pub use decoder::{Decoder, KvCache, LoadOptions};
 pub use forward::ForwardCtx;
+pub use tuned::Model;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {

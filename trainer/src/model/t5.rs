@@ -7,13 +7,12 @@
 //! as in the checkpoint so PEFT adapters load as they are.
 //! Facts: shared/reference/distributed-and-t5.md §5 (transformers `modeling_t5.py`).
 
-use std::path::Path;
-
-use candle_core::{DType, Device, Result, Tensor, Var, D};
+use candle_core::{DType, Device, Result, Tensor, D};
 
 use super::decoder::{load_base, LoadOptions};
 use super::forward::ForwardCtx;
 use super::linear::Linear;
+pub use super::t5_config::{relative_bucket, T5Config};
 use super::weights::Weights;
 use super::ModelError;
 use crate::lora::{LoraAdapter, LoraConfig};
@@ -21,103 +20,6 @@ use crate::rng::Rng;
 
 /// Additive bias of masked scores: exp() of it is exactly 0 in f32, as transformers' finfo.min.
 const MASKED: f64 = -1e9;
-
-/// The hyperparameters of a T5 `config.json`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct T5Config {
-    pub vocab_size: usize,
-    pub d_model: usize,
-    pub d_kv: usize,
-    pub d_ff: usize,
-    pub num_heads: usize,
-    pub num_layers: usize,
-    pub num_decoder_layers: usize,
-    pub buckets: usize,
-    pub max_distance: usize,
-    pub eps: f64,
-    /// `gated-gelu` (FLAN-T5, T5 v1.1): gelu_new(wi_0·x) ⊙ wi_1·x; otherwise relu(wi·x).
-    pub gated_gelu: bool,
-    /// Decoder output × d_model^-0.5 before the head: transformers 5's `scale_decoder_outputs`, or
-    /// (configs written before it) `tie_word_embeddings` — original T5 scales, v1.1 / FLAN-T5 do not.
-    pub scale_decoder_outputs: bool,
-    pub pad_token_id: u32,
-    pub eos_token_id: u32,
-    pub decoder_start_token_id: u32,
-}
-
-impl T5Config {
-    pub fn from_json(v: &serde_json::Value, path: &Path) -> std::result::Result<T5Config, ModelError> {
-        let bad = |problem: String| ModelError::Config { path: path.to_path_buf(), problem };
-        let int = |k: &str, default: Option<usize>| -> std::result::Result<usize, ModelError> {
-            match v.get(k).and_then(|x| x.as_u64()) {
-                Some(n) => Ok(n as usize),
-                None => default.ok_or_else(|| bad(format!("`{k}` is missing or not a number"))),
-            }
-        };
-        let proj = v.get("feed_forward_proj").and_then(|x| x.as_str()).unwrap_or("relu");
-        // Some FLAN configs say `gelu` with `is_gated_act: true`: gating is derived from both.
-        let gated = proj.starts_with("gated-") || v.get("is_gated_act").and_then(|x| x.as_bool()).unwrap_or(false);
-        let act = proj.trim_start_matches("gated-");
-        let gated_gelu = match (gated, act) {
-            (true, "gelu" | "gelu_new") => true,
-            (false, "relu") => false,
-            _ => {
-                return Err(bad(format!(
-                    "feed_forward_proj `{proj}`: only gated-gelu (FLAN-T5, T5 v1.1) and relu (T5) are supported"
-                )))
-            }
-        };
-        let num_layers = int("num_layers", None)?;
-        Ok(T5Config {
-            vocab_size: int("vocab_size", None)?,
-            d_model: int("d_model", None)?,
-            d_kv: int("d_kv", None)?,
-            d_ff: int("d_ff", None)?,
-            num_heads: int("num_heads", None)?,
-            num_layers,
-            num_decoder_layers: int("num_decoder_layers", Some(num_layers))?,
-            buckets: int("relative_attention_num_buckets", Some(32))?,
-            max_distance: int("relative_attention_max_distance", Some(128))?,
-            eps: v.get("layer_norm_epsilon").and_then(|x| x.as_f64()).unwrap_or(1e-6),
-            gated_gelu,
-            scale_decoder_outputs: v
-                .get("scale_decoder_outputs")
-                .or_else(|| v.get("tie_word_embeddings"))
-                .and_then(|x| x.as_bool())
-                .unwrap_or(true),
-            pad_token_id: int("pad_token_id", Some(0))? as u32,
-            eos_token_id: int("eos_token_id", Some(1))? as u32,
-            decoder_start_token_id: int("decoder_start_token_id", Some(0))? as u32,
-        })
-    }
-
-    /// (d_model, inner attention width = heads × d_kv).
-    fn attention_shape(&self) -> (usize, usize) {
-        (self.d_model, self.num_heads * self.d_kv)
-    }
-}
-
-/// transformers' `_relative_position_bucket`: the bucket of `memory − query` (f32 logarithm, as torch).
-pub fn relative_bucket(relative: i64, bidirectional: bool, buckets: usize, max_distance: usize) -> u32 {
-    let mut n = buckets as i64;
-    let mut bucket = 0i64;
-    let distance = if bidirectional {
-        n /= 2;
-        if relative > 0 {
-            bucket += n;
-        }
-        relative.abs()
-    } else {
-        (-relative).max(0)
-    };
-    let max_exact = n / 2;
-    if distance < max_exact {
-        return (bucket + distance) as u32;
-    }
-    let ratio = (distance as f32 / max_exact as f32).ln() / (max_distance as f32 / max_exact as f32).ln();
-    let large = max_exact + (ratio * (n - max_exact) as f32) as i64;
-    (bucket + large.min(n - 1)) as u32
-}
 
 struct Attention {
     q: Linear,
@@ -519,9 +421,15 @@ impl T5 {
             .collect()
     }
 
-    /// Mean cross-entropy over the labels that are not −100 (transformers' loss), with the
-    /// chunked log-softmax of the decoder families.
-    pub fn loss(&self, input_ids: &Tensor, mask: &Tensor, labels: &[Vec<i64>], ctx: &mut ForwardCtx) -> Result<Tensor> {
+    /// Σ −log p(label) over the labels that are not −100 (a scalar, still attached to the graph),
+    /// with the chunked log-softmax of the decoder families.
+    pub fn summed_nll(
+        &self,
+        input_ids: &Tensor,
+        mask: &Tensor,
+        labels: &[Vec<i64>],
+        ctx: &mut ForwardCtx,
+    ) -> Result<Tensor> {
         let (b, t) = (labels.len(), labels.first().map_or(0, Vec::len));
         let dec = Tensor::from_vec(self.shift_right(labels).concat(), (b, t), &self.device)?;
         let enc = self.encode(input_ids, mask, ctx)?;
@@ -529,7 +437,6 @@ impl T5 {
         let flat: Vec<i64> = labels.concat();
         let targets: Vec<u32> = flat.iter().map(|&l| l.max(0) as u32).collect();
         let keep: Vec<f32> = flat.iter().map(|&l| f32::from(l >= 0)).collect();
-        let n = keep.iter().sum::<f32>().max(1.0);
         let chunk = (8 * 1024 * 1024 / self.cfg.vocab_size.max(1)).max(1);
         let logp = kernels::cross_entropy::linear_log_probs(
             &hidden.flatten_to(D::Minus2)?,
@@ -537,7 +444,13 @@ impl T5 {
             &Tensor::from_vec(targets, b * t, &self.device)?,
             chunk,
         )?;
-        (logp * Tensor::from_vec(keep, b * t, &self.device)?)?.sum_all()?.neg()? / n as f64
+        (logp * Tensor::from_vec(keep, b * t, &self.device)?)?.sum_all()?.neg()
+    }
+
+    /// transformers' loss: the mean cross-entropy over the labels that are not −100.
+    pub fn loss(&self, input_ids: &Tensor, mask: &Tensor, labels: &[Vec<i64>], ctx: &mut ForwardCtx) -> Result<Tensor> {
+        let n = labels.iter().flatten().filter(|&&l| l >= 0).count().max(1);
+        self.summed_nll(input_ids, mask, labels, ctx)? / n as f64
     }
 
     fn linears(&self) -> impl Iterator<Item = &Linear> {
@@ -587,14 +500,5 @@ impl T5 {
     /// Module paths whose base weight is NF4 (QLoRA).
     pub fn quantized_modules(&self) -> Vec<&str> {
         self.linears().filter(|l| l.is_nf4()).map(|l| l.name.as_str()).collect()
-    }
-
-    /// Set the adapters from a PEFT adapter file.
-    pub fn load_adapter_tensors(&self, path: &Path) -> std::result::Result<(), ModelError> {
-        super::linear::load_peft_adapter(path, &self.adapters(), &self.device)
-    }
-
-    pub fn trainable_vars(&self) -> Vec<Var> {
-        self.adapters().into_iter().flat_map(|(_, a)| [a.a.clone(), a.b.clone()]).collect()
     }
 }

@@ -18,7 +18,7 @@ use crate::optim::AdamWConfig;
 use crate::quant::Nf4Options;
 
 use crate::choice::choice_enum;
-use crate::lora::{Targets, LINEAR_MODULES};
+use crate::lora::Targets;
 pub use eval::EvalSpec;
 pub use grpo::{GrpoSpec, REWARD_FUNCS};
 pub use resolve::{parse_bool, BadValue, Origin, Sources, SpecError, ENV_PREFIX};
@@ -85,6 +85,9 @@ pub struct JobSpec {
     pub per_device_batch_size: usize,
     pub gradient_accumulation_steps: usize,
     pub max_seq_length: usize,
+    /// T5: encoder input and decoder target lengths (`max_source_length` unset = `max_seq_length`).
+    pub max_source_length: usize,
+    pub max_target_length: usize,
     pub packing: bool,
     pub weight_decay: f64,
     pub max_grad_norm: f64,
@@ -115,18 +118,28 @@ pub struct JobSpec {
 
 impl JobSpec {
     /// What every adapter of the model shares (the spec builds LoRA's own config).
-    pub fn lora_config(&self) -> LoraConfig {
+    /// LoRA settings for a model whose linear modules are `modules` (all-linear = every one of
+    /// them); a named target the model does not have is refused with the names it has.
+    pub fn lora_config(&self, modules: &[&str]) -> Result<LoraConfig, String> {
         let targets = match &self.target_modules {
-            Targets::AllLinear => LINEAR_MODULES.iter().map(|s| s.to_string()).collect(),
-            Targets::Names(n) => n.clone(),
+            Targets::AllLinear => modules.iter().map(|s| s.to_string()).collect(),
+            Targets::Names(n) => {
+                if let Some(bad) = n.iter().find(|t| !modules.contains(&t.as_str())) {
+                    return Err(format!(
+                        "target_modules: this model has no `{bad}` module; its linear modules are {} (or all-linear)",
+                        modules.join(", ")
+                    ));
+                }
+                n.clone()
+            }
         };
-        LoraConfig {
+        Ok(LoraConfig {
             r: self.lora_r,
             alpha: self.lora_alpha,
             dropout: self.lora_dropout,
             use_rslora: self.use_rslora,
             targets,
-        }
+        })
     }
 
     /// The optimizer's settings.
@@ -214,7 +227,7 @@ mod tests {
         assert_eq!(spec.lora_r, 16);
         assert_eq!(spec.target_modules, Targets::AllLinear);
         assert_eq!(spec.max_steps, None);
-        assert!((spec.lora_config().scale() - 2.0).abs() < 1e-12);
+        assert!((spec.lora_config(crate::lora::LINEAR_MODULES).unwrap().scale() - 2.0).abs() < 1e-12);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use super::table::{edit_distance, lookup, suggest, Kind, ParamDef, PARAMS};
 use super::{DTypeChoice, JobSpec, Method, Optimizer, QuantType, Scheduler};
 use crate::choice::Choice;
 use crate::data::{DataFormat, DataSpec, FieldMap, TextMode, TrainOn};
-use crate::lora::{Targets, LINEAR_MODULES};
+use crate::lora::{Targets, LINEAR_MODULES, T5_LINEAR_MODULES};
 
 /// Prefix of environment variables that set hyperparameters.
 pub const ENV_PREFIX: &str = "OXTUNE_HP_";
@@ -202,6 +202,11 @@ impl Sources {
         if load_in_4bit {
             resolved.insert("load_in_4bit".to_string(), "true".to_string());
         }
+        let max_source_length = match int("max_source_length") {
+            n if n > 0 => n as usize,
+            _ => int("max_seq_length") as usize,
+        };
+        resolved.insert("max_source_length".to_string(), max_source_length.to_string());
         let lr_scheduler: Scheduler = self.choice("lr_scheduler")?;
         let dtype: DTypeChoice = self.choice("dtype")?;
         let target_modules = parse_targets(&text("target_modules"), &get("target_modules").1)?;
@@ -260,6 +265,8 @@ impl Sources {
             per_device_batch_size: int("per_device_batch_size") as usize,
             gradient_accumulation_steps: int("gradient_accumulation_steps") as usize,
             max_seq_length: int("max_seq_length") as usize,
+            max_source_length,
+            max_target_length: int("max_target_length") as usize,
             packing: boolean("packing"),
             weight_decay: float("weight_decay"),
             max_grad_norm: float("max_grad_norm"),
@@ -359,9 +366,11 @@ fn parse_targets(v: &str, origin: &Origin) -> Result<Targets, SpecError> {
     if names.is_empty() {
         return Err(bad("target_modules", v, origin, "empty", "module names or all-linear"));
     }
+    // Which family the names must belong to is checked once the model is known (JobSpec::lora_config).
+    let known: Vec<&str> = LINEAR_MODULES.iter().chain(T5_LINEAR_MODULES).copied().collect();
     for n in &names {
-        if !LINEAR_MODULES.contains(&n.as_str()) {
-            let close = LINEAR_MODULES.iter().min_by_key(|c| edit_distance(n, c)).filter(|c| edit_distance(n, c) <= 3);
+        if !known.contains(&n.as_str()) {
+            let close = known.iter().min_by_key(|c| edit_distance(n, c)).filter(|c| edit_distance(n, c) <= 3);
             let problem = match close {
                 Some(c) => format!("unknown module `{n}` — did you mean `{c}`?"),
                 None => format!("unknown module `{n}`"),
@@ -371,7 +380,11 @@ fn parse_targets(v: &str, origin: &Origin) -> Result<Targets, SpecError> {
                 v,
                 origin,
                 &problem,
-                &format!("{} or all-linear", LINEAR_MODULES.join(", ")),
+                &format!(
+                    "{} (Llama, Mistral, Qwen2), {} (T5) or all-linear",
+                    LINEAR_MODULES.join(", "),
+                    T5_LINEAR_MODULES.join(", ")
+                ),
             ));
         }
     }

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use crate::checkpoint::TrainerState;
 use crate::error::TrainError;
-use crate::model::Decoder;
+use crate::model::Model;
 use crate::optim::AdamW;
 use crate::report::Progress;
 use crate::sagemaker::StopFlag;
@@ -50,7 +50,7 @@ pub struct RoundCx<'a> {
 /// Where and how a loop runs.
 pub struct FrameInputs<'a> {
     pub spec: &'a JobSpec,
-    pub model: &'a Decoder,
+    pub model: &'a Model,
     pub checkpoint_dir: &'a Path,
     pub stop: &'a StopFlag,
     pub schedule: Schedule,

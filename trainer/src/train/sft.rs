@@ -1,5 +1,6 @@
 //! The supervised fine-tuning loop: micro-batches → loss on target tokens →
-//! accumulated LoRA gradients → clip → AdamW → metrics, validation and checkpoints.
+//! accumulated LoRA gradients → clip → AdamW → metrics, validation and checkpoints. The same loop
+//! trains a decoder-only model on token sequences and T5 on input/target pairs.
 //!
 //! Gradient accumulation is exact: every micro-batch's summed token loss is
 //! divided by the target-token count of the whole optimizer step, so the
@@ -10,9 +11,9 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::data::{make_batches, Batch, BatchSpec, Example};
+use crate::data::{Batch, BatchSpec, MicroBatch, TrainSet};
 use crate::error::TrainError;
-use crate::model::{Decoder, ForwardCtx};
+use crate::model::{Decoder, ForwardCtx, Model};
 use kernels::recompute::SideGrads;
 
 use crate::optim::accumulate;
@@ -27,9 +28,9 @@ use super::Outcome;
 
 pub struct SftInputs<'a> {
     pub spec: &'a JobSpec,
-    pub model: &'a Decoder,
-    pub train: &'a [Example],
-    pub validation: &'a [Example],
+    pub model: &'a Model,
+    pub train: &'a TrainSet,
+    pub validation: &'a TrainSet,
     pub pad_id: u32,
     pub checkpoint_dir: &'a Path,
     pub stop: &'a StopFlag,
@@ -64,10 +65,24 @@ pub fn summed_nll(model: &Decoder, t: &BatchTensors, ctx: &mut ForwardCtx) -> ca
     logp.mul(&t.mask)?.sum_all()?.neg()
 }
 
+/// Σ −log p(target) over a micro-batch of either kind, with the model of that kind.
+pub fn micro_batch_nll(model: &Model, b: &MicroBatch, ctx: &mut ForwardCtx) -> candle_core::Result<Tensor> {
+    match (model, b) {
+        (Model::Causal(m), MicroBatch::Causal(b)) => summed_nll(m, &BatchTensors::new(b, &m.device)?, ctx),
+        (Model::Seq2Seq(m), MicroBatch::Seq2Seq(b)) => {
+            let shape = (b.batch, b.source_len);
+            let ids = Tensor::from_slice(&b.source_ids, shape, &m.device)?;
+            let mask = Tensor::from_slice(&b.source_mask, shape, &m.device)?;
+            m.summed_nll(&ids, &mask, &b.labels, ctx)
+        }
+        _ => Err(candle_core::Error::Msg("internal error: a micro-batch made for the other model kind".into())),
+    }
+}
+
 /// Micro-batches of an epoch, grouped into optimizer steps (a group never spans two epochs).
-fn epoch_plan(inp: &SftInputs, epoch: u64) -> Vec<Batch> {
+fn epoch_plan(inp: &SftInputs, epoch: u64) -> Vec<MicroBatch> {
     let spec = batch_spec(inp.spec, inp.pad_id);
-    make_batches(inp.train, &epoch_order(inp.train.len(), inp.spec.seed, epoch), &spec)
+    inp.train.batches(&epoch_order(inp.train.len(), inp.spec.seed, epoch), &spec)
 }
 
 fn batch_spec(spec: &JobSpec, pad_id: u32) -> BatchSpec {
@@ -80,17 +95,16 @@ fn batch_spec(spec: &JobSpec, pad_id: u32) -> BatchSpec {
 }
 
 /// Validation loss: mean −log p over all target tokens, adapters on, no dropout.
-pub fn evaluate(model: &Decoder, examples: &[Example], spec: &JobSpec, pad_id: u32) -> Result<Option<f64>, TrainError> {
+pub fn evaluate(model: &Model, examples: &TrainSet, spec: &JobSpec, pad_id: u32) -> Result<Option<f64>, TrainError> {
     if examples.is_empty() {
         return Ok(None);
     }
     let order: Vec<usize> = (0..examples.len()).collect();
     let (mut nll, mut tokens) = (0f64, 0usize);
-    for b in make_batches(examples, &order, &batch_spec(spec, pad_id)) {
-        let t = BatchTensors::new(&b, &model.device)?;
+    for b in examples.batches(&order, &batch_spec(spec, pad_id)) {
         let mut ctx = ForwardCtx::eval();
-        nll += summed_nll(model, &t, &mut ctx)?.detach().to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        tokens += b.target_tokens;
+        nll += micro_batch_nll(model, &b, &mut ctx)?.detach().to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        tokens += b.target_tokens();
     }
     Ok((tokens > 0).then(|| nll / tokens as f64))
 }
@@ -142,7 +156,7 @@ struct SftRounds<'a> {
     vars: Vec<candle_core::Var>,
     ga: usize,
     micro_per_epoch: usize,
-    plan: Vec<Batch>,
+    plan: Vec<MicroBatch>,
     log: LogWindow,
 }
 
@@ -164,7 +178,7 @@ impl Rounds for SftRounds<'_> {
         let state = &mut *cx.state;
         let group_end = (state.batch_in_epoch + self.ga).min(self.plan.len());
         let group = &self.plan[state.batch_in_epoch..group_end];
-        let step_targets: usize = group.iter().map(|b| b.target_tokens).sum();
+        let step_targets: usize = group.iter().map(MicroBatch::target_tokens).sum();
         let mut grads: Vec<Tensor> = Vec::new();
         let mut step_loss = 0f64;
         let mut step_tokens = 0u64;
@@ -174,18 +188,17 @@ impl Rounds for SftRounds<'_> {
                 // Drop the partial step: the checkpoint holds the state after the last complete one.
                 return Ok(RoundEnd::Stopped);
             }
-            if b.target_tokens == 0 || step_targets == 0 {
+            if b.target_tokens() == 0 || step_targets == 0 {
                 continue;
             }
-            let t = BatchTensors::new(b, &model.device)?;
             let side = spec.gradient_checkpointing.then(SideGrads::new);
             let mut ctx = ForwardCtx::train(rng, side.clone());
-            let nll = summed_nll(model, &t, &mut ctx)?;
+            let nll = micro_batch_nll(model, b, &mut ctx)?;
             rng = ctx.dropout_rng.take().unwrap_or_else(|| Rng::new(0));
             let loss = (nll / step_targets as f64)?;
             step_loss += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             accumulate(&mut grads, &loss.backward()?, &self.vars, side.as_ref())?;
-            step_tokens += b.segment_ids.iter().filter(|s| **s != 0).count() as u64;
+            step_tokens += b.tokens() as u64;
         }
         if !step_loss.is_finite() {
             return Err(TrainError::Diverged(format!(

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::checkpoint::{self, TrainerState};
 use crate::error::TrainError;
-use crate::model::Decoder;
+use crate::model::Model;
 use crate::optim::AdamW;
 use crate::rng::Rng;
 use crate::spec::JobSpec;
@@ -19,12 +19,12 @@ pub struct RunState {
 
 /// Fresh state, or the newest checkpoint in `checkpoint_dir` (refused when its settings differ).
 /// `generation` adds GRPO's sampling RNG to a fresh state.
-pub fn start(spec: &JobSpec, model: &Decoder, checkpoint_dir: &Path, generation: bool) -> Result<RunState, TrainError> {
+pub fn start(spec: &JobSpec, model: &Model, checkpoint_dir: &Path, generation: bool) -> Result<RunState, TrainError> {
     let vars = model.trainable_vars();
     let mut opt = AdamW::new(vars.clone(), spec.adamw_config())?;
     let fp = fingerprint(spec, model);
     checkpoint::clean_partial(checkpoint_dir);
-    if let Some(loaded) = checkpoint::load_latest(checkpoint_dir, vars.len(), &model.device)? {
+    if let Some(loaded) = checkpoint::load_latest(checkpoint_dir, vars.len(), model.device())? {
         checkpoint::check_fingerprint(&loaded, &fp)?;
         model.load_adapter_tensors(&loaded.dir.join(checkpoint::ADAPTER_FILE))?;
         opt.m = loaded.moments.0;
@@ -51,7 +51,7 @@ pub fn start(spec: &JobSpec, model: &Decoder, checkpoint_dir: &Path, generation:
 /// Write a checkpoint of the current adapter, moments and state; keeps `save_total_limit`.
 pub fn save(
     spec: &JobSpec,
-    model: &Decoder,
+    model: &Model,
     checkpoint_dir: &Path,
     state: &TrainerState,
     opt: &AdamW,
@@ -67,7 +67,7 @@ pub fn save(
 }
 
 /// Settings a checkpoint must share with the job resuming it.
-pub fn fingerprint(spec: &JobSpec, model: &Decoder) -> BTreeMap<String, String> {
+pub fn fingerprint(spec: &JobSpec, model: &Model) -> BTreeMap<String, String> {
     let mut f: BTreeMap<String, String> = [
         "lora_r",
         "lora_alpha",
@@ -83,10 +83,13 @@ pub fn fingerprint(spec: &JobSpec, model: &Decoder) -> BTreeMap<String, String> 
     .iter()
     .map(|k| (k.to_string(), spec.resolved.get(*k).cloned().unwrap_or_default()))
     .collect();
+    if let Model::Seq2Seq(_) = model {
+        // T5 pairs are cut to these lengths (max_seq_length does not apply to them).
+        for k in ["max_source_length", "max_target_length"] {
+            f.insert(k.into(), spec.resolved.get(k).cloned().unwrap_or_default());
+        }
+    }
     f.insert("trainable_params".into(), model.trainable_param_count().to_string());
-    f.insert(
-        "model".into(),
-        format!("{} L{} H{}", model.cfg.model_type, model.cfg.num_hidden_layers, model.cfg.hidden_size),
-    );
+    f.insert("model".into(), model.identity());
     f
 }

@@ -145,12 +145,18 @@ fn corrupt_weights_and_unsupported_model() {
 
 #[test]
 fn an_unsupported_family_and_a_model_channel_without_config_say_so() {
-    // A T5 config has none of the decoder's fields: the message is about the family, not a field.
+    // A BART config has none of the decoder's fields: the message is about the family, not a field.
     let job = Job::new(crate::common::SMALL_JOB, &rows(8));
+    let bart =
+        r#"{"architectures":["BartForConditionalGeneration"],"model_type":"bart","d_model":64,"vocab_size":32128}"#;
+    std::fs::write(job.channel("model").join("config.json"), bart).unwrap();
+    let reason = expect_failure(&job, &[], 2);
+    assert!(reason.contains("model_type `bart` is not supported; supported families: llama"), "{reason}");
+    // T5 is read as T5: a field it lacks is named with the file.
     let t5 = r#"{"architectures":["T5ForConditionalGeneration"],"model_type":"t5","d_model":64,"num_layers":2,"vocab_size":32128}"#;
     std::fs::write(job.channel("model").join("config.json"), t5).unwrap();
     let reason = expect_failure(&job, &[], 2);
-    assert!(reason.contains("model_type `t5` is not supported; supported families: llama"), "{reason}");
+    assert!(reason.contains("config.json") && reason.contains("`d_kv` is missing"), "{reason}");
     // A supported family with a field missing names the family and the field.
     let mut cfg = crate::common::tiny_config_json(2, 32);
     cfg.as_object_mut().unwrap().remove("num_hidden_layers");

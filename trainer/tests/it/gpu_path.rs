@@ -124,3 +124,31 @@ on_every_gpu_path! {
         }
     }
 }
+
+on_every_gpu_path! {
+    /// T5 (LoRA, then QLoRA) on the GPU path: the kernels whose math T5 shares run (RMSNorm — T5's
+    /// layer norm is RMS without mean or bias —, chunked cross-entropy, dropout, clipping, AdamW, NF4),
+    /// attention, cross-attention and gated-GELU as composed candle ops; losses are the CPU path's.
+    fn t5_job_matches_cpu(device) {
+        let job = Job::new_t5(JOB, &rows(12));
+        for method in ["lora", "qlora"] {
+            let (_, cpu) = losses(&job, "cpu", &["--method", method]);
+            let (log, gpu) = losses(&job, device, &["--method", method]);
+            assert!(log.contains("dtype BF16") && log.contains("t5 family"), "{log}");
+            assert_same_curve(&cpu, &gpu, &log);
+            if device == "emulated-cuda" {
+                let launches = log.lines().find(|l| l.starts_with("Emulated CUDA launches:")).unwrap_or_else(|| panic!("{log}"));
+                let mut expected = vec![
+                    "oxt_rms_norm_fwd_bf16", "oxt_rms_norm_bwd_bf16", "oxt_ce_fwd_bf16", "oxt_ce_bwd_bf16",
+                    "oxt_dropout_mask_f32", "oxt_grad_sumsq_f32", "oxt_clip_scale_f32", "oxt_adamw_f32",
+                ];
+                if method == "qlora" {
+                    expected.push("oxt_nf4_dequant_bf16");
+                }
+                for kernel in expected {
+                    assert!(launches.contains(&format!("{kernel}=")), "{method}: {kernel} did not run: {launches}");
+                }
+            }
+        }
+    }
+}

@@ -76,7 +76,7 @@ fn cached_decoding_matches_full_recompute() {
 #[test]
 fn batched_left_padded_generation_equals_one_at_a_time() {
     let dir = tempfile::tempdir().unwrap();
-    let m = model(dir.path());
+    let m = trainer::model::Model::Causal(model(dir.path()));
     let tok = TokenizerBundle::load(dir.path()).unwrap();
     let cfg = SamplingConfig {
         temperature: 0.0,

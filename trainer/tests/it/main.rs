@@ -19,4 +19,5 @@ mod readme;
 mod resume;
 mod rouge;
 mod t5;
+mod t5_job;
 mod try_model;

@@ -143,6 +143,7 @@ fn rust_written_adapter_matches_peft_and_merged_forward() {
     assert!(d < 1e-4, "Rust LoRA forward differs from PEFT by {d}");
 
     let merged = tempfile::tempdir().unwrap();
+    let m = trainer::model::Model::Causal(m);
     trainer::output::write_merged(merged.path(), &m, &base).unwrap();
     let mcfg = ModelConfig::from_file(&merged.path().join("config.json")).unwrap();
     let mm = Decoder::load(merged.path(), &mcfg, DType::F32, &Device::Cpu, None).unwrap();

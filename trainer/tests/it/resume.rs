@@ -37,13 +37,19 @@ fn same_seed_gives_identical_loss_sequence() {
     assert_eq!(la, lb);
 }
 
-/// Runs `hp` uninterrupted, then again with a SIGTERM after step 4 and a restart; both must agree bit for bit.
-fn sigterm_then_resume_matches_uninterrupted(hp: &[(&str, &str)], data: &str, max_steps: u64) {
-    let reference = Job::new(hp, data);
+/// Runs `hp` uninterrupted, then again with a SIGTERM after step 4 and a restart; both must agree
+/// bit for bit. `new` makes the job tree (the tiny Llama or the tiny T5).
+fn sigterm_then_resume_matches_uninterrupted(
+    new: fn(&[(&str, &str)], &str) -> Job,
+    hp: &[(&str, &str)],
+    data: &str,
+    max_steps: u64,
+) {
+    let reference = new(hp, data);
     let out = reference.run(&[]);
     assert!(out.status.success(), "{}", text(&out));
 
-    let job = Job::new(hp, data);
+    let job = new(hp, data);
     let mut child = job.command(&[]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
@@ -80,7 +86,13 @@ fn sigterm_then_resume_matches_uninterrupted(hp: &[(&str, &str)], data: &str, ma
 
 #[test]
 fn sigterm_checkpoints_and_resume_is_bit_exact() {
-    sigterm_then_resume_matches_uninterrupted(HP, &rows(20), 160);
+    sigterm_then_resume_matches_uninterrupted(Job::new, HP, &rows(20), 160);
+}
+
+/// The same for T5 (the encoder–decoder path through the same frame), LoRA dropout included.
+#[test]
+fn t5_sigterm_checkpoints_and_resume_is_bit_exact() {
+    sigterm_then_resume_matches_uninterrupted(Job::new_t5, HP, &rows(20), 160);
 }
 
 #[test]
@@ -106,5 +118,5 @@ fn grpo_resume_restores_the_sampling_rng_bit_exact() {
         ("log_completions_steps", "0"),
         ("seed", "9"),
     ];
-    sigterm_then_resume_matches_uninterrupted(hp, &prompts, 120);
+    sigterm_then_resume_matches_uninterrupted(Job::new, hp, &prompts, 120);
 }

@@ -48,7 +48,8 @@ fn model(adapter: bool) -> T5 {
     let lora = peft_default_lora();
     let m = load(&dir().join("base"), adapter.then_some((&lora, 1)), &LoadOptions::default());
     if adapter {
-        m.load_adapter_tensors(&dir().join("adapter/adapter_model.safetensors")).unwrap();
+        let file = dir().join("adapter/adapter_model.safetensors");
+        trainer::model::linear::load_peft_adapter(&file, &m.adapters(), &m.device).unwrap();
     }
     m
 }
@@ -58,7 +59,7 @@ fn model(adapter: bool) -> T5 {
 fn train(m: &T5, steps: usize) -> Vec<f32> {
     let r = reference();
     let adamw = trainer::optim::AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
-    let mut opt = trainer::optim::AdamW::new(m.trainable_vars(), adamw).unwrap();
+    let mut opt = trainer::optim::AdamW::new(trainer::lora::trainable_vars(&m.adapters()), adamw).unwrap();
     let labels: Vec<Vec<i64>> = r["labels"].to_vec2().unwrap();
     let (input, mask) = (ids(&r["input_ids"]), &r["attention_mask"]);
     let mut losses = vec![];
@@ -175,12 +176,15 @@ fn t5_cached_decoding_equals_teacher_forcing_and_greedy_equals_transformers() {
         top_p: 1.0,
         top_k: 0,
         max_new_tokens: 8,
-        eos_ids: vec![],
+        eos_ids: vec![base.cfg.eos_token_id],
         stop_strings: vec![],
     };
-    let got = trainer::generate::generate_seq2seq(&base, &prompts, &cfg, &mut Rng::new(0), true).unwrap();
+    // Any tokenizer decodes the fixture's 96 ids; generation compares ids only.
+    let (_d, tok) = demo_tokenizer();
+    let base = trainer::model::Model::Seq2Seq(base);
+    let got = trainer::generate::generate(&base, &tok, &prompts, &cfg, &mut Rng::new(0), true).unwrap();
     let want: Vec<Vec<i64>> = r["greedy_ids"].to_vec2().unwrap();
-    for (g, w) in got.iter().zip(&want) {
+    for (g, w) in got.iter().map(|c| &c.ids).zip(&want) {
         // transformers' rows start with the decoder start token and are padded after an early EOS.
         let w: Vec<u32> = w[1..].iter().map(|&x| x as u32).collect();
         assert_eq!(g[..], w[..g.len()], "greedy ids differ from transformers");
@@ -212,8 +216,9 @@ fn seq2seq_examples_from_the_trainer_formats() {
     let r = seq2seq_examples(&records, &tok, 512, 4, false).unwrap();
     assert_eq!((r.examples.len(), r.dropped_no_target, r.truncated_targets, r.truncated_sources), (1, 1, 1, 0));
     let ex = &r.examples[0];
-    let full_target = tok.encode("Amanda baked cookies and will bring Jerry some.", true).unwrap();
-    assert_eq!(ex.target_ids[..], full_target[..4], "the target keeps its start");
+    let full_target = tok.encode("Amanda baked cookies and will bring Jerry some.", false).unwrap();
+    assert_eq!(ex.target_ids[..3], full_target[..3], "the target keeps its start");
+    assert_eq!(ex.target_ids[3], tok.eos_id().unwrap(), "and ends with EOS, as a T5 tokenizer encodes it");
     assert!(ex.source_ids.len() > 4 && r.source_tokens == ex.source_ids.len() && r.target_tokens == 4);
 
     let chat = dir.path().join("chat.jsonl");

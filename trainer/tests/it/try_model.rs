@@ -43,7 +43,7 @@ fn generate_streams_what_in_process_generation_gives() {
 
     let device = JobDevice::select(&[("OXTUNE_DEVICE".into(), "cpu".into())]).unwrap();
     let m = inference::load(&base, Some(&adapter), &device, candle_core::DType::F32).unwrap();
-    let prompt = inference::text_prompt(&m.tok, "Add 2 and 3:", None).unwrap();
+    let prompt = inference::text_prompt(&m, "Add 2 and 3:", None).unwrap();
     let opts =
         inference::GenerateOptions { max_new_tokens: 6, temperature: 0.0, top_p: 1.0, stop_strings: vec![], seed: 42 };
     let mut sink = Vec::new();
@@ -62,7 +62,7 @@ fn generate_streams_what_in_process_generation_gives() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 2, "one line per prompt");
     let spec = DataSpec::default();
-    assert_eq!(inference::file_prompts(&base_only.tok, &file, &spec).unwrap().len(), 2);
+    assert_eq!(inference::file_prompts(&base_only, &file, &spec).unwrap().len(), 2);
 }
 
 #[test]

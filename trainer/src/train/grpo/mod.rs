@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 
 use crate::data::{self, Record, TokenizerBundle};
 use crate::error::{io_err, TrainError};
-use crate::model::{Decoder, ForwardCtx};
+use crate::model::{Decoder, ForwardCtx, Model};
 use kernels::recompute::SideGrads;
 
 use crate::generate::{generate, Completion, Finish, SamplingConfig};
@@ -85,7 +85,7 @@ pub fn build_rewards(spec: &JobSpec, data_root: &Path) -> Result<Vec<RewardFn>, 
 
 pub struct GrpoInputs<'a> {
     pub spec: &'a JobSpec,
-    pub model: &'a Decoder,
+    pub model: &'a Model,
     pub tok: &'a TokenizerBundle,
     pub prompts: &'a [PromptRow],
     pub rewards: &'a [RewardFn],
@@ -172,6 +172,9 @@ pub fn train(inp: GrpoInputs) -> Result<Outcome, TrainError> {
     if inp.prompts.is_empty() {
         return Err(TrainError::BadInput("no prompts in the training data".into()));
     }
+    let decoder = inp.model.causal().ok_or_else(|| {
+        TrainError::Unsupported("method=grpo trains decoder-only models (the job refuses T5 before loading it)".into())
+    })?;
     let rounds_per_epoch = inp.prompts.len().div_ceil(per_round) as u64;
     let frame = FrameInputs {
         spec,
@@ -189,7 +192,8 @@ pub fn train(inp: GrpoInputs) -> Result<Outcome, TrainError> {
         eos_ids: inp.eos_ids.clone(),
         stop_strings: g.stop_strings.clone(),
     };
-    let mut rounds = GrpoRounds { vars: inp.model.trainable_vars(), inp, per_round, sampling, order: Vec::new() };
+    let mut rounds =
+        GrpoRounds { vars: inp.model.trainable_vars(), decoder, inp, per_round, sampling, order: Vec::new() };
     frame::run(frame, &mut rounds)
 }
 
@@ -197,6 +201,8 @@ pub fn train(inp: GrpoInputs) -> Result<Outcome, TrainError> {
 /// `num_iterations` optimizer steps.
 struct GrpoRounds<'a> {
     inp: GrpoInputs<'a>,
+    /// The policy (GRPO trains decoder-only models).
+    decoder: &'a Decoder,
     vars: Vec<candle_core::Var>,
     per_round: usize,
     sampling: SamplingConfig,
@@ -286,7 +292,7 @@ impl GrpoRounds<'_> {
 
     /// Prompt + completion sequences in micro-batches, with the detached log-probs the loss compares to.
     fn micro_batches(&self, gen: &Generated) -> Result<RoundBatches, TrainError> {
-        let (spec, model, pad) = (self.inp.spec, self.inp.model, self.inp.tok.pad_id());
+        let (spec, model, pad) = (self.inp.spec, self.decoder, self.inp.tok.pad_id());
         let g = &spec.grpo;
         let seqs: Vec<Sequence> = gen
             .completions
@@ -336,7 +342,7 @@ impl GrpoRounds<'_> {
         round_start: Instant,
         end: usize,
     ) -> Result<(), TrainError> {
-        let (spec, model) = (self.inp.spec, self.inp.model);
+        let (spec, model) = (self.inp.spec, self.decoder);
         let g = &spec.grpo;
         for _ in 0..g.num_iterations {
             if cx.schedule.is_done(cx.state.step) {

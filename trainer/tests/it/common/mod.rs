@@ -28,6 +28,26 @@ pub fn write_model(dir: &Path, cfg: &serde_json::Value, seed: u64) {
     trainer::demo::write_random_checkpoint(dir, &cfg, seed).unwrap();
 }
 
+/// A tiny T5 (the demo's FLAN-T5 architecture, d_model 64) over the demo tokenizer's vocabulary.
+pub fn tiny_t5_config_json() -> serde_json::Value {
+    let mut c = trainer::demo::demo_t5_config_json().unwrap();
+    for (k, v) in [("d_model", 64), ("d_kv", 16), ("d_ff", 128)] {
+        c[k] = v.into();
+    }
+    c
+}
+
+/// Write a T5 config.json, random weights and the demo tokenizer into `dir`.
+pub fn write_t5_model(dir: &Path, cfg: &serde_json::Value, seed: u64) {
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("config.json");
+    std::fs::write(&path, serde_json::to_string_pretty(cfg).unwrap()).unwrap();
+    std::fs::write(dir.join("tokenizer.json"), trainer::demo::TOKENIZER_JSON).unwrap();
+    std::fs::write(dir.join("tokenizer_config.json"), trainer::demo::TOKENIZER_CONFIG_JSON).unwrap();
+    let cfg = trainer::model::t5::T5Config::from_json(cfg, &path).unwrap();
+    trainer::demo::write_random_t5_checkpoint(dir, &cfg, seed).unwrap();
+}
+
 /// A short LoRA job on the tiny model: 3 steps, a metric line per step.
 pub const SMALL_JOB: &[(&str, &str)] = &[
     ("max_steps", "3"),
@@ -67,6 +87,14 @@ impl Job {
         std::fs::create_dir_all(job.channel("train")).unwrap();
         std::fs::write(job.channel("train").join("data.jsonl"), train_rows).unwrap();
         job.set_hyperparameters(hp);
+        job
+    }
+
+    /// [`Job::new`] with the tiny T5 as the `model` channel.
+    pub fn new_t5(hp: &[(&str, &str)], train_rows: &str) -> Job {
+        let job = Job::new(hp, train_rows);
+        std::fs::remove_dir_all(job.channel("model")).unwrap();
+        write_t5_model(&job.channel("model"), &tiny_t5_config_json(), 7);
         job
     }
 
