@@ -8,7 +8,7 @@ use crate::error::Error;
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
-use trainer::model::config::ModelConfig;
+use trainer::model::Arch;
 
 pub const INSTANCES_TOML: &str = include_str!("../data/instances.toml");
 pub const PRICES_TOML: &str = include_str!("../data/prices.toml");
@@ -141,28 +141,165 @@ const SRC_FORMATS: &str = "shared/reference/formats.md §3 (exact values)";
 const SRC_MEMORY: &str = "from knowledge of the published Hugging Face config.json (not re-checked offline)";
 
 pub const MODELS: &[CatalogueModel] = &[
-    CatalogueModel { id: "llama-2-7b", hub_id: "meta-llama/Llama-2-7b-hf", aliases: &["llama2-7b"], config: Some(include_str!("../data/models/llama-2-7b.json")), unsupported: None, source: SRC_MEMORY },
-    CatalogueModel { id: "llama-2-13b", hub_id: "meta-llama/Llama-2-13b-hf", aliases: &["llama2-13b"], config: Some(include_str!("../data/models/llama-2-13b.json")), unsupported: None, source: SRC_MEMORY },
-    CatalogueModel { id: "llama-3.2-1b", hub_id: "meta-llama/Llama-3.2-1B", aliases: &["llama3.2-1b"], config: Some(include_str!("../data/models/llama-3.2-1b.json")), unsupported: None, source: SRC_FORMATS },
-    CatalogueModel { id: "llama-3.2-3b", hub_id: "meta-llama/Llama-3.2-3B", aliases: &["llama3.2-3b"], config: Some(include_str!("../data/models/llama-3.2-3b.json")), unsupported: None, source: SRC_FORMATS },
-    CatalogueModel { id: "llama-3.1-8b", hub_id: "meta-llama/Llama-3.1-8B", aliases: &["llama3.1-8b", "meta-llama-3.1-8b"], config: Some(include_str!("../data/models/llama-3.1-8b.json")), unsupported: None, source: SRC_FORMATS },
-    CatalogueModel { id: "llama-3.3-70b", hub_id: "meta-llama/Llama-3.3-70B-Instruct", aliases: &["llama3.3-70b"], config: Some(include_str!("../data/models/llama-3.3-70b.json")), unsupported: None, source: SRC_MEMORY },
-    CatalogueModel { id: "mistral-7b-v0.3", hub_id: "mistralai/Mistral-7B-v0.3", aliases: &["mistral-7b"], config: Some(include_str!("../data/models/mistral-7b-v0.3.json")), unsupported: None, source: SRC_MEMORY },
-    CatalogueModel { id: "mistral-7b-v0.1", hub_id: "mistralai/Mistral-7B-v0.1", aliases: &[], config: Some(include_str!("../data/models/mistral-7b-v0.1.json")), unsupported: None, source: SRC_MEMORY },
-    CatalogueModel { id: "qwen2.5-0.5b", hub_id: "Qwen/Qwen2.5-0.5B", aliases: &["qwen2.5-0.5b-instruct"], config: Some(include_str!("../data/models/qwen2.5-0.5b.json")), unsupported: None, source: SRC_FORMATS },
-    CatalogueModel { id: "qwen2.5-1.5b", hub_id: "Qwen/Qwen2.5-1.5B", aliases: &["qwen2.5-1.5b-instruct"], config: Some(include_str!("../data/models/qwen2.5-1.5b.json")), unsupported: None, source: SRC_FORMATS },
-    CatalogueModel { id: "qwen2.5-3b", hub_id: "Qwen/Qwen2.5-3B", aliases: &["qwen2.5-3b-instruct"], config: Some(include_str!("../data/models/qwen2.5-3b.json")), unsupported: None, source: SRC_MEMORY },
-    CatalogueModel { id: "qwen2.5-7b", hub_id: "Qwen/Qwen2.5-7B", aliases: &["qwen2.5-7b-instruct"], config: Some(include_str!("../data/models/qwen2.5-7b.json")), unsupported: None, source: SRC_FORMATS },
-    CatalogueModel { id: "qwen2.5-14b", hub_id: "Qwen/Qwen2.5-14B", aliases: &["qwen2.5-14b-instruct"], config: Some(include_str!("../data/models/qwen2.5-14b.json")), unsupported: None, source: SRC_MEMORY },
-    CatalogueModel { id: "qwen2.5-32b", hub_id: "Qwen/Qwen2.5-32B", aliases: &["qwen2.5-32b-instruct"], config: Some(include_str!("../data/models/qwen2.5-32b.json")), unsupported: None, source: SRC_MEMORY },
-    CatalogueModel { id: "qwen2.5-72b", hub_id: "Qwen/Qwen2.5-72B", aliases: &["qwen2.5-72b-instruct"], config: Some(include_str!("../data/models/qwen2.5-72b.json")), unsupported: None, source: SRC_MEMORY },
+    CatalogueModel {
+        id: "llama-2-7b",
+        hub_id: "meta-llama/Llama-2-7b-hf",
+        aliases: &["llama2-7b"],
+        config: Some(include_str!("../data/models/llama-2-7b.json")),
+        unsupported: None,
+        source: SRC_MEMORY,
+    },
+    CatalogueModel {
+        id: "llama-2-13b",
+        hub_id: "meta-llama/Llama-2-13b-hf",
+        aliases: &["llama2-13b"],
+        config: Some(include_str!("../data/models/llama-2-13b.json")),
+        unsupported: None,
+        source: SRC_MEMORY,
+    },
+    CatalogueModel {
+        id: "llama-3.2-1b",
+        hub_id: "meta-llama/Llama-3.2-1B",
+        aliases: &["llama3.2-1b"],
+        config: Some(include_str!("../data/models/llama-3.2-1b.json")),
+        unsupported: None,
+        source: SRC_FORMATS,
+    },
+    CatalogueModel {
+        id: "llama-3.2-3b",
+        hub_id: "meta-llama/Llama-3.2-3B",
+        aliases: &["llama3.2-3b"],
+        config: Some(include_str!("../data/models/llama-3.2-3b.json")),
+        unsupported: None,
+        source: SRC_FORMATS,
+    },
+    CatalogueModel {
+        id: "llama-3.1-8b",
+        hub_id: "meta-llama/Llama-3.1-8B",
+        aliases: &["llama3.1-8b", "meta-llama-3.1-8b"],
+        config: Some(include_str!("../data/models/llama-3.1-8b.json")),
+        unsupported: None,
+        source: SRC_FORMATS,
+    },
+    CatalogueModel {
+        id: "llama-3.3-70b",
+        hub_id: "meta-llama/Llama-3.3-70B-Instruct",
+        aliases: &["llama3.3-70b"],
+        config: Some(include_str!("../data/models/llama-3.3-70b.json")),
+        unsupported: None,
+        source: SRC_MEMORY,
+    },
+    CatalogueModel {
+        id: "mistral-7b-v0.3",
+        hub_id: "mistralai/Mistral-7B-v0.3",
+        aliases: &["mistral-7b"],
+        config: Some(include_str!("../data/models/mistral-7b-v0.3.json")),
+        unsupported: None,
+        source: SRC_MEMORY,
+    },
+    CatalogueModel {
+        id: "mistral-7b-v0.1",
+        hub_id: "mistralai/Mistral-7B-v0.1",
+        aliases: &[],
+        config: Some(include_str!("../data/models/mistral-7b-v0.1.json")),
+        unsupported: None,
+        source: SRC_MEMORY,
+    },
+    CatalogueModel {
+        id: "qwen2.5-0.5b",
+        hub_id: "Qwen/Qwen2.5-0.5B",
+        aliases: &["qwen2.5-0.5b-instruct"],
+        config: Some(include_str!("../data/models/qwen2.5-0.5b.json")),
+        unsupported: None,
+        source: SRC_FORMATS,
+    },
+    CatalogueModel {
+        id: "qwen2.5-1.5b",
+        hub_id: "Qwen/Qwen2.5-1.5B",
+        aliases: &["qwen2.5-1.5b-instruct"],
+        config: Some(include_str!("../data/models/qwen2.5-1.5b.json")),
+        unsupported: None,
+        source: SRC_FORMATS,
+    },
+    CatalogueModel {
+        id: "qwen2.5-3b",
+        hub_id: "Qwen/Qwen2.5-3B",
+        aliases: &["qwen2.5-3b-instruct"],
+        config: Some(include_str!("../data/models/qwen2.5-3b.json")),
+        unsupported: None,
+        source: SRC_MEMORY,
+    },
+    CatalogueModel {
+        id: "qwen2.5-7b",
+        hub_id: "Qwen/Qwen2.5-7B",
+        aliases: &["qwen2.5-7b-instruct"],
+        config: Some(include_str!("../data/models/qwen2.5-7b.json")),
+        unsupported: None,
+        source: SRC_FORMATS,
+    },
+    CatalogueModel {
+        id: "qwen2.5-14b",
+        hub_id: "Qwen/Qwen2.5-14B",
+        aliases: &["qwen2.5-14b-instruct"],
+        config: Some(include_str!("../data/models/qwen2.5-14b.json")),
+        unsupported: None,
+        source: SRC_MEMORY,
+    },
+    CatalogueModel {
+        id: "qwen2.5-32b",
+        hub_id: "Qwen/Qwen2.5-32B",
+        aliases: &["qwen2.5-32b-instruct"],
+        config: Some(include_str!("../data/models/qwen2.5-32b.json")),
+        unsupported: None,
+        source: SRC_MEMORY,
+    },
+    CatalogueModel {
+        id: "qwen2.5-72b",
+        hub_id: "Qwen/Qwen2.5-72B",
+        aliases: &["qwen2.5-72b-instruct"],
+        config: Some(include_str!("../data/models/qwen2.5-72b.json")),
+        unsupported: None,
+        source: SRC_MEMORY,
+    },
+    CatalogueModel {
+        id: "flan-t5-small",
+        hub_id: "google/flan-t5-small",
+        aliases: &["t5-small"],
+        config: Some(include_str!("../data/models/flan-t5-small.json")),
+        unsupported: None,
+        source: SRC_MEMORY,
+    },
+    CatalogueModel {
+        id: "flan-t5-base",
+        hub_id: "google/flan-t5-base",
+        aliases: &["t5-base"],
+        config: Some(include_str!("../data/models/flan-t5-base.json")),
+        unsupported: None,
+        source: SRC_MEMORY,
+    },
+    CatalogueModel {
+        id: "flan-t5-large",
+        hub_id: "google/flan-t5-large",
+        aliases: &["t5-large"],
+        config: Some(include_str!("../data/models/flan-t5-large.json")),
+        unsupported: None,
+        source: SRC_MEMORY,
+    },
     CatalogueModel {
         id: "flan-t5-xl",
         hub_id: "google/flan-t5-xl",
         aliases: &["t5-xl"],
-        config: None,
-        unsupported: Some("FLAN-T5 XL is an encoder-decoder (T5) model; oxtune's trainer implements decoder-only Llama / Mistral / Qwen2 models. Not supported yet."),
-        source: "listed only",
+        config: Some(include_str!("../data/models/flan-t5-xl.json")),
+        unsupported: None,
+        source: SRC_MEMORY,
+    },
+    CatalogueModel {
+        id: "flan-t5-xxl",
+        hub_id: "google/flan-t5-xxl",
+        aliases: &["t5-xxl"],
+        config: Some(include_str!("../data/models/flan-t5-xxl.json")),
+        unsupported: None,
+        source: SRC_MEMORY,
     },
 ];
 
@@ -187,10 +324,13 @@ pub fn find_model(name: &str) -> Option<&'static CatalogueModel> {
 }
 
 impl CatalogueModel {
-    pub fn model_config(&self) -> Result<ModelConfig, Error> {
+    /// The model's architecture from its embedded config.json.
+    pub fn arch(&self) -> Result<Arch, Error> {
         match (self.config, self.unsupported) {
             (_, Some(why)) => Err(Error::Invalid(why.to_string())),
-            (Some(text), None) => ModelConfig::from_json_str(text).map_err(|e| Error::Invalid(e.to_string())),
+            (Some(text), None) => {
+                Arch::from_json_str(text, std::path::Path::new(self.id)).map_err(|e| Error::Invalid(e.to_string()))
+            }
             (None, None) => Err(Error::Invalid(format!("{} has no config", self.id))),
         }
     }
@@ -249,8 +389,9 @@ mod tests {
     /// Parameter counts of the embedded configs against the published model sizes.
     #[test]
     fn model_configs_match_published_sizes() {
-        let billions = |id: &str| find_model(id).unwrap().model_config().unwrap().param_count() as f64 / 1e9;
-        // Published sizes (model cards): 6.74B, 13.0B, 1.24B, 3.21B, 8.03B, 70.6B, 7.25B, 0.49B, 1.54B, 3.09B, 7.62B, 14.7B, 32.5B, 72.7B.
+        let billions = |id: &str| find_model(id).unwrap().arch().unwrap().param_count() as f64 / 1e9;
+        // Published sizes (model cards): 6.74B, 13.0B, 1.24B, 3.21B, 8.03B, 70.6B, 7.25B, 0.49B, 1.54B, 3.09B, 7.62B,
+        // 14.7B, 32.5B, 72.7B; FLAN-T5 small/base/large/XL/XXL 77.0M, 248M, 783M, 2.85B, 11.1B.
         let cases = [
             ("llama-2-7b", 6.74),
             ("llama-2-13b", 13.0),
@@ -266,13 +407,18 @@ mod tests {
             ("qwen2.5-14b", 14.7),
             ("qwen2.5-32b", 32.5),
             ("qwen2.5-72b", 72.7),
+            ("flan-t5-small", 0.0770),
+            ("flan-t5-base", 0.248),
+            ("flan-t5-large", 0.783),
+            ("flan-t5-xl", 2.85),
+            ("flan-t5-xxl", 11.1),
         ];
         for (id, want) in cases {
             let got = billions(id);
             assert!((got - want).abs() / want < 0.015, "{id}: {got:.3}B vs published {want}B");
         }
         // Exact: Llama-3.1-8B = 8,030,261,248 parameters.
-        assert_eq!(find_model("meta-llama/Llama-3.1-8B").unwrap().model_config().unwrap().param_count(), 8_030_261_248);
+        assert_eq!(find_model("meta-llama/Llama-3.1-8B").unwrap().arch().unwrap().param_count(), 8_030_261_248);
     }
 
     #[test]
@@ -281,7 +427,7 @@ mod tests {
         assert_eq!(find_model("mistral-7b").unwrap().id, "mistral-7b-v0.3");
         assert_eq!(find_model("LLAMA-3.2-1B").unwrap().id, "llama-3.2-1b");
         let t5 = find_model("google/flan-t5-xl").unwrap();
-        assert!(t5.model_config().unwrap_err().to_string().to_lowercase().contains("not supported"));
+        assert!(t5.arch().unwrap().is_seq2seq());
         assert!(find_model("gpt-5").is_none());
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use trainer::model::config::ModelConfig;
+use trainer::model::Arch;
 use trainer::spec::JobSpec;
 
 use crate::calibration::Calibration;
@@ -20,7 +20,7 @@ use crate::request::CreateTrainingJobRequest;
 /// the tokenizer for exact token counts is).
 pub struct ModelRef {
     pub name: String,
-    pub config: ModelConfig,
+    pub config: Arch,
     pub dir: Option<PathBuf>,
 }
 
@@ -34,7 +34,7 @@ pub fn resolve_model(name: &str, base_dir: &Path) -> Result<ModelRef, Error> {
             base_dir.join(raw)
         }
     };
-    let config_of = |file: &Path| ModelConfig::from_file(file).map_err(|e| Error::Invalid(e.to_string()));
+    let config_of = |file: &Path| Arch::from_file(file).map_err(|e| Error::Invalid(e.to_string()));
     if p.is_dir() && p.join("config.json").is_file() {
         let config = config_of(&p.join("config.json"))?;
         return Ok(ModelRef { name: p.display().to_string(), config, dir: Some(p) });
@@ -45,7 +45,7 @@ pub fn resolve_model(name: &str, base_dir: &Path) -> Result<ModelRef, Error> {
     }
     match find_model(name) {
         Some(m) => {
-            let config = m.model_config().map_err(|e| Error::Invalid(format!("{}: {e}", m.id)))?;
+            let config = m.arch().map_err(|e| Error::Invalid(format!("{}: {e}", m.id)))?;
             Ok(ModelRef { name: format!("{} ({})", m.id, m.hub_id), config, dir: None })
         }
         None => Err(Error::Invalid(format!(
@@ -98,15 +98,19 @@ pub struct EstimateParts {
     pub prompt_length: Option<u64>,
 }
 
+/// T5 with a given token count (no data to split): the share of encoder-input tokens assumed —
+/// the inputs of summarisation and question answering are several times their targets.
+pub const ASSUMED_SOURCE_SHARE: f64 = 0.75;
+
 /// The estimator's input for a validated spec.
 pub fn estimate_input(spec: &JobSpec, parts: EstimateParts) -> EstimateInput {
     let EstimateParts { model, tokens, checkpointing, instance_count, prompts, prompt_length } = parts;
+    let modules = model.config.linear_modules();
     let targets: Vec<&'static str> = match &spec.target_modules {
-        trainer::lora::Targets::AllLinear => trainer::lora::LINEAR_MODULES.to_vec(),
-        trainer::lora::Targets::Names(n) => {
-            trainer::lora::LINEAR_MODULES.iter().copied().filter(|m| n.iter().any(|x| x == m)).collect()
-        }
+        trainer::lora::Targets::AllLinear => modules.to_vec(),
+        trainer::lora::Targets::Names(n) => modules.iter().copied().filter(|m| n.iter().any(|x| x == m)).collect(),
     };
+    let source_share = tokens.source_share.unwrap_or(ASSUMED_SOURCE_SHARE);
     let grpo = (spec.method == trainer::spec::Method::Grpo).then(|| {
         let rows = prompts.or(tokens.samples).unwrap_or(1).max(1);
         let plen = prompt_length
@@ -120,7 +124,10 @@ pub fn estimate_input(spec: &JobSpec, parts: EstimateParts) -> EstimateInput {
             prompts: rows,
         }
     });
+    let seq2seq = model.config.is_seq2seq();
     let checkpointing = match (checkpointing, spec.resolved.get("gradient_checkpointing").map(|v| v.as_str())) {
+        // The trainer has no activation checkpointing for T5 yet.
+        _ if seq2seq => Checkpointing::Off,
         (Checkpointing::Auto, Some("true")) => Checkpointing::On,
         (Checkpointing::Auto, Some("false")) => Checkpointing::Off,
         (c, _) => c,
@@ -128,10 +135,15 @@ pub fn estimate_input(spec: &JobSpec, parts: EstimateParts) -> EstimateInput {
     EstimateInput {
         model_name: model.name,
         config: model.config,
+        source_share,
         method: spec.method,
         lora_r: spec.lora_r,
         targets,
-        max_seq_length: spec.max_seq_length as u64,
+        // A T5 pair is at most an input and a target long.
+        max_seq_length: match seq2seq {
+            true => (spec.max_source_length + spec.max_target_length) as u64,
+            false => spec.max_seq_length as u64,
+        },
         batch: spec.per_device_batch_size as u64,
         grad_accum: spec.gradient_accumulation_steps as u64,
         epochs: spec.epochs,
@@ -286,7 +298,9 @@ fn estimate_row(
     let model = model_for(None, Some(job), spec, &job.base_dir)?;
     let tokens = match (job.estimate.tokens, train_channel_path(job)) {
         (Some(t), _) => TokenCount::given(t),
-        (None, Some(d)) => crate::tokens::count_data_tokens(&d, model.dir.as_deref(), spec, cal)?,
+        (None, Some(d)) => {
+            crate::tokens::count_data_tokens(&d, model.dir.as_deref(), spec, cal, model.config.is_seq2seq())?
+        }
         (None, None) => {
             return Err(Error::Invalid(
                 "the train channel is on S3; add `[estimate] tokens = N` for an estimate".into(),

@@ -23,6 +23,9 @@ pub enum Target {
     Bedrock,
     /// Bedrock `bedrock-conversation-2024` (system + alternating user/assistant messages).
     BedrockConversation,
+    /// Trainer JSONL `{"prompt", "completion"}` for sequence-to-sequence models (T5): the encoder's
+    /// input and the decoder's target, single turn, a system prompt put in front of the input.
+    Seq2seq,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -204,10 +207,14 @@ pub fn render(e: &Example, to: Target, notes: &mut BTreeMap<String, usize>) -> R
             let single = turns.len() == 2;
             match to {
                 Target::Text => Err("conversations are not plain text; use --to messages".into()),
-                Target::Instruction | Target::Bedrock if !single => Err(format!(
+                Target::Instruction | Target::Bedrock | Target::Seq2seq if !single => Err(format!(
                     "multi-turn conversation ({} messages) cannot be written as one prompt/response; use --to {}",
                     turns.len(),
-                    if to == Target::Bedrock { "bedrock-conversation" } else { "messages" }
+                    match to {
+                        Target::Bedrock => "bedrock-conversation",
+                        Target::Seq2seq => "messages (a decoder-only model: T5 takes one input and one target)",
+                        _ => "messages",
+                    }
                 )),
                 Target::Instruction => {
                     let mut o = Map::new();
@@ -218,10 +225,14 @@ pub fn render(e: &Example, to: Target, notes: &mut BTreeMap<String, usize>) -> R
                     o.insert("output".into(), json!(turns[1].1));
                     Ok(Value::Object(o))
                 }
-                Target::Bedrock => {
+                Target::Bedrock | Target::Seq2seq => {
                     let prompt = match system {
                         Some(s) => {
-                            *notes.entry("system prompt merged into `prompt` (Bedrock prompt/completion has no system field)".into()).or_default() += 1;
+                            *notes
+                                .entry(
+                                    "system prompt merged into `prompt` (prompt/completion has no system field)".into(),
+                                )
+                                .or_default() += 1;
                             format!("{s}\n\n{}", turns[0].1)
                         }
                         None => turns[0].1.clone(),
@@ -263,6 +274,7 @@ pub fn default_output(input: &Path, to: Target) -> PathBuf {
         Target::Text => "text",
         Target::Bedrock => "bedrock",
         Target::BedrockConversation => "bedrock-conversation",
+        Target::Seq2seq => "seq2seq",
     };
     input.with_file_name(format!("{stem}.{suffix}.jsonl"))
 }
@@ -442,6 +454,7 @@ mod tests {
             json!({"system": "S", "instruction": "q", "output": "a"})
         );
         assert_eq!(render(&e, Target::Bedrock, &mut notes).unwrap(), json!({"prompt": "S\n\nq", "completion": "a"}));
+        assert_eq!(render(&e, Target::Seq2seq, &mut notes).unwrap(), json!({"prompt": "S\n\nq", "completion": "a"}));
         assert_eq!(
             render(&e, Target::BedrockConversation, &mut notes).unwrap(),
             json!({"schemaVersion": "bedrock-conversation-2024", "system": [{"text": "S"}], "messages": [{"role": "user", "content": [{"text": "q"}]}, {"role": "assistant", "content": [{"text": "a"}]}]})
@@ -452,6 +465,7 @@ mod tests {
         );
         let multi = chat(None, &[("user", "q"), ("assistant", "a"), ("user", "q2"), ("assistant", "a2")]);
         assert!(render(&multi, Target::Bedrock, &mut notes).unwrap_err().contains("bedrock-conversation"));
+        assert!(render(&multi, Target::Seq2seq, &mut notes).unwrap_err().contains("T5 takes one input and one target"));
         assert!(render(&multi, Target::BedrockConversation, &mut notes).is_ok());
         let empty = chat(None, &[("user", "q"), ("assistant", " ")]);
         assert_eq!(render(&empty, Target::Messages, &mut notes).unwrap_err(), "empty response");

@@ -85,7 +85,7 @@ pub(super) fn run(cli: &Cli, a: &EstimateArgs) -> Res {
         let mut rows = vec![vec!["name".to_string(), "Hub id".into(), "params".into(), "config source".into()]];
         for m in crate::catalogue::MODELS {
             let params = m
-                .model_config()
+                .arch()
                 .map(|c| format!("{:.2}B", c.param_count() as f64 / 1e9))
                 .unwrap_or_else(|_| "not supported".into());
             rows.push(vec![m.id.into(), m.hub_id.into(), params, m.unsupported.unwrap_or(m.source).into()]);
@@ -129,7 +129,8 @@ pub(super) fn run(cli: &Cli, a: &EstimateArgs) -> Res {
     let tokens = match (a.tokens.or(file.as_ref().and_then(|f| f.estimate.tokens)), &data) {
         (Some(t), _) => TokenCount::given(t),
         (None, Some(d)) => {
-            crate::tokens::count_data_tokens(d, tokenizer_dir.as_deref(), &spec, &cal).map_err(Failure::invalid)?
+            crate::tokens::count_data_tokens(d, tokenizer_dir.as_deref(), &spec, &cal, model.config.is_seq2seq())
+                .map_err(Failure::invalid)?
         }
         (None, None) => return Err(Failure::invalid(
             "the estimate needs the data size: --data FILE (or a local `train` channel in the job file) or --tokens N",

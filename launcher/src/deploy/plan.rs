@@ -129,7 +129,7 @@ pub fn gpu_instance<'c>(catalogue: &'c Catalogue, instance_type: &str) -> Result
 /// Weights (16-bit) + the KV cache of one full-length sequence + engine overhead per GPU, against
 /// [`GPU_MEMORY_SHARE`] of the instance's GPU memory (tensor parallel over all its GPUs).
 pub fn fit(config: &ModelConfig, max_model_len: usize, catalogue: &Catalogue, instance: &Instance) -> Fit {
-    let facts = ModelFacts::new(config, 0, &[]);
+    let facts = ModelFacts::decoder_only(config, 0, &[]);
     let gpu = catalogue.gpu_of(instance);
     let needed = facts.weight_bytes(Method::Lora)
         + facts.kv_cache_bytes(1, max_model_len as u64)

@@ -46,7 +46,7 @@ mod facts;
 mod render;
 
 use serde::Serialize;
-use trainer::model::config::ModelConfig;
+use trainer::model::Arch;
 
 use crate::calibration::{Calibration, EfficiencyChoice};
 use crate::catalogue::{Catalogue, Gpu, Instance, PriceTable};
@@ -85,12 +85,14 @@ pub struct TokenCount {
     pub source: String,
     /// Size of the dataset on disk, for the download time.
     pub data_bytes: Option<u64>,
+    /// Sequence-to-sequence data (T5): the fraction of the tokens that are encoder inputs.
+    pub source_share: Option<f64>,
 }
 
 impl TokenCount {
     /// A count the user gave (`--tokens`, `[estimate] tokens`).
     pub fn given(tokens: u64) -> TokenCount {
-        TokenCount { tokens, samples: None, exact: true, source: "given".into(), data_bytes: None }
+        TokenCount { tokens, samples: None, exact: true, source: "given".into(), data_bytes: None, source_share: None }
     }
 
     pub fn mean_len(&self) -> Option<f64> {
@@ -111,7 +113,9 @@ pub struct GrpoParams {
 #[derive(Debug, Clone)]
 pub struct EstimateInput {
     pub model_name: String,
-    pub config: ModelConfig,
+    pub config: Arch,
+    /// T5: the fraction of training tokens that are encoder inputs.
+    pub source_share: f64,
     pub method: Method,
     pub lora_r: usize,
     pub targets: Vec<&'static str>,
@@ -195,7 +199,7 @@ pub fn estimate(
     cal: &Calibration,
     instances: &[String],
 ) -> Estimate {
-    let facts = ModelFacts::new(&input.config, input.lora_r, &input.targets);
+    let facts = ModelFacts::new(&input.config, input.lora_r, &input.targets, input.source_share);
     let mut notes = Vec::new();
     let shape = run_shape(input, cal, &mut notes);
     let memory = job_memory(&facts, input, cal, &shape);

@@ -485,14 +485,29 @@ fn estimate_json_and_table() {
     ] {
         assert!(stdout.lines().any(|l| l.starts_with(&format!("{name} ")) && l.contains('B')), "{name}:\n{stdout}");
     }
-    let t5 = stdout.lines().find(|l| l.contains("flan-t5-xl")).unwrap_or_else(|| panic!("{stdout}"));
-    assert!(t5.contains("not supported"), "{t5}");
+    for (name, size) in [("flan-t5-small", "0.08B"), ("flan-t5-xl", "2.85B"), ("flan-t5-xxl", "11.14B")] {
+        let line = stdout.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("{stdout}"));
+        assert!(line.contains(size), "{line}");
+    }
 
-    let out =
-        oxtune(home.path()).args(["estimate", "--model", "google/flan-t5-xl", "--tokens", "1000"]).output().unwrap();
-    let (_, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr.contains("encoder-decoder"), "{stderr}");
+    // A T5 estimate from data: inputs and targets counted apart; a decoder-only target name is dropped.
+    let data = home.path().join("pairs.jsonl");
+    std::fs::write(
+        &data,
+        "{\"dialogue\": \"A: hello there, how are you today?\", \"summary\": \"greeting\"}\n".repeat(50),
+    )
+    .unwrap();
+    let out = oxtune(home.path())
+        .args(["estimate", "--model", "google/flan-t5-xl", "--data"])
+        .arg(&data)
+        .args(["--instance", "ml.g5.2xlarge", "--json"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["facts"]["params"], 2_849_757_184u64, "{v}");
+    assert!(v["rows"][0]["fits"].as_bool().unwrap(), "{v}");
 }
 
 #[test]

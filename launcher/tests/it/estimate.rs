@@ -72,10 +72,11 @@ const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 const INSTANCES: [&str; 3] = ["ml.g5.xlarge", "ml.g6e.xlarge", "ml.p5.48xlarge"];
 
 fn input(model: &str) -> EstimateInput {
-    let cfg = find_model(model).unwrap().model_config().unwrap();
+    let cfg = find_model(model).unwrap().arch().unwrap();
     EstimateInput {
         model_name: model.into(),
         config: cfg,
+        source_share: 0.75,
         method: Method::Lora,
         lora_r: 16,
         targets: trainer::lora::LINEAR_MODULES.to_vec(),
@@ -86,7 +87,7 @@ fn input(model: &str) -> EstimateInput {
         max_steps: None,
         packing: true,
         checkpointing: Checkpointing::Auto,
-        tokens: TokenCount { tokens: 10_000_000, samples: None, exact: true, source: "given".into(), data_bytes: None },
+        tokens: TokenCount::given(10_000_000),
         grpo: None,
         instance_count: 1,
     }
@@ -286,4 +287,40 @@ fn grpo_adds_generation() {
     );
     assert!(grpo.rows[0].train_seconds > lora.rows[0].train_seconds * 0.1);
     assert!(grpo.rows[0].memory.kv_cache_gib > 0.0);
+}
+
+/// FLAN-T5 XL: d_model 2048, 32 heads × 64 (inner 2048), d_ff 5120 gated, 24 + 24 layers, V = 32128, head stored.
+///
+/// Encoder layer: q,k,v,o 4·2048·2048 (16,777,216) + wi_0, wi_1, wo 3·5120·2048 (31,457,280) = 48,234,496;
+///   × 24 = 1,157,627,904. Decoder layer adds cross-attention 16,777,216 → 65,011,712; × 24 = 1,560,281,088.
+/// Linear = 2,717,908,992; head 32128·2048 = 65,798,144; matmul = 2,783,707,136; params = 2,849,757,184
+///   (+ shared 65,798,144, norms, two position-bias tables). `wo` (kept dense by QLoRA) = 48·5120·2048 = 503,316,480.
+/// LoRA r=16 on all 7: encoder layer 4·16·4096 + 2·16·7168 + 16·7168 = 606,208 (× 24 = 14,548,992);
+///   decoder layer + 4·16·4096 = 868,352 (× 24 = 20,840,448); total 35,389,440.
+/// Per token with input share 0.75: matmul 0.75·1,157,627,904 + 0.25·(1,560,281,088 + 65,798,144) = 1,274,740,736;
+///   LoRA 0.75·14,548,992 + 0.25·20,840,448 = 16,121,856; attention units 2·0.75·24 + 3·0.25·24 = 54.
+#[test]
+fn flan_t5_xl_by_hand() {
+    let cal: Calibration = toml::from_str(TEST_CALIBRATION).unwrap();
+    let mut inp = input("flan-t5-xl");
+    inp.targets = vec!["q", "k", "v", "o", "wi_0", "wi_1", "wo"];
+    (inp.max_seq_length, inp.batch, inp.packing) = (640, 8, false);
+    let inst: Vec<String> = INSTANCES.iter().map(|s| s.to_string()).collect();
+    let e = estimate(&inp, &Catalogue::embedded(), &embedded_prices("us-east-1").unwrap(), &cal, &inst);
+    let f = &e.facts;
+    assert_eq!((f.params, f.linear_params, f.matmul_params), (2_849_757_184, 2_717_908_992, 2_783_707_136));
+    assert_eq!((f.lora_params, f.dense_linear_params), (35_389_440, 503_316_480));
+    close(f.token_matmul_params, 1_274_740_736.0, "matmul weights per token");
+    close(f.token_lora_params, 16_121_856.0, "LoRA weights per token");
+    close(f.attention_layers, 54.0, "attention units");
+    let want = 4.0 * 1_274_740_736.0 + 6.0 * 16_121_856.0 + 6.0 * 54.0 * 2048.0 * e.seq_for_attention;
+    close(e.flops_per_token, want, "FLOPs/token");
+    // 3B parameters fit one A10G (ml.g5.*) with LoRA at 8 pairs of 640 tokens, without checkpointing.
+    assert!(e.rows[0].fits && !e.rows[0].checkpointing, "{}", e.rows[0].reason);
+    // QLoRA keeps `wo` in bf16: the weights are the NF4 projections, `wo` and the rest in bf16, one dequant buffer.
+    inp.method = Method::Qlora;
+    let q = estimate(&inp, &Catalogue::embedded(), &embedded_prices("us-east-1").unwrap(), &cal, &inst);
+    let nf4 = (2_717_908_992u64 - 503_316_480) as f64 * (0.5 + 1.0 / 64.0 + 4.0 / 16384.0);
+    let rest = 2.0 * (2_849_757_184u64 - (2_717_908_992 - 503_316_480)) as f64;
+    close(q.rows[0].memory.weights_gib * GIB, nf4 + rest + 2.0 * (5120.0 * 2048.0), "QLoRA weights");
 }

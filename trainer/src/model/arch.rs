@@ -30,12 +30,28 @@ fn is_t5(v: &serde_json::Value) -> bool {
 impl Arch {
     pub fn from_file(path: &Path) -> Result<Arch, ModelError> {
         let text = std::fs::read_to_string(path).map_err(|e| ModelError::Io { path: path.to_path_buf(), source: e })?;
-        let v: serde_json::Value = serde_json::from_str(&text)
+        Arch::from_json_str(&text, path)
+    }
+
+    /// `text` of a config.json; `path` names it in errors.
+    pub fn from_json_str(text: &str, path: &Path) -> Result<Arch, ModelError> {
+        let v: serde_json::Value = serde_json::from_str(text)
             .map_err(|e| ModelError::Config { path: path.to_path_buf(), problem: e.to_string() })?;
         if is_t5(&v) {
             return Ok(Arch::Seq2Seq(T5Config::from_json(&v, path)?));
         }
-        Ok(Arch::Causal(ModelConfig::from_file(path)?))
+        ModelConfig::from_json_str(text).map(Arch::Causal).map_err(|e| match e {
+            ModelError::Config { problem, .. } => ModelError::Config { path: path.to_path_buf(), problem },
+            other => other,
+        })
+    }
+
+    /// All parameters of the checkpoint (a tied head counted once).
+    pub fn param_count(&self) -> u64 {
+        match self {
+            Arch::Causal(c) => c.param_count(),
+            Arch::Seq2Seq(c) => c.checkpoint_shapes().iter().map(|(_, s)| s.iter().product::<usize>() as u64).sum(),
+        }
     }
 
     /// `llama`, `mistral`, `qwen2` or `t5`.

@@ -125,6 +125,10 @@ fn family_of(model_type: &str, architectures: &[String]) -> Result<Family, Model
         "" if arch.starts_with("llama") => Ok(Family::Llama),
         "" if arch.starts_with("mistral") => Ok(Family::Mistral),
         "" if arch.starts_with("qwen2") => Ok(Family::Qwen2),
+        // Read as T5 by `Arch`; here (decoder-only callers) it is the wrong kind of model.
+        "t5" => Err(ModelError::Unsupported(
+            "model_type `t5` is an encoder–decoder; this takes the decoder-only families (llama, mistral, qwen2)".into(),
+        )),
         "" => Err(ModelError::Unsupported(format!(
             "config.json names no model_type (architectures {architectures:?}); supported families: {SUPPORTED}"
         ))),
