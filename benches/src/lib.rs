@@ -319,6 +319,7 @@ fn run_sft(c: &BenchConfig, spec: &JobSpec, model: &Model) -> anyhow::Result<Val
         pad_id: 0,
         checkpoint_dir: ckpt.path(),
         stop: &stop,
+        dist: &trainer::dist::Solo,
     })?;
     let history = &outcome.state.history;
     let tokens_per_step = (c.batch * c.seq) as f64;

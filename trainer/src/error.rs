@@ -16,6 +16,8 @@ pub enum TrainError {
     Checkpoint(#[from] crate::checkpoint::CheckpointError),
     #[error("evaluation: {0}")]
     Eval(#[from] crate::eval::EvalError),
+    #[error("data parallelism: {0}")]
+    Dist(#[from] crate::dist::DistError),
     /// A setting this build cannot honour (e.g. a method that has not landed yet).
     #[error("{0}")]
     Unsupported(String),
@@ -47,7 +49,7 @@ impl TrainError {
             TrainError::Checkpoint(e) => e.is_user_error(),
             TrainError::Eval(e) => matches!(e, crate::eval::EvalError::Reward(_)),
             TrainError::Interrupted { .. } => return ExitCode::Interrupted,
-            TrainError::Diverged(_) | TrainError::Io { .. } | TrainError::Candle(_) => false,
+            TrainError::Diverged(_) | TrainError::Io { .. } | TrainError::Candle(_) | TrainError::Dist(_) => false,
         };
         if user {
             ExitCode::BadInput

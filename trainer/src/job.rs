@@ -179,11 +179,6 @@ fn check_family_options(spec: &JobSpec, arch: &Arch) -> Result<(), TrainError> {
     if !arch.is_seq2seq() {
         return Ok(());
     }
-    if spec.method == Method::Grpo {
-        return Err(TrainError::Unsupported(
-            "method=grpo trains decoder-only models (Llama, Mistral, Qwen2); GRPO for T5 is not implemented yet: use method=lora or qlora".into(),
-        ));
-    }
     if spec.packing {
         return Err(TrainError::BadInput(
             "packing=true: T5 pairs are not packed (each input is its own encoder row and each target its own decoder row); set packing=false".into(),
@@ -209,7 +204,7 @@ fn load_data(spec: &JobSpec, paths: &MlPaths, base: &Base) -> Result<TrainData, 
     let read = data::read_path(&train_dir, &spec.data)?;
     report_read("train", &read);
     if spec.method == Method::Grpo {
-        let prompts = grpo::prompt_rows(&read.records, &base.tok, spec)?;
+        let prompts = grpo::prompt_rows(&read.records, &base.tok, spec, base.arch.is_seq2seq())?;
         tracing::info!("train: {} prompts for GRPO", prompts.len());
         let none = TrainSet::Causal(vec![]);
         return Ok(TrainData { read, train: none.clone(), validation: none, grpo_prompts: Some(prompts) });
@@ -394,6 +389,7 @@ fn train(
             pad_id: base.tok.pad_id(),
             checkpoint_dir: &checkpoint_dir,
             stop,
+            dist: &crate::dist::Solo,
         }),
     }
 }

@@ -11,6 +11,7 @@ pub mod choice;
 pub mod data;
 pub mod demo;
 pub mod device;
+pub mod dist;
 pub mod error;
 pub mod eval;
 pub mod generate;

@@ -421,9 +421,9 @@ impl T5 {
             .collect()
     }
 
-    /// Σ −log p(label) over the labels that are not −100 (a scalar, still attached to the graph),
-    /// with the chunked log-softmax of the decoder families.
-    pub fn summed_nll(
+    /// log p(label) at every label position, `[b·t]` f32, through the chunked log-softmax of the
+    /// decoder families (an ignored label, −100, scores token 0: callers mask it).
+    pub fn label_log_probs(
         &self,
         input_ids: &Tensor,
         mask: &Tensor,
@@ -434,17 +434,24 @@ impl T5 {
         let dec = Tensor::from_vec(self.shift_right(labels).concat(), (b, t), &self.device)?;
         let enc = self.encode(input_ids, mask, ctx)?;
         let hidden = self.decode(&dec, &enc, mask, ctx)?;
-        let flat: Vec<i64> = labels.concat();
-        let targets: Vec<u32> = flat.iter().map(|&l| l.max(0) as u32).collect();
-        let keep: Vec<f32> = flat.iter().map(|&l| f32::from(l >= 0)).collect();
+        let targets: Vec<u32> = labels.iter().flatten().map(|&l| l.max(0) as u32).collect();
         let chunk = (8 * 1024 * 1024 / self.cfg.vocab_size.max(1)).max(1);
-        let logp = kernels::cross_entropy::linear_log_probs(
-            &hidden.flatten_to(D::Minus2)?,
-            &self.lm_head,
-            &Tensor::from_vec(targets, b * t, &self.device)?,
-            chunk,
-        )?;
-        (logp * Tensor::from_vec(keep, b * t, &self.device)?)?.sum_all()?.neg()
+        let targets = Tensor::from_vec(targets, b * t, &self.device)?;
+        kernels::cross_entropy::linear_log_probs(&hidden.flatten_to(D::Minus2)?, &self.lm_head, &targets, chunk)
+    }
+
+    /// Σ −log p(label) over the labels that are not −100 (a scalar, still attached to the graph).
+    pub fn summed_nll(
+        &self,
+        input_ids: &Tensor,
+        mask: &Tensor,
+        labels: &[Vec<i64>],
+        ctx: &mut ForwardCtx,
+    ) -> Result<Tensor> {
+        let keep: Vec<f32> = labels.iter().flatten().map(|&l| f32::from(l >= 0)).collect();
+        let n = keep.len();
+        let logp = self.label_log_probs(input_ids, mask, labels, ctx)?;
+        (logp * Tensor::from_vec(keep, n, &self.device)?)?.sum_all()?.neg()
     }
 
     /// transformers' loss: the mean cross-entropy over the labels that are not −100.

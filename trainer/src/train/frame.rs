@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use crate::checkpoint::TrainerState;
+use crate::dist::Collective;
 use crate::error::TrainError;
 use crate::model::Model;
 use crate::optim::AdamW;
@@ -45,6 +46,8 @@ pub struct RoundCx<'a> {
     pub stop: &'a StopFlag,
     /// Units in the current epoch.
     pub epoch_len: usize,
+    /// The ranks this loop trains with (one: [`crate::dist::Solo`]).
+    pub dist: &'a dyn Collective,
 }
 
 /// Where and how a loop runs.
@@ -56,12 +59,16 @@ pub struct FrameInputs<'a> {
     pub schedule: Schedule,
     /// GRPO: the state carries the sampling RNG.
     pub generation: bool,
+    pub dist: &'a dyn Collective,
 }
 
 /// Runs `rounds` to the end of the schedule (or to SIGTERM: `TrainError::Interrupted` after the
-/// checkpoint of the last complete step is written).
+/// checkpoint of the last complete step is written). With several ranks, rank 0 alone writes
+/// checkpoints, and the ranks stop together: a round takes their vote (a rank that stopped on its
+/// own would leave the others waiting in a collective).
 pub fn run(inp: FrameInputs, rounds: &mut impl Rounds) -> Result<Outcome, TrainError> {
-    let FrameInputs { spec, model, checkpoint_dir, stop, schedule, generation } = inp;
+    let FrameInputs { spec, model, checkpoint_dir, stop, schedule, generation, dist } = inp;
+    let writes = dist.rank() == 0;
     let RunState { mut opt, mut state, resumed_from } = state::start(spec, model, checkpoint_dir, generation)?;
     rounds.announce(&schedule);
     let started = Instant::now();
@@ -74,7 +81,7 @@ pub fn run(inp: FrameInputs, rounds: &mut impl Rounds) -> Result<Outcome, TrainE
             state.batch_in_epoch = 0;
             epoch_len = rounds.plan_epoch(state.epoch);
         }
-        let end = if stop.is_set() {
+        let end = if stop.is_set() && dist.world() == 1 {
             RoundEnd::Stopped
         } else {
             let mut cx = RoundCx {
@@ -84,15 +91,20 @@ pub fn run(inp: FrameInputs, rounds: &mut impl Rounds) -> Result<Outcome, TrainE
                 progress: &mut progress,
                 stop,
                 epoch_len,
+                dist,
             };
-            rounds.round(&mut cx)?
+            // A rank that fails releases the others from the step's collective.
+            rounds.round(&mut cx).inspect_err(|e| dist.abort(&e.to_string()))?
         };
         state.elapsed_secs = base_elapsed + started.elapsed().as_secs_f64();
         if let RoundEnd::Stopped = end {
-            let dir = state::save(spec, model, checkpoint_dir, &state, &opt)?;
+            let dir = match writes {
+                true => state::save(spec, model, checkpoint_dir, &state, &opt)?,
+                false => checkpoint_dir.to_path_buf(),
+            };
             return Err(TrainError::Interrupted { step: state.step, checkpoint: dir.display().to_string() });
         }
-        if schedule.save_now(state.step) {
+        if writes && schedule.save_now(state.step) {
             let dir = state::save(spec, model, checkpoint_dir, &state, &opt)?;
             tracing::info!("checkpoint saved: {}", dir.display());
         }

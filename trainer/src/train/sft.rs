@@ -4,7 +4,9 @@
 //!
 //! Gradient accumulation is exact: every micro-batch's summed token loss is
 //! divided by the target-token count of the whole optimizer step, so the
-//! accumulated gradient equals the gradient of the full batch.
+//! accumulated gradient equals the gradient of the full batch. Data-parallel
+//! ranks split a step's micro-batches (rank r takes every world-th one, from
+//! the r-th) and sum their gradients: the step is the same as on one rank.
 
 use std::path::Path;
 use std::time::Instant;
@@ -12,6 +14,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 
 use crate::data::{Batch, BatchSpec, MicroBatch, TrainSet};
+use crate::dist::{self, Collective};
 use crate::error::TrainError;
 use crate::model::{Decoder, ForwardCtx, Model};
 use kernels::recompute::SideGrads;
@@ -34,6 +37,8 @@ pub struct SftInputs<'a> {
     pub pad_id: u32,
     pub checkpoint_dir: &'a Path,
     pub stop: &'a StopFlag,
+    /// The data-parallel group ([`dist::Solo`]: one rank).
+    pub dist: &'a dyn Collective,
 }
 
 /// Tensors of one micro-batch on the model's device.
@@ -116,7 +121,8 @@ pub fn train(inp: SftInputs) -> Result<Outcome, TrainError> {
     if micro_per_epoch == 0 {
         return Err(TrainError::BadInput("the training set produced no batches".into()));
     }
-    let schedule = Schedule::new(spec, micro_per_epoch.div_ceil(ga) as u64);
+    // One optimizer step takes `ga` micro-batches on every rank.
+    let schedule = Schedule::new(spec, micro_per_epoch.div_ceil(ga * inp.dist.world()) as u64);
     let frame = FrameInputs {
         spec,
         model: inp.model,
@@ -124,6 +130,7 @@ pub fn train(inp: SftInputs) -> Result<Outcome, TrainError> {
         stop: inp.stop,
         schedule,
         generation: false,
+        dist: inp.dist,
     };
     let mut rounds = SftRounds {
         vars: inp.model.trainable_vars(),
@@ -175,16 +182,25 @@ impl Rounds for SftRounds<'_> {
 
     fn round(&mut self, cx: &mut RoundCx) -> Result<RoundEnd, TrainError> {
         let (spec, model) = (self.inp.spec, self.inp.model);
+        let (rank, world) = (cx.dist.rank(), cx.dist.world());
         let state = &mut *cx.state;
-        let group_end = (state.batch_in_epoch + self.ga).min(self.plan.len());
+        let group_end = (state.batch_in_epoch + self.ga * world).min(self.plan.len());
         let group = &self.plan[state.batch_in_epoch..group_end];
+        // Every rank knows the whole step's target tokens, so the summed gradient is the step's.
         let step_targets: usize = group.iter().map(MicroBatch::target_tokens).sum();
         let mut grads: Vec<Tensor> = Vec::new();
         let mut step_loss = 0f64;
         let mut step_tokens = 0u64;
-        let mut rng = state.dropout_rng.clone();
-        for b in group {
-            if cx.stop.is_set() {
+        // One rank: the dropout stream runs through the step's micro-batches as it always has.
+        // Several: each rank draws from its own stream forked off the state's, which every rank
+        // advances alike.
+        let mut next_state_rng = state.dropout_rng.clone();
+        let mut rng = match world {
+            1 => state.dropout_rng.clone(),
+            _ => Rng::derive(next_state_rng.next_u64(), &format!("dropout-rank-{rank}")),
+        };
+        for b in group.iter().skip(rank).step_by(world) {
+            if world == 1 && cx.stop.is_set() {
                 // Drop the partial step: the checkpoint holds the state after the last complete one.
                 return Ok(RoundEnd::Stopped);
             }
@@ -199,6 +215,15 @@ impl Rounds for SftRounds<'_> {
             step_loss += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             accumulate(&mut grads, &loss.backward()?, &self.vars, side.as_ref())?;
             step_tokens += b.tokens() as u64;
+        }
+        if world > 1 {
+            let mut scalars = [step_loss, step_tokens as f64, f64::from(u8::from(cx.stop.is_set()))];
+            dist::reduce_step(cx.dist, &mut grads, &self.vars, &mut scalars)?;
+            if scalars[2] > 0.0 {
+                return Ok(RoundEnd::Stopped);
+            }
+            (step_loss, step_tokens) = (scalars[0], scalars[1].round() as u64);
+            rng = next_state_rng;
         }
         if !step_loss.is_finite() {
             return Err(TrainError::Diverged(format!(
@@ -222,6 +247,7 @@ impl Rounds for SftRounds<'_> {
 
         if cx.schedule.log_now(state.step) {
             let secs = log.since.elapsed().as_secs_f64().max(1e-9);
+            // tokens/s: every rank's tokens of the window (the reduced step counts).
             let rec = MetricRecord {
                 step: state.step,
                 epoch: epoch_f,
@@ -231,7 +257,9 @@ impl Rounds for SftRounds<'_> {
                 tokens_per_sec: Some(log.tokens as f64 / secs),
                 ..Default::default()
             };
-            tracing::info!("{}", rec.line());
+            if rank == 0 {
+                tracing::info!("{}", rec.line());
+            }
             state.history.push(rec);
             *log = LogWindow::new();
         }
@@ -240,7 +268,9 @@ impl Rounds for SftRounds<'_> {
             if let Some(eval_loss) = evaluate(model, self.inp.validation, spec, self.inp.pad_id)? {
                 let rec =
                     MetricRecord { step: state.step, epoch: epoch_f, eval_loss: Some(eval_loss), ..Default::default() };
-                tracing::info!("{}", rec.line());
+                if rank == 0 {
+                    tracing::info!("{}", rec.line());
+                }
                 state.history.push(rec);
             }
         }

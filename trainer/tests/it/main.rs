@@ -7,6 +7,7 @@ mod common;
 mod container;
 mod contract;
 mod data_batch;
+mod data_parallel;
 mod data_read;
 mod data_tokenize;
 mod evaluation;

@@ -119,4 +119,6 @@ fn grpo_resume_restores_the_sampling_rng_bit_exact() {
         ("seed", "9"),
     ];
     sigterm_then_resume_matches_uninterrupted(Job::new, hp, &prompts, 120);
+    // The same with a T5 policy (encoder prompts, decoder completions).
+    sigterm_then_resume_matches_uninterrupted(Job::new_t5, hp, &prompts, 120);
 }

@@ -314,3 +314,19 @@ fn t5_merged_checkpoint_keeps_the_names_and_gives_the_adapted_logits() {
     let d = max_diff(&logits(&reloaded, &r), &r["lora_logits"]);
     assert!(d < 1e-4, "merged logits differ from PEFT's adapted logits by {d}");
 }
+
+/// A Hub FLAN-T5 stores its LM head apart from the shared embedding (`tie_word_embeddings: false`):
+/// tests/fixtures/t5_untied (tests/fixtures/scripts/make_t5_untied.py) is such a checkpoint with the
+/// logits transformers computes after `from_pretrained` (which keeps the stored head, unscaled).
+#[test]
+fn t5_with_a_stored_untied_head_gives_transformers_logits() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/t5_untied");
+    let r = candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap();
+    let m = load(&dir, None, &LoadOptions::default());
+    assert!(!m.cfg.scale_decoder_outputs);
+    let d = max_diff(&logits(&m, &r), &r["logits"]);
+    assert!(d < 1e-4, "logits differ from transformers by {d}");
+    // The merged checkpoint keeps the stored head under its name.
+    let merged: Vec<String> = m.merged_state_dict(DType::F32).unwrap().into_iter().map(|(n, _)| n).collect();
+    assert!(merged.iter().any(|n| n == "lm_head.weight"));
+}

@@ -1,6 +1,8 @@
 //! GRPO: sample a group of completions per prompt with the policy (adapters on),
 //! score them, normalise rewards within each group, and take clipped policy-gradient
 //! steps with a KL term to the reference policy (the same weights, adapters off).
+//! A decoder-only policy scores prompt + completion as one sequence; a T5 policy reads the prompt
+//! with its encoder and scores the completion as the decoder's labels.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,7 +13,7 @@ use serde_json::{Map, Value};
 
 use crate::data::{self, Record, TokenizerBundle};
 use crate::error::{io_err, TrainError};
-use crate::model::{Decoder, ForwardCtx, Model};
+use crate::model::{ForwardCtx, Model};
 use kernels::recompute::SideGrads;
 
 use crate::generate::{generate, Completion, Finish, SamplingConfig};
@@ -37,12 +39,19 @@ pub struct PromptRow {
 
 /// Prompts from records (`data::prompt_of`): plain text as is (special tokens added), chat
 /// messages through the chat template with the generation prompt. Prompts keep their last
-/// `max_prompt_length` tokens.
-pub fn prompt_rows(records: &[Record], tok: &TokenizerBundle, spec: &JobSpec) -> Result<Vec<PromptRow>, TrainError> {
+/// `max_prompt_length` tokens. `encoder` (T5): the encoder's input (`data::encoder_prompt_of`:
+/// text + EOS, the start kept, chat rows refused).
+pub fn prompt_rows(
+    records: &[Record],
+    tok: &TokenizerBundle,
+    spec: &JobSpec,
+    encoder: bool,
+) -> Result<Vec<PromptRow>, TrainError> {
+    let max = spec.grpo.max_prompt_length;
     records
         .iter()
         .map(|r| {
-            let p = data::prompt_of(r, tok, spec.grpo.max_prompt_length)?;
+            let p = if encoder { data::encoder_prompt_of(r, tok, max)? } else { data::prompt_of(r, tok, max)? };
             Ok(PromptRow { text: p.text, ids: p.ids, columns: r.extra.clone() })
         })
         .collect()
@@ -103,19 +112,32 @@ struct Sequence {
     advantage: f64,
 }
 
-/// Right-padded tensors of a micro-batch; targets are the next tokens, the mask covers completion tokens.
+/// A micro-batch as the policy reads it; `mask` [rows, width] covers the completion tokens whose
+/// log-probs the loss takes, `adv` [rows] their advantages.
 struct SeqBatch {
-    input_ids: Tensor,
-    positions: Tensor,
-    segment_ids: Tensor,
-    targets: Tensor,
+    inputs: PolicyInputs,
     mask: Tensor,
     adv: Tensor,
     width: usize,
     rows: usize,
 }
 
-fn seq_batch(seqs: &[&Sequence], pad: u32, device: &candle_core::Device) -> candle_core::Result<SeqBatch> {
+enum PolicyInputs {
+    /// Right-padded prompt + completion; targets are the next tokens.
+    Causal { input_ids: Tensor, positions: Tensor, segment_ids: Tensor, targets: Tensor },
+    /// The prompts for the encoder (right-padded, masked) and the completions as labels (−100 after).
+    Seq2Seq { source_ids: Tensor, source_mask: Tensor, labels: Vec<Vec<i64>> },
+}
+
+fn seq_batch(
+    seqs: &[&Sequence],
+    pad: u32,
+    device: &candle_core::Device,
+    encoder: bool,
+) -> candle_core::Result<SeqBatch> {
+    if encoder {
+        return seq2seq_batch(seqs, pad, device);
+    }
     let width = seqs.iter().map(|s| s.ids.len() - 1).max().unwrap_or(1).max(1);
     let (mut ids, mut pos, mut seg, mut tgt, mut mask) = (vec![], vec![], vec![], vec![], vec![]);
     for s in seqs {
@@ -132,28 +154,70 @@ fn seq_batch(seqs: &[&Sequence], pad: u32, device: &candle_core::Device) -> cand
     }
     let shape = (seqs.len(), width);
     Ok(SeqBatch {
-        input_ids: Tensor::from_vec(ids, shape, device)?,
-        positions: Tensor::from_vec(pos, shape, device)?,
-        segment_ids: Tensor::from_vec(seg, shape, device)?,
-        targets: Tensor::from_vec(tgt, shape, device)?,
+        inputs: PolicyInputs::Causal {
+            input_ids: Tensor::from_vec(ids, shape, device)?,
+            positions: Tensor::from_vec(pos, shape, device)?,
+            segment_ids: Tensor::from_vec(seg, shape, device)?,
+            targets: Tensor::from_vec(tgt, shape, device)?,
+        },
         mask: Tensor::from_vec(mask, shape, device)?,
-        adv: Tensor::from_vec(seqs.iter().map(|s| s.advantage as f32).collect::<Vec<_>>(), seqs.len(), device)?,
+        adv: advantages_of(seqs, device)?,
         width,
         rows: seqs.len(),
     })
 }
 
-/// Per-token log-probs [rows, width] of the batch's targets.
+fn advantages_of(seqs: &[&Sequence], device: &candle_core::Device) -> candle_core::Result<Tensor> {
+    Tensor::from_vec(seqs.iter().map(|s| s.advantage as f32).collect::<Vec<_>>(), seqs.len(), device)
+}
+
+/// T5: the prompt `ids[..prompt_len]` to the encoder, the completion after it as the labels.
+fn seq2seq_batch(seqs: &[&Sequence], pad: u32, device: &candle_core::Device) -> candle_core::Result<SeqBatch> {
+    let src = seqs.iter().map(|s| s.prompt_len).max().unwrap_or(1).max(1);
+    let width = seqs.iter().map(|s| s.ids.len() - s.prompt_len).max().unwrap_or(1).max(1);
+    let (mut ids, mut keep, mut labels, mut mask) = (vec![], vec![], vec![], vec![]);
+    for s in seqs {
+        let (prompt, completion) = s.ids.split_at(s.prompt_len);
+        ids.extend(prompt.iter().copied().chain(std::iter::repeat_n(pad, src - prompt.len())));
+        keep.extend((0..src).map(|i| u32::from(i < prompt.len())));
+        let mut row: Vec<i64> = completion.iter().map(|&t| i64::from(t)).collect();
+        row.resize(width, -100);
+        labels.push(row);
+        mask.extend((0..width).map(|i| if !s.masked && i < completion.len() { 1f32 } else { 0.0 }));
+    }
+    Ok(SeqBatch {
+        inputs: PolicyInputs::Seq2Seq {
+            source_ids: Tensor::from_vec(ids, (seqs.len(), src), device)?,
+            source_mask: Tensor::from_vec(keep, (seqs.len(), src), device)?,
+            labels,
+        },
+        mask: Tensor::from_vec(mask, (seqs.len(), width), device)?,
+        adv: advantages_of(seqs, device)?,
+        width,
+        rows: seqs.len(),
+    })
+}
+
+/// Per-token log-probs [rows, width] of the batch's completion tokens.
 /// `checkpoint`: activation checkpointing for a training forward (see `ForwardCtx`).
 fn token_log_probs(
-    model: &Decoder,
+    model: &Model,
     b: &SeqBatch,
     adapters: bool,
     checkpoint: Option<SideGrads>,
 ) -> candle_core::Result<Tensor> {
     let mut ctx = ForwardCtx { adapters, dropout_rng: None, checkpoint };
-    let hidden = model.hidden(&b.input_ids, &b.positions, Some(&b.segment_ids), &mut ctx)?;
-    model.target_log_probs(&hidden, &b.targets)?.reshape((b.rows, b.width))
+    let logp = match (model, &b.inputs) {
+        (Model::Causal(m), PolicyInputs::Causal { input_ids, positions, segment_ids, targets }) => {
+            let hidden = m.hidden(input_ids, positions, Some(segment_ids), &mut ctx)?;
+            m.target_log_probs(&hidden, targets)?
+        }
+        (Model::Seq2Seq(m), PolicyInputs::Seq2Seq { source_ids, source_mask, labels }) => {
+            m.label_log_probs(source_ids, source_mask, labels, &mut ctx)?
+        }
+        _ => return Err(candle_core::Error::Msg("internal error: a GRPO batch made for the other model kind".into())),
+    };
+    logp.reshape((b.rows, b.width))
 }
 
 fn mean_std(v: &[f64]) -> (f64, f64) {
@@ -172,9 +236,6 @@ pub fn train(inp: GrpoInputs) -> Result<Outcome, TrainError> {
     if inp.prompts.is_empty() {
         return Err(TrainError::BadInput("no prompts in the training data".into()));
     }
-    let decoder = inp.model.causal().ok_or_else(|| {
-        TrainError::Unsupported("method=grpo trains decoder-only models (the job refuses T5 before loading it)".into())
-    })?;
     let rounds_per_epoch = inp.prompts.len().div_ceil(per_round) as u64;
     let frame = FrameInputs {
         spec,
@@ -183,6 +244,8 @@ pub fn train(inp: GrpoInputs) -> Result<Outcome, TrainError> {
         stop: inp.stop,
         schedule: Schedule::new(spec, rounds_per_epoch * g.num_iterations as u64),
         generation: true,
+        // One rank: data-parallel GRPO has not landed.
+        dist: &crate::dist::Solo,
     };
     let sampling = SamplingConfig {
         temperature: g.temperature,
@@ -192,8 +255,7 @@ pub fn train(inp: GrpoInputs) -> Result<Outcome, TrainError> {
         eos_ids: inp.eos_ids.clone(),
         stop_strings: g.stop_strings.clone(),
     };
-    let mut rounds =
-        GrpoRounds { vars: inp.model.trainable_vars(), decoder, inp, per_round, sampling, order: Vec::new() };
+    let mut rounds = GrpoRounds { vars: inp.model.trainable_vars(), inp, per_round, sampling, order: Vec::new() };
     frame::run(frame, &mut rounds)
 }
 
@@ -201,8 +263,6 @@ pub fn train(inp: GrpoInputs) -> Result<Outcome, TrainError> {
 /// `num_iterations` optimizer steps.
 struct GrpoRounds<'a> {
     inp: GrpoInputs<'a>,
-    /// The policy (GRPO trains decoder-only models).
-    decoder: &'a Decoder,
     vars: Vec<candle_core::Var>,
     per_round: usize,
     sampling: SamplingConfig,
@@ -292,7 +352,8 @@ impl GrpoRounds<'_> {
 
     /// Prompt + completion sequences in micro-batches, with the detached log-probs the loss compares to.
     fn micro_batches(&self, gen: &Generated) -> Result<RoundBatches, TrainError> {
-        let (spec, model, pad) = (self.inp.spec, self.decoder, self.inp.tok.pad_id());
+        let (spec, model, pad) = (self.inp.spec, self.inp.model, self.inp.tok.pad_id());
+        let encoder = model.causal().is_none();
         let g = &spec.grpo;
         let seqs: Vec<Sequence> = gen
             .completions
@@ -312,7 +373,7 @@ impl GrpoRounds<'_> {
         let refs: Vec<&Sequence> = seqs.iter().collect();
         let batches: Vec<SeqBatch> = refs
             .chunks(spec.per_device_batch_size)
-            .map(|c| seq_batch(c, pad, &model.device))
+            .map(|c| seq_batch(c, pad, model.device(), encoder))
             .collect::<candle_core::Result<_>>()?;
         let step_tokens: f64 =
             batches.iter().map(|b| b.mask.sum_all().and_then(|s| s.to_scalar::<f32>()).unwrap_or(0.0) as f64).sum();
@@ -342,7 +403,7 @@ impl GrpoRounds<'_> {
         round_start: Instant,
         end: usize,
     ) -> Result<(), TrainError> {
-        let (spec, model) = (self.inp.spec, self.decoder);
+        let (spec, model) = (self.inp.spec, self.inp.model);
         let g = &spec.grpo;
         for _ in 0..g.num_iterations {
             if cx.schedule.is_done(cx.state.step) {

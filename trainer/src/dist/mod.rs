@@ -1,0 +1,85 @@
+//! Data parallelism: the collective the training loops reduce their gradients with. Every rank
+//! computes the gradient of its share of a step's micro-batches (each normalised by the target
+//! tokens of the whole step over all ranks), the shares are summed over the ranks in one flat
+//! buffer — so the reduced gradient is the whole step's, as one rank with every micro-batch would
+//! compute it — and every rank applies the same optimizer step to the same numbers.
+//!
+//! [`Collective`] is the seam: [`Solo`] for one rank, [`threads::ThreadGroup`] for ranks that are
+//! threads of one process (tests and CPU runs: sums in rank order, so results reproduce bit for
+//! bit), and NCCL on GPUs.
+
+pub mod threads;
+
+use candle_core::{DType, Tensor, Var};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DistError {
+    /// A rank failed or left: the others stop instead of waiting for it.
+    #[error("rank {rank} failed: {reason}")]
+    PeerFailed { rank: usize, reason: String },
+    #[error("rank {rank} reduced {got} values where rank 0 reduced {want}: the ranks disagree about the step")]
+    Mismatch { rank: usize, got: usize, want: usize },
+    #[error("{0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+/// One rank's view of the group it trains in.
+pub trait Collective: Send + Sync {
+    fn rank(&self) -> usize;
+    fn world(&self) -> usize;
+    /// Sums `buf` elementwise over all ranks, in place; every rank gets the same bits.
+    fn all_reduce_sum(&self, buf: &mut [f32]) -> Result<(), DistError>;
+    /// Tells the other ranks this one failed, so none waits for it in a collective.
+    fn abort(&self, reason: &str);
+}
+
+/// A single rank: nothing to reduce.
+pub struct Solo;
+
+impl Collective for Solo {
+    fn rank(&self) -> usize {
+        0
+    }
+
+    fn world(&self) -> usize {
+        1
+    }
+
+    fn all_reduce_sum(&self, _buf: &mut [f32]) -> Result<(), DistError> {
+        Ok(())
+    }
+
+    fn abort(&self, _reason: &str) {}
+}
+
+/// Sums a step's gradients (one per var, in var order; a var without one counts zeros) and the
+/// `scalars` (loss, tokens, a stop vote…) over the ranks in one collective call.
+pub fn reduce_step(
+    c: &dyn Collective,
+    grads: &mut Vec<Tensor>,
+    vars: &[Var],
+    scalars: &mut [f64],
+) -> Result<(), DistError> {
+    let mut flat: Vec<f32> = Vec::new();
+    for (i, v) in vars.iter().enumerate() {
+        match grads.get(i) {
+            Some(g) => flat.extend(g.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?),
+            None => flat.extend(std::iter::repeat_n(0f32, v.elem_count())),
+        }
+    }
+    flat.extend(scalars.iter().map(|&s| s as f32));
+    c.all_reduce_sum(&mut flat)?;
+    let mut at = 0;
+    let mut out = Vec::with_capacity(vars.len());
+    for v in vars {
+        let n = v.elem_count();
+        let t = Tensor::from_slice(&flat[at..at + n], v.shape(), v.device())?.to_dtype(v.dtype())?;
+        out.push(t);
+        at += n;
+    }
+    for (s, r) in scalars.iter_mut().zip(&flat[at..]) {
+        *s = f64::from(*r);
+    }
+    *grads = out;
+    Ok(())
+}
