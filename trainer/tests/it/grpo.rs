@@ -160,10 +160,14 @@ fn external_reward_protocol() {
     assert!(missing.contains("nope.sh") && missing.contains("cannot start"), "{missing}");
 }
 
-/// A toy task: the format reward pays 1 when the completion contains the letter `e`.
-/// The policy (a random tiny model + LoRA) must learn to produce it more often.
-#[test]
-fn grpo_learning_raises_mean_reward() {
+/// A toy task: the format reward pays 1 when the completion contains the letter `e`. Runs it for 30
+/// steps on the job `new` makes from the hyperparameters and prompts; returns the job, its output
+/// and the mean reward of the first and of the last 5 steps.
+pub(crate) fn letter_e_task(
+    new: impl FnOnce(&[(&str, &str)], &str) -> crate::common::Job,
+    learning_rate: &str,
+    beta: &str,
+) -> (crate::common::Job, std::process::Output, f64, f64) {
     let prompts: String =
         (0..16).map(|i| serde_json::json!({"prompt": format!("Say something {i}:")}).to_string() + "\n").collect();
     let hp: &[(&str, &str)] = &[
@@ -174,17 +178,15 @@ fn grpo_learning_raises_mean_reward() {
         ("per_device_batch_size", "16"),
         ("max_completion_length", "4"),
         ("max_steps", "30"),
-        ("learning_rate", "2e-2"),
+        ("learning_rate", learning_rate),
         ("lora_r", "8"),
         ("lora_dropout", "0"),
-        ("beta", "0.0"),
+        ("beta", beta),
         ("logging_steps", "1"),
         ("seed", "1"),
         ("save_steps", "0"),
     ];
-    let job = crate::common::Job::new(hp, &prompts);
-    // The 2-layer test model is too small to learn this in a few steps; use the demo's size.
-    crate::common::write_model(&job.channel("model"), &crate::common::tiny_config_json(4, 128), 7);
+    let job = new(hp, &prompts);
     let out = job.run(&[]);
     assert!(out.status.success(), "{}", crate::common::text(&out));
     let summary = job.summary();
@@ -193,9 +195,22 @@ fn grpo_learning_raises_mean_reward() {
     assert_eq!(rewards.len(), 30);
     let first: f64 = rewards[..5].iter().sum::<f64>() / 5.0;
     let last: f64 = rewards[25..].iter().sum::<f64>() / 5.0;
+    (job, out, first, last)
+}
+
+/// The policy (a random tiny model + LoRA) learns to produce an `e` more often.
+#[test]
+fn grpo_learning_raises_mean_reward() {
+    let new = |hp: &[(&str, &str)], prompts: &str| {
+        let job = crate::common::Job::new(hp, prompts);
+        // The 2-layer test model is too small to learn this in a few steps; use the demo's size.
+        crate::common::write_model(&job.channel("model"), &crate::common::tiny_config_json(4, 128), 7);
+        job
+    };
+    let (job, out, first, last) = letter_e_task(new, "2e-2", "0.0");
     assert!(
         last > first + 0.2 && last > 0.9,
-        "mean reward should rise clearly: first steps {first:.3}, last steps {last:.3} ({rewards:?})"
+        "mean reward should rise clearly: first steps {first:.3}, last steps {last:.3}"
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout.lines().find(|l| l.starts_with("METRIC step=1 ")).unwrap();

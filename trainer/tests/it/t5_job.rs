@@ -135,34 +135,8 @@ fn target_module_names_of_both_families_resolve() {
 /// toy task of the decoder families' test (the format reward pays 1 for an `e`) the mean reward rises.
 #[test]
 fn t5_grpo_learning_raises_mean_reward() {
-    let prompts: String =
-        (0..16).map(|i| serde_json::json!({"prompt": format!("Say something {i}:")}).to_string() + "\n").collect();
-    let hp: &[(&str, &str)] = &[
-        ("method", "grpo"),
-        ("reward_funcs", "format"),
-        ("format_regex", "e"),
-        ("num_generations", "8"),
-        ("per_device_batch_size", "16"),
-        ("max_completion_length", "4"),
-        ("max_steps", "30"),
-        ("learning_rate", "5e-2"),
-        ("lora_r", "8"),
-        ("lora_dropout", "0"),
-        ("beta", "0.04"),
-        ("logging_steps", "1"),
-        ("seed", "1"),
-        ("save_steps", "0"),
-    ];
-    let job = Job::new_t5(hp, &prompts);
-    let out = job.run(&[]);
-    assert!(out.status.success(), "{}", text(&out));
-    let summary = job.summary();
-    let rewards: Vec<f64> =
-        summary["history"].as_array().unwrap().iter().filter_map(|r| r["reward"].as_f64()).collect();
-    assert_eq!(rewards.len(), 30);
-    let first: f64 = rewards[..5].iter().sum::<f64>() / 5.0;
-    let last: f64 = rewards[25..].iter().sum::<f64>() / 5.0;
-    assert!(last > first + 0.2, "mean reward should rise: first steps {first:.3}, last steps {last:.3} ({rewards:?})");
+    let (job, _, first, last) = crate::grpo::letter_e_task(Job::new_t5, "5e-2", "0.04");
+    assert!(last > first + 0.2, "mean reward should rise: first steps {first:.3}, last steps {last:.3}");
     let cfg = std::fs::read_to_string(job.root().join("model/adapter_config.json")).unwrap();
     assert!(cfg.contains("SEQ_2_SEQ_LM"), "{cfg}");
 }
