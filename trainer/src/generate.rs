@@ -265,11 +265,9 @@ fn decoder_rows(
 /// values computed once).
 fn seq2seq_rows(model: &T5, prompts: &[Vec<u32>], rows: &mut Rows, rng: &mut Rng, mut ctx: ForwardCtx) -> Result<()> {
     let (b, dev) = (prompts.len(), &model.device);
-    let s = prompts.iter().map(Vec::len).max().unwrap_or(0).max(1);
     let pad = model.cfg.pad_token_id;
-    let ids: Vec<u32> =
-        prompts.iter().flat_map(|p| p.iter().copied().chain(std::iter::repeat_n(pad, s - p.len()))).collect();
-    let mask: Vec<u32> = prompts.iter().flat_map(|p| (0..s).map(|i| u32::from(i < p.len()))).collect();
+    let sources: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
+    let (ids, mask, s) = crate::data::pad_sources(&sources, pad);
     let mask = Tensor::from_vec(mask, (b, s), dev)?;
     let enc = model.encode(&Tensor::from_vec(ids, (b, s), dev)?, &mask, &mut ctx)?;
     let mut cache = model.start_decoding(&enc, &mask, &mut ctx)?;

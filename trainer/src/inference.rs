@@ -69,7 +69,7 @@ pub fn load(
 /// given) through the chat template when the tokenizer has one, else the text as it is; for T5 the
 /// encoder's input (`system` is refused: T5 has no system turn).
 pub fn text_prompt(m: &LoadedModel, text: &str, system: Option<&str>) -> Result<Prompt, TrainError> {
-    let seq2seq = m.model.causal().is_none();
+    let seq2seq = m.model.is_seq2seq();
     if seq2seq && system.is_some() {
         return Err(TrainError::BadInput(
             "--system: a T5 model has no chat template or system turn; put the instruction into --prompt".into(),
@@ -84,21 +84,15 @@ pub fn text_prompt(m: &LoadedModel, text: &str, system: Option<&str>) -> Result<
     };
     let record =
         Record { content, extra: Default::default(), source: RowRef { file: PathBuf::from("--prompt"), line: 1 } };
-    prompt_of(m, &record)
+    Ok(data::prompt_for(&record, &m.tok, usize::MAX, seq2seq)?)
 }
 
 /// Prompts from a file in any format the trainer reads (chat rows lose their final assistant turn,
 /// prompt/completion rows their completion; T5 refuses chat rows).
 pub fn file_prompts(m: &LoadedModel, file: &Path, spec: &DataSpec) -> Result<Vec<Prompt>, TrainError> {
     let read = data::read_path(file, spec)?;
-    read.records.iter().map(|r| prompt_of(m, r)).collect()
-}
-
-fn prompt_of(m: &LoadedModel, record: &Record) -> Result<Prompt, TrainError> {
-    Ok(match m.model.causal() {
-        Some(_) => data::prompt_of(record, &m.tok, usize::MAX)?,
-        None => data::encoder_prompt_of(record, &m.tok, usize::MAX)?,
-    })
+    let encoder = m.model.is_seq2seq();
+    Ok(read.records.iter().map(|r| data::prompt_for(r, &m.tok, usize::MAX, encoder)).collect::<Result<_, _>>()?)
 }
 
 /// How `train generate` samples.
@@ -187,7 +181,7 @@ pub fn evaluate_file(
     out_dir: &Path,
 ) -> Result<EvalRun, TrainError> {
     let read = data::read_path(file, spec)?;
-    let cases = eval::cases(&read.records, &m.tok, cfg, m.model.causal().is_none())?;
+    let cases = eval::cases(&read.records, &m.tok, cfg, m.model.is_seq2seq())?;
     if cases.is_empty() {
         return Err(TrainError::BadInput(format!("{}: no rows to evaluate", file.display())));
     }

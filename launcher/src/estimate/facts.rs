@@ -75,7 +75,6 @@ impl ModelFacts {
 
     fn t5(c: &T5Config, lora_r: usize, targets: &[&str], s: f64) -> ModelFacts {
         let shapes = c.checkpoint_shapes();
-        let params: u64 = shapes.iter().map(|(_, sh)| sh.iter().product::<usize>() as u64).sum();
         // Projections: every 2-D tensor but the embedding, the head and the position-bias tables.
         let is_projection = |n: &str| n.contains(".layer.") && !n.contains("layer_norm") && !n.contains("relative");
         let (mut linear, mut largest, mut dense) = ([0u64; 2], 0u64, 0u64);
@@ -97,7 +96,7 @@ impl ModelFacts {
         let inner = (c.num_heads * c.d_kv) as u64;
         let (enc, dec) = (c.num_layers as f64, c.num_decoder_layers as f64);
         ModelFacts {
-            params,
+            params: c.param_count(),
             linear_params: linear[0] + linear[1],
             matmul_params: linear[0] + linear[1] + lm_head,
             lora_params: lora[0] + lora[1],

@@ -32,11 +32,11 @@ use std::str::FromStr;
 use crate::choice::choice_enum;
 
 pub use batch::{make_batches, split_validation, Batch, BatchSpec};
-pub use prompt::{prompt_of, Prompt};
+pub use prompt::{prompt_for, prompt_of, Prompt};
 pub use read::read_path;
 pub use seq2seq::{
-    encoder_ids, encoder_prompt_of, make_seq2seq_batches, not_a_pair, seq2seq_examples, Seq2SeqBatch, Seq2SeqExample,
-    Seq2SeqReport,
+    encoder_ids, encoder_prompt_of, make_seq2seq_batches, not_a_pair, pad_sources, seq2seq_examples, Seq2SeqBatch,
+    Seq2SeqExample, Seq2SeqReport,
 };
 pub use tokenize::{
     tokenize, Example, TokenizeReport, MASK_ALL, MASK_GENERATION_TAGS, MASK_PREFIX_DIFF, MASK_PROMPT_PREFIX, MASK_TEXT,

@@ -16,6 +16,20 @@ pub struct Prompt {
     pub truncated: usize,
 }
 
+/// The prompt a model of either kind is given: a decoder's ([`prompt_of`]) or, with `encoder`, a
+/// T5 encoder's input ([`super::encoder_prompt_of`]).
+pub fn prompt_for(
+    record: &Record,
+    tok: &TokenizerBundle,
+    max_tokens: usize,
+    encoder: bool,
+) -> Result<Prompt, DataError> {
+    match encoder {
+        true => super::encoder_prompt_of(record, tok, max_tokens),
+        false => prompt_of(record, tok, max_tokens),
+    }
+}
+
 /// The prompt of `record`: prompt/completion rows as training encodes their prompt
 /// (`encode(prompt, add_special_tokens=true)`), chat rows through the chat template without their
 /// last assistant turn (which becomes the reference), text rows as they are. Prompts longer than

@@ -141,6 +141,19 @@ pub struct Seq2SeqBatch {
     pub tokens: usize,
 }
 
+/// Encoder inputs right-padded with `pad` to the longest (at least 1 wide): `(ids, mask, width)`,
+/// row-major, the mask 1 on tokens and 0 on padding — how training, GRPO and generation feed T5.
+pub fn pad_sources(sources: &[&[u32]], pad: u32) -> (Vec<u32>, Vec<u32>, usize) {
+    let width = sources.iter().map(|s| s.len()).max().unwrap_or(0).max(1);
+    let mut ids = Vec::with_capacity(sources.len() * width);
+    let mut mask = Vec::with_capacity(sources.len() * width);
+    for s in sources {
+        ids.extend(s.iter().copied().chain(std::iter::repeat_n(pad, width - s.len())));
+        mask.extend((0..width).map(|i| u32::from(i < s.len())));
+    }
+    (ids, mask, width)
+}
+
 /// Cut examples (taken in `order`) into micro-batches of `batch_size` rows: within consecutive
 /// windows of `64 * batch_size` indices, sorted by source length (longest first, stable) so each
 /// batch pads little, as the decoder families' unpacked batching does. Deterministic given `order`.
@@ -157,20 +170,19 @@ pub fn make_seq2seq_batches(
         let mut sorted = window.to_vec();
         sorted.sort_by_key(|e| std::cmp::Reverse(e.source_ids.len()));
         for rows in sorted.chunks(bs) {
-            let s = rows.iter().map(|e| e.source_ids.len()).max().unwrap_or(0).max(1);
+            let sources: Vec<&[u32]> = rows.iter().map(|e| e.source_ids.as_slice()).collect();
+            let (source_ids, source_mask, source_len) = pad_sources(&sources, pad_id);
             let t = rows.iter().map(|e| e.target_ids.len()).max().unwrap_or(0).max(1);
             let mut b = Seq2SeqBatch {
                 batch: rows.len(),
-                source_len: s,
-                source_ids: vec![pad_id; rows.len() * s],
-                source_mask: vec![0; rows.len() * s],
+                source_len,
+                source_ids,
+                source_mask,
                 labels: Vec::with_capacity(rows.len()),
                 target_tokens: 0,
                 tokens: 0,
             };
-            for (r, e) in rows.iter().enumerate() {
-                b.source_ids[r * s..r * s + e.source_ids.len()].copy_from_slice(&e.source_ids);
-                b.source_mask[r * s..r * s + e.source_ids.len()].fill(1);
+            for e in rows {
                 let mut labels: Vec<i64> = e.target_ids.iter().map(|&x| i64::from(x)).collect();
                 labels.resize(t, -100);
                 b.labels.push(labels);

@@ -78,10 +78,7 @@ pub fn cases(
     let take = if cfg.max_cases > 0 { cfg.max_cases.min(records.len()) } else { records.len() };
     let mut out = Vec::with_capacity(take);
     for r in &records[..take] {
-        let prompt = match encoder {
-            true => data::encoder_prompt_of(r, tok, cfg.max_prompt_tokens)?,
-            false => data::prompt_of(r, tok, cfg.max_prompt_tokens)?,
-        };
+        let prompt = data::prompt_for(r, tok, cfg.max_prompt_tokens, encoder)?;
         let column =
             r.extra.get(&cfg.answer_field).map(|v| v.as_str().map(String::from).unwrap_or_else(|| v.to_string()));
         let Some(reference) = prompt.reference.clone().or(column) else {

@@ -40,17 +40,14 @@ impl Arch {
         if is_t5(&v) {
             return Ok(Arch::Seq2Seq(T5Config::from_json(&v, path)?));
         }
-        ModelConfig::from_json_str(text).map(Arch::Causal).map_err(|e| match e {
-            ModelError::Config { problem, .. } => ModelError::Config { path: path.to_path_buf(), problem },
-            other => other,
-        })
+        ModelConfig::from_json_at(text, path).map(Arch::Causal)
     }
 
     /// All parameters of the checkpoint (a tied head counted once).
     pub fn param_count(&self) -> u64 {
         match self {
             Arch::Causal(c) => c.param_count(),
-            Arch::Seq2Seq(c) => c.checkpoint_shapes().iter().map(|(_, s)| s.iter().product::<usize>() as u64).sum(),
+            Arch::Seq2Seq(c) => c.param_count(),
         }
     }
 

@@ -141,7 +141,12 @@ fn family_of(model_type: &str, architectures: &[String]) -> Result<Family, Model
 impl ModelConfig {
     pub fn from_file(path: &Path) -> Result<Self, ModelError> {
         let text = std::fs::read_to_string(path).map_err(|e| ModelError::Io { path: path.to_path_buf(), source: e })?;
-        Self::from_json_str(&text).map_err(|e| match e {
+        Self::from_json_at(&text, path)
+    }
+
+    /// [`ModelConfig::from_json_str`] of the text of `path`, its errors naming that file.
+    pub fn from_json_at(text: &str, path: &Path) -> Result<Self, ModelError> {
+        Self::from_json_str(text).map_err(|e| match e {
             ModelError::Config { problem, .. } => ModelError::Config { path: path.to_path_buf(), problem },
             other => other,
         })

@@ -105,6 +105,11 @@ pub fn relative_bucket(relative: i64, bidirectional: bool, buckets: usize, max_d
 }
 
 impl T5Config {
+    /// All parameters of a checkpoint of this config (the head stored).
+    pub fn param_count(&self) -> u64 {
+        self.checkpoint_shapes().iter().map(|(_, s)| s.iter().product::<usize>() as u64).sum()
+    }
+
     /// Every tensor of a `T5ForConditionalGeneration` checkpoint of this config with its shape, in
     /// checkpoint order (the LM head stored, as FLAN-T5 stores it).
     pub fn checkpoint_shapes(&self) -> Vec<(String, Vec<usize>)> {

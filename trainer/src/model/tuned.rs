@@ -41,12 +41,9 @@ impl Model {
         })
     }
 
-    /// The decoder-only model (GRPO and the decoder's own paths), or None for T5.
-    pub fn causal(&self) -> Option<&Decoder> {
-        match self {
-            Model::Causal(m) => Some(m),
-            Model::Seq2Seq(_) => None,
-        }
+    /// T5: prompts are the encoder's input (no chat template), completions the decoder's output.
+    pub fn is_seq2seq(&self) -> bool {
+        matches!(self, Model::Seq2Seq(_))
     }
 
     pub fn device(&self) -> &Device {

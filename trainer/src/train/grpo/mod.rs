@@ -51,7 +51,7 @@ pub fn prompt_rows(
     records
         .iter()
         .map(|r| {
-            let p = if encoder { data::encoder_prompt_of(r, tok, max)? } else { data::prompt_of(r, tok, max)? };
+            let p = data::prompt_for(r, tok, max, encoder)?;
             Ok(PromptRow { text: p.text, ids: p.ids, columns: r.extra.clone() })
         })
         .collect()
@@ -173,13 +173,12 @@ fn advantages_of(seqs: &[&Sequence], device: &candle_core::Device) -> candle_cor
 
 /// T5: the prompt `ids[..prompt_len]` to the encoder, the completion after it as the labels.
 fn seq2seq_batch(seqs: &[&Sequence], pad: u32, device: &candle_core::Device) -> candle_core::Result<SeqBatch> {
-    let src = seqs.iter().map(|s| s.prompt_len).max().unwrap_or(1).max(1);
+    let prompts: Vec<&[u32]> = seqs.iter().map(|s| &s.ids[..s.prompt_len]).collect();
+    let (ids, keep, src) = data::pad_sources(&prompts, pad);
     let width = seqs.iter().map(|s| s.ids.len() - s.prompt_len).max().unwrap_or(1).max(1);
-    let (mut ids, mut keep, mut labels, mut mask) = (vec![], vec![], vec![], vec![]);
+    let (mut labels, mut mask) = (vec![], vec![]);
     for s in seqs {
-        let (prompt, completion) = s.ids.split_at(s.prompt_len);
-        ids.extend(prompt.iter().copied().chain(std::iter::repeat_n(pad, src - prompt.len())));
-        keep.extend((0..src).map(|i| u32::from(i < prompt.len())));
+        let completion = &s.ids[s.prompt_len..];
         let mut row: Vec<i64> = completion.iter().map(|&t| i64::from(t)).collect();
         row.resize(width, -100);
         labels.push(row);
@@ -353,7 +352,7 @@ impl GrpoRounds<'_> {
     /// Prompt + completion sequences in micro-batches, with the detached log-probs the loss compares to.
     fn micro_batches(&self, gen: &Generated) -> Result<RoundBatches, TrainError> {
         let (spec, model, pad) = (self.inp.spec, self.inp.model, self.inp.tok.pad_id());
-        let encoder = model.causal().is_none();
+        let encoder = model.is_seq2seq();
         let g = &spec.grpo;
         let seqs: Vec<Sequence> = gen
             .completions
