@@ -103,6 +103,12 @@ pub fn list(root: &Path) -> Vec<(u64, PathBuf)> {
     out
 }
 
+/// The state of the newest complete checkpoint, if one reads (settings only: no tensors).
+pub fn latest_state(root: &Path) -> Option<TrainerState> {
+    let (_, dir) = list(root).pop()?;
+    serde_json::from_str(&std::fs::read_to_string(dir.join(STATE_FILE)).ok()?).ok()
+}
+
 /// Remove half-written temporaries left by a kill during a save.
 pub fn clean_partial(root: &Path) {
     if let Ok(rd) = std::fs::read_dir(root) {

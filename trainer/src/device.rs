@@ -69,10 +69,43 @@ impl JobDevice {
         match &self.device {
             Device::Cpu if self.emulated_cuda => "emulated-cuda".into(),
             Device::Cpu => "cpu".into(),
-            Device::Cuda(_) => "cuda:0".into(),
+            Device::Cuda(_) => format!("cuda:{}", gpu_ordinal()),
             other => format!("{other:?}"),
         }
     }
+}
+
+/// Ranks (processes) this host runs: one per GPU — `num_gpus` of them when set, refused when the
+/// host has fewer — or, where the job computes on the CPU, `num_gpus` CPU ranks (0 = one).
+pub fn local_ranks(env: &[(String, String)], num_gpus: usize) -> Result<usize, TrainError> {
+    let choice = env.iter().rev().find(|(k, _)| k == DEVICE_VAR).map(|(_, v)| v.trim().to_ascii_lowercase());
+    let gpus = match choice.as_deref() {
+        Some("cpu") | Some("emulated-cuda") => 0,
+        Some("cuda") => gpu_count().max(1),
+        _ => gpu_count(),
+    };
+    match (gpus, num_gpus) {
+        (0, n) => Ok(n.max(1)),
+        (g, 0) => Ok(g),
+        (g, n) if n <= g => Ok(n),
+        (g, n) => Err(TrainError::BadInput(format!(
+            "num_gpus={n} but this host has {g} GPU(s): lower num_gpus or pick an instance type with {n} GPUs"
+        ))),
+    }
+}
+
+/// GPUs the driver reports (0 in a CPU-only build or without a driver).
+fn gpu_count() -> usize {
+    #[cfg(feature = "cuda")]
+    if std::env::var_os(NO_DRIVER_VAR).is_none() {
+        return candle_core::cuda::cudarc::driver::CudaContext::device_count().map(|n| n.max(0) as usize).unwrap_or(0);
+    }
+    0
+}
+
+/// The GPU a worker computes on: its local rank (0 outside a multi-rank job).
+fn gpu_ordinal() -> usize {
+    std::env::var(crate::dist::worker::LOCAL_RANK_VAR).ok().and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
 /// Set by the image's entrypoint when the host has no NVIDIA driver and the image's stand-in
@@ -103,7 +136,7 @@ fn first_gpu() -> Result<Device, TrainError> {
                 .into(),
         ));
     }
-    Device::new_cuda(0).map_err(|e| {
+    Device::new_cuda(gpu_ordinal()).map_err(|e| {
         TrainError::Unsupported(format!(
             "no usable CUDA GPU ({e}): check that the host has an NVIDIA GPU and driver r580+ and that the container sees them"
         ))

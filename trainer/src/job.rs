@@ -11,6 +11,8 @@ use candle_core::DType;
 
 use crate::data::{self, ReadReport, TokenizerBundle, TrainSet};
 use crate::device::JobDevice;
+use crate::dist::worker::WorkerEnv;
+use crate::dist::{Collective, Solo};
 use crate::error::{self, TrainError};
 use crate::eval;
 use crate::lora::LoraConfig;
@@ -23,6 +25,7 @@ use crate::sagemaker::{self, MlPaths, ResourceConfig, StopFlag};
 use crate::spec::{JobSpec, Method, Origin, Sources};
 use crate::train::grpo::{self, GrpoInputs, PromptRow};
 use crate::train::sft::{self, SftInputs};
+use crate::train::state;
 use crate::train::Outcome;
 
 /// How the binary invokes a job.
@@ -61,39 +64,58 @@ pub fn resolve_spec(
     Ok(sources.resolve()?)
 }
 
-/// Run one job. Errors carry the exit code; the caller writes the failure file.
+/// Run one job (one rank of it, in a worker a supervisor started: see `crate::supervise`).
+/// Errors carry the exit code; the caller writes the failure file. Only rank 0 logs progress,
+/// evaluates and writes outputs; every rank trains.
 pub fn run(opts: JobOptions) -> Result<JobResult, TrainError> {
     let started = Instant::now();
     let paths = &opts.paths;
-    paths.clear_stale_failure();
-    let spec = resolve_spec(paths, &opts.env, &opts.cli)?;
-    let (channels, resources) = check_contract(paths)?;
+    let worker = WorkerEnv::from_env(&opts.env)?;
+    if worker.is_none() {
+        paths.clear_stale_failure();
+    }
+    let mut spec = resolve_spec(paths, &opts.env, &opts.cli)?;
+    let (channels, resources) = check_contract(paths, worker.is_some())?;
+    let dist: Box<dyn Collective> = match &worker {
+        None => Box::new(Solo),
+        Some(w) => Box::new(w.connect()?),
+    };
+    let lead = dist.rank() == 0;
+    if lead {
+        paths.ensure_output_dirs()?;
+    }
     let device = JobDevice::select(&opts.env)?;
     device.enter();
     let dtype = device.dtype(spec.dtype);
-    announce(paths, &channels, &resources, &device, dtype, &spec);
+    announce(paths, &channels, &resources, &device, dtype, &spec, dist.as_ref());
     let base = load_base(&spec, paths)?;
     check_family_options(&spec, &base.arch)?;
     let data = load_data(&spec, paths, &base)?;
-    let test = load_test(&spec, paths, &base)?;
+    let test = load_test(&spec, paths, &base)?.filter(|_| lead);
     let model = load_model(&spec, &base, dtype, &device)?;
     let baseline = evaluate_baseline(&spec, &base, &model, test.as_ref())?;
-    let outcome = train(&spec, paths, &base, &model, &data, &opts.stop)?;
+    spec.gradient_accumulation_steps = state::accumulation_for(&spec, dist.world(), &paths.checkpoint_dir())?;
+    spec.resolved.insert("gradient_accumulation_steps".into(), spec.gradient_accumulation_steps.to_string());
+    let outcome = train(&spec, paths, &base, &model, &data, &opts.stop, dist.as_ref())?;
     device.report_launches();
+    if !lead {
+        let model_dir = paths.model_dir();
+        return Ok(JobResult { model_dir, final_loss: None, final_eval_loss: None, steps: outcome.state.step });
+    }
     write_outputs(&spec, paths, &base, &model, &data, &outcome, Tests { test, baseline }, &device, dtype, started)
 }
 
-/// The job's channel names and hosts as SageMaker describes them; one host only, output dirs made.
-fn check_contract(paths: &MlPaths) -> Result<(Vec<String>, ResourceConfig), TrainError> {
+/// The job's channel names and hosts as SageMaker describes them. Several hosts take a worker of
+/// a multi-rank job (`train` starts them).
+fn check_contract(paths: &MlPaths, worker: bool) -> Result<(Vec<String>, ResourceConfig), TrainError> {
     let channels = sagemaker::read_input_data_config(paths)?.into_keys().collect();
     let resources = sagemaker::read_resource_config(paths)?;
-    if resources.hosts.len() > 1 {
+    if resources.hosts.len() > 1 && !worker {
         return Err(TrainError::Unsupported(format!(
-            "{} hosts in resourceconfig.json; multi-host training is not supported yet: use instance_count=1",
+            "{} hosts in resourceconfig.json but this process is not a rank of the job: run the job with the `train` binary, which starts one rank per GPU on every host",
             resources.hosts.len()
         )));
     }
-    paths.ensure_output_dirs()?;
     Ok((channels, resources))
 }
 
@@ -104,13 +126,18 @@ fn announce(
     device: &JobDevice,
     dtype: DType,
     spec: &JobSpec,
+    dist: &dyn Collective,
 ) {
     tracing::info!(
-        "oxtune train {} | root {} | host {} | device {} | dtype {:?} | channels {:?}",
+        "oxtune train {} | root {} | host {} | device {}{} | dtype {:?} | channels {:?}",
         env!("CARGO_PKG_VERSION"),
         paths.root.display(),
         resources.current_host,
         device.name(),
+        match dist.world() {
+            1 => String::new(),
+            n => format!(" (rank 0 of {n}; every rank on its own device)"),
+        },
         dtype,
         channels
     );
@@ -364,6 +391,7 @@ fn train(
     model: &Model,
     data: &TrainData,
     stop: &StopFlag,
+    dist: &dyn Collective,
 ) -> Result<Outcome, TrainError> {
     let checkpoint_dir = paths.checkpoint_dir();
     match &data.grpo_prompts {
@@ -389,7 +417,7 @@ fn train(
             pad_id: base.tok.pad_id(),
             checkpoint_dir: &checkpoint_dir,
             stop,
-            dist: &crate::dist::Solo,
+            dist,
         }),
     }
 }

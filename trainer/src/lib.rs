@@ -28,6 +28,7 @@ pub mod rewards;
 pub mod rng;
 pub mod sagemaker;
 pub mod spec;
+pub mod supervise;
 pub mod train;
 
 pub use error::TrainError;

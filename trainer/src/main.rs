@@ -125,13 +125,17 @@ fn parse_args(raw: Vec<String>) -> Result<Option<Args>, String> {
 /// diagnostics to stderr at the level `OXTUNE_LOG` names (default `warn`).
 fn init_logging() {
     use tracing_subscriber::{filter, fmt, prelude::*, EnvFilter};
+    // In a multi-rank job rank 0 alone reports progress; the others only diagnostics.
+    let quiet = std::env::var(trainer::dist::worker::RANK_VAR).is_ok_and(|r| r.trim() != "0");
     let progress = fmt::layer()
         .with_writer(std::io::stdout)
         .without_time()
         .with_level(false)
         .with_target(false)
         .with_ansi(false)
-        .with_filter(filter::filter_fn(|m| *m.level() == tracing::Level::INFO && m.target().starts_with("trainer")));
+        .with_filter(filter::filter_fn(move |m| {
+            !quiet && *m.level() == tracing::Level::INFO && m.target().starts_with("trainer")
+        }));
     let diagnostics = fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(colour_stderr())
@@ -190,6 +194,13 @@ fn main() -> ProcessExit {
     };
     let env: Vec<(String, String)> = std::env::vars().collect();
     let opts = JobOptions { paths: paths.clone(), cli: args.hyperparameters, env, stop };
+    match trainer::supervise::plan(&opts) {
+        Ok(trainer::supervise::Plan::InProcess) => {}
+        Ok(trainer::supervise::Plan::Ranks { topology, network_interface }) => {
+            return ProcessExit::from(trainer::supervise::run(&topology, network_interface.as_deref(), &opts))
+        }
+        Err(e) => return fail(&paths, &e),
+    }
     // Backprop walks the graph recursively: give it a large stack.
     let worker = std::thread::Builder::new().name("train".into()).stack_size(1 << 30).spawn(move || job::run(opts));
     let result = match worker {
@@ -201,7 +212,9 @@ fn main() -> ProcessExit {
     };
     match result {
         Ok(Ok(done)) => {
-            println!("Outputs in {}", done.model_dir.display());
+            if std::env::var(trainer::dist::worker::RANK_VAR).is_err() {
+                println!("Outputs in {}", done.model_dir.display());
+            }
             ProcessExit::SUCCESS
         }
         Ok(Err(e)) => fail(&paths, &e),
@@ -213,9 +226,22 @@ fn main() -> ProcessExit {
                 .unwrap_or_else(|| "unknown panic".into());
             let reason = format!("Internal error: the trainer crashed: {msg}. Please report this with the job's logs.");
             eprintln!("error: {reason}");
-            let _ = paths.write_failure(&reason, "");
+            write_failure(&paths, &reason, "");
             ProcessExit::from(ExitCode::Internal as u8)
         }
+    }
+}
+
+/// The failure file, or in a worker of a multi-rank job the report its supervisor reads (the
+/// supervisor writes `output/failure`, naming the rank).
+fn write_failure(paths: &MlPaths, reason: &str, details: &str) {
+    let written = match std::env::var_os(trainer::dist::worker::REPORT_VAR).filter(|p| !p.is_empty()) {
+        Some(report) => std::fs::write(&report, format!("{}\n\n{}", reason.trim(), details.trim()))
+            .map_err(|e| (PathBuf::from(report), e)),
+        None => paths.write_failure(reason, details).map_err(|e| (paths.failure_file(), e)),
+    };
+    if let Err((path, e)) = written {
+        eprintln!("error: could not write {}: {e}", path.display());
     }
 }
 
@@ -319,8 +345,6 @@ fn fail(paths: &MlPaths, e: &TrainError) -> ProcessExit {
         details.push_str(&format!("caused by: {s}\n"));
         src = s.source();
     }
-    if let Err(w) = paths.write_failure(&reason, &details) {
-        eprintln!("error: could not write {}: {w}", paths.failure_file().display());
-    }
+    write_failure(paths, &reason, &details);
     ProcessExit::from(e.exit_code() as u8)
 }

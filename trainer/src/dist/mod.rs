@@ -8,7 +8,10 @@
 //! threads of one process (tests and CPU runs: sums in rank order, so results reproduce bit for
 //! bit), and NCCL on GPUs.
 
+pub mod tcp;
 pub mod threads;
+pub mod topology;
+pub mod worker;
 
 use candle_core::{DType, Tensor, Var};
 
@@ -19,6 +22,14 @@ pub enum DistError {
     PeerFailed { rank: usize, reason: String },
     #[error("rank {rank} reduced {got} values where rank 0 reduced {want}: the ranks disagree about the step")]
     Mismatch { rank: usize, got: usize, want: usize },
+    /// The ranks could not find each other.
+    #[error("rendezvous: {0}")]
+    Rendezvous(String),
+    #[error("{0}")]
+    Protocol(String),
+    /// The ranks' adapters differ: a bug (every rank must apply the same step to the same numbers).
+    #[error("the ranks' adapters differ after step {step} (checksums {sums:?} by rank)")]
+    Replicas { step: u64, sums: Vec<u64> },
     #[error("{0}")]
     Candle(#[from] candle_core::Error),
 }
@@ -82,4 +93,27 @@ pub fn reduce_step(
     }
     *grads = out;
     Ok(())
+}
+
+/// Checks that every rank holds the same adapter bits (debug builds call it at every save): each
+/// rank puts a checksum of its vars into its own slot, one all-reduce gathers them.
+pub fn check_replicas(c: &dyn Collective, vars: &[Var], step: u64) -> Result<(), DistError> {
+    let mut sum: u64 = 0xcbf2_9ce4_8422_2325;
+    for v in vars {
+        for x in v.as_tensor().flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()? {
+            sum = (sum ^ u64::from(x.to_bits())).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    // Four 16-bit pieces per rank: whole numbers below 2^24 travel through f32 sums exactly.
+    let mut slots = vec![0f32; 4 * c.world()];
+    for i in 0..4 {
+        slots[4 * c.rank() + i] = ((sum >> (16 * i)) & 0xffff) as f32;
+    }
+    c.all_reduce_sum(&mut slots)?;
+    let sums: Vec<u64> =
+        slots.chunks(4).map(|p| p.iter().enumerate().map(|(i, x)| (*x as u64) << (16 * i)).sum()).collect();
+    match sums.iter().all(|s| *s == sum) {
+        true => Ok(()),
+        false => Err(DistError::Replicas { step, sums }),
+    }
 }

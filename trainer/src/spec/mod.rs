@@ -109,6 +109,8 @@ pub struct JobSpec {
     pub merge_adapter: bool,
     /// Activation checkpointing per decoder layer.
     pub gradient_checkpointing: bool,
+    /// Ranks per host (0 = every GPU; CPU ranks on a host without GPUs).
+    pub num_gpus: usize,
     pub grpo: GrpoSpec,
     /// Evaluation on the test channel.
     pub eval: EvalSpec,

@@ -283,6 +283,7 @@ impl Sources {
             save_total_limit: int("save_total_limit") as usize,
             merge_adapter: boolean("merge_adapter"),
             gradient_checkpointing: boolean("gradient_checkpointing"),
+            num_gpus: int("num_gpus") as usize,
             load_in_4bit,
             bnb_4bit_use_double_quant: boolean("bnb_4bit_use_double_quant"),
             eval: self.eval_spec(method)?,

@@ -108,6 +108,8 @@ pub const PARAMS: &[ParamDef] = &[
     ParamDef { name: "adam_epsilon", aliases: &[], kind: Kind::Float { min: 0.0, max: F }, default: "1e-8", help: "AdamW epsilon." },
     ParamDef { name: "seed", aliases: &[], kind: Kind::Int { min: 0 }, default: "42",
         help: "Seed for LoRA init, shuffling, dropout and splits; same seed → identical loss sequence on CPU." },
+    ParamDef { name: "num_gpus", aliases: &["num-gpus", "nproc_per_node"], kind: Kind::Int { min: 0 }, default: "0",
+        help: "Data parallelism: ranks per host, one process per GPU (0 = every GPU of the host); on a host without GPUs, this many CPU ranks (0 = one). World size = hosts × ranks per host; effective batch = per_device_batch_size × gradient_accumulation_steps × world size." },
     ParamDef { name: "dtype", aliases: &["torch_dtype", "compute_dtype"], kind: Kind::Choice(DTypeChoice::NAMES), default: "auto",
         help: "Compute dtype of the frozen base: auto = bf16 on GPU, f32 on CPU. LoRA weights and optimizer state are always f32. No f16: T5's feed-forward overflows in it and bf16 has the range f16 lacks." },
     ParamDef { name: "format", aliases: &["data_format", "dataset_format"], kind: Kind::Choice(DataFormat::NAMES), default: "auto",

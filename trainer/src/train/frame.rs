@@ -69,7 +69,8 @@ pub struct FrameInputs<'a> {
 pub fn run(inp: FrameInputs, rounds: &mut impl Rounds) -> Result<Outcome, TrainError> {
     let FrameInputs { spec, model, checkpoint_dir, stop, schedule, generation, dist } = inp;
     let writes = dist.rank() == 0;
-    let RunState { mut opt, mut state, resumed_from } = state::start(spec, model, checkpoint_dir, generation)?;
+    let RunState { mut opt, mut state, resumed_from } =
+        state::start(spec, model, checkpoint_dir, generation, dist.world())?;
     rounds.announce(&schedule);
     let started = Instant::now();
     let base_elapsed = state.elapsed_secs;
@@ -97,6 +98,10 @@ pub fn run(inp: FrameInputs, rounds: &mut impl Rounds) -> Result<Outcome, TrainE
             rounds.round(&mut cx).inspect_err(|e| dist.abort(&e.to_string()))?
         };
         state.elapsed_secs = base_elapsed + started.elapsed().as_secs_f64();
+        let saving = matches!(end, RoundEnd::Stopped) || schedule.save_now(state.step);
+        if cfg!(debug_assertions) && saving && dist.world() > 1 {
+            crate::dist::check_replicas(dist, &model.trainable_vars(), state.step)?;
+        }
         if let RoundEnd::Stopped = end {
             let dir = match writes {
                 true => state::save(spec, model, checkpoint_dir, &state, &opt)?,

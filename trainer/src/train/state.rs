@@ -18,11 +18,17 @@ pub struct RunState {
 }
 
 /// Fresh state, or the newest checkpoint in `checkpoint_dir` (refused when its settings differ).
-/// `generation` adds GRPO's sampling RNG to a fresh state.
-pub fn start(spec: &JobSpec, model: &Model, checkpoint_dir: &Path, generation: bool) -> Result<RunState, TrainError> {
+/// `generation` adds GRPO's sampling RNG to a fresh state; `world` is the number of ranks.
+pub fn start(
+    spec: &JobSpec,
+    model: &Model,
+    checkpoint_dir: &Path,
+    generation: bool,
+    world: usize,
+) -> Result<RunState, TrainError> {
     let vars = model.trainable_vars();
     let mut opt = AdamW::new(vars.clone(), spec.adamw_config())?;
-    let fp = fingerprint(spec, model);
+    let fp = fingerprint(spec, model, world);
     checkpoint::clean_partial(checkpoint_dir);
     if let Some(loaded) = checkpoint::load_latest(checkpoint_dir, vars.len(), model.device())? {
         checkpoint::check_fingerprint(&loaded, &fp)?;
@@ -66,8 +72,10 @@ pub fn save(
     )?)
 }
 
-/// Settings a checkpoint must share with the job resuming it.
-pub fn fingerprint(spec: &JobSpec, model: &Model) -> BTreeMap<String, String> {
+/// Settings a checkpoint must share with the job resuming it. `gradient_accumulation_steps` is
+/// the micro-batches of a step over all `world` ranks (the same number with one rank), so a job
+/// resumes on another world size whose accumulation keeps the effective batch.
+pub fn fingerprint(spec: &JobSpec, model: &Model, world: usize) -> BTreeMap<String, String> {
     let mut f: BTreeMap<String, String> = [
         "lora_r",
         "lora_alpha",
@@ -75,7 +83,6 @@ pub fn fingerprint(spec: &JobSpec, model: &Model) -> BTreeMap<String, String> {
         "target_modules",
         "seed",
         "per_device_batch_size",
-        "gradient_accumulation_steps",
         "max_seq_length",
         "packing",
         "method",
@@ -89,7 +96,35 @@ pub fn fingerprint(spec: &JobSpec, model: &Model) -> BTreeMap<String, String> {
             f.insert(k.into(), spec.resolved.get(k).cloned().unwrap_or_default());
         }
     }
+    f.insert("gradient_accumulation_steps".into(), (spec.gradient_accumulation_steps * world).to_string());
     f.insert("trainable_params".into(), model.trainable_param_count().to_string());
     f.insert("model".into(), model.identity());
     f
+}
+
+/// With `world` ranks, the per-rank `gradient_accumulation_steps` that keeps the effective batch
+/// of the newest checkpoint in `checkpoint_dir` (written on any world size): the job's own value
+/// when there is none or it already matches. Refused when the ranks cannot share the checkpoint's
+/// micro-batches evenly.
+pub fn accumulation_for(spec: &JobSpec, world: usize, checkpoint_dir: &Path) -> Result<usize, TrainError> {
+    let own = spec.gradient_accumulation_steps;
+    let Some(saved) = checkpoint::latest_state(checkpoint_dir) else { return Ok(own) };
+    let Some(per_step) = saved.fingerprint.get("gradient_accumulation_steps").and_then(|v| v.parse::<usize>().ok())
+    else {
+        return Ok(own);
+    };
+    if per_step == own * world {
+        return Ok(own);
+    }
+    if per_step % world != 0 {
+        return Err(TrainError::BadInput(format!(
+            "the checkpoint at step {} takes {per_step} micro-batches per step, which {world} ranks cannot share evenly: resume on a number of ranks that divides {per_step}",
+            saved.step
+        )));
+    }
+    tracing::info!(
+        "Resuming a checkpoint of {per_step} micro-batches per step on {world} rank(s): gradient_accumulation_steps {own} → {} keeps the effective batch",
+        per_step / world
+    );
+    Ok(per_step / world)
 }

@@ -219,15 +219,19 @@ fn epochs_completed_says_what_the_metric_lines_say() {
 }
 
 #[test]
-fn pipe_mode_multi_host_and_methods_not_built_are_refused() {
+fn pipe_mode_foreign_hosts_and_methods_not_built_are_refused() {
     let job = Job::new(crate::common::SMALL_JOB, &rows(8));
     let cfg = job.root().join("input/config");
     std::fs::write(cfg.join("inputdataconfig.json"), r#"{"train":{"TrainingInputMode":"Pipe"}}"#).unwrap();
     assert!(expect_failure(&job, &[], 2).contains("Pipe"));
     std::fs::remove_file(cfg.join("inputdataconfig.json")).unwrap();
+    std::fs::write(cfg.join("resourceconfig.json"), r#"{"current_host":"algo-3","hosts":["algo-1","algo-2"]}"#)
+        .unwrap();
+    assert!(expect_failure(&job, &[], 2).contains("`algo-3` is not among hosts"));
     std::fs::write(cfg.join("resourceconfig.json"), r#"{"current_host":"algo-1","hosts":["algo-1","algo-2"]}"#)
         .unwrap();
-    assert!(expect_failure(&job, &[], 2).contains("instance_count=1"));
+    assert!(expect_failure(&job, &["--method", "grpo", "--num_generations", "4"], 2)
+        .contains("GRPO trains on one GPU of one host for now"));
     std::fs::remove_file(cfg.join("resourceconfig.json")).unwrap();
     // QLoRA runs now; its unimplemented fp4 variant is refused.
     assert!(expect_failure(&job, &["--method", "qlora", "--bnb_4bit_quant_type", "fp4"], 2).contains("fp4"));

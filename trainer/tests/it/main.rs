@@ -16,6 +16,7 @@ mod grpo;
 mod lora_grad;
 mod parity;
 mod qlora;
+mod ranks;
 mod readme;
 mod resume;
 mod rouge;

@@ -145,6 +145,14 @@ pub fn loss_bits(summary: &serde_json::Value) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// The step of the newest complete checkpoint under `dir`.
+pub fn newest_checkpoint_step(dir: &Path) -> Option<u64> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("checkpoint-")?.parse().ok())
+        .max()
+}
+
 pub fn text(o: &Output) -> String {
     format!("{}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }

@@ -1,0 +1,418 @@
+//! Ranks as processes, on one host or several, joined over TCP: every rank connects to rank 0's
+//! rendezvous address, rank 0 sums the buffers in rank order and sends the sum back (a star). It
+//! is the collective of CPU ranks (tests, `oxtune local` dry runs of a distributed job) and, on
+//! GPUs, the rendezvous that hands NCCL its id: one mechanism that works on one host and across
+//! hosts, needs nothing but the port every SageMaker host may open to the others.
+//!
+//! A rank that fails sends its reason before it goes; a connection that drops counts as its rank
+//! failing. Rank 0 passes either on to every rank, so no rank waits for a peer that is gone.
+
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::mpsc::{channel, Receiver};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::{Collective, DistError};
+
+const HELLO: u8 = 1;
+const READY: u8 = 2;
+const DATA: u8 = 3;
+const ABORT: u8 = 4;
+const BLOB: u8 = 5;
+
+/// One framed message: a tag and its bytes.
+struct Frame {
+    tag: u8,
+    body: Vec<u8>,
+}
+
+fn write_frame(s: &mut TcpStream, tag: u8, body: &[u8]) -> std::io::Result<()> {
+    let mut head = [0u8; 9];
+    head[0] = tag;
+    head[1..].copy_from_slice(&(body.len() as u64).to_le_bytes());
+    s.write_all(&head)?;
+    s.write_all(body)?;
+    s.flush()
+}
+
+fn read_frame(s: &mut TcpStream) -> std::io::Result<Frame> {
+    let mut head = [0u8; 9];
+    s.read_exact(&mut head)?;
+    let len = u64::from_le_bytes(head[1..].try_into().expect("8 bytes")) as usize;
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body)?;
+    Ok(Frame { tag: head[0], body })
+}
+
+fn f32s_to_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn abort_body(rank: usize, reason: &str) -> Vec<u8> {
+    let mut b = (rank as u32).to_le_bytes().to_vec();
+    b.extend(reason.as_bytes());
+    b
+}
+
+fn parse_abort(body: &[u8]) -> DistError {
+    let rank = body.get(..4).map(|r| u32::from_le_bytes(r.try_into().expect("4 bytes")) as usize).unwrap_or(0);
+    DistError::PeerFailed { rank, reason: String::from_utf8_lossy(body.get(4..).unwrap_or(&[])).into_owned() }
+}
+
+/// What rank 0 hears from one peer.
+enum Heard {
+    Frame(Frame),
+    Lost(String),
+}
+
+struct Peer {
+    rank: usize,
+    stream: TcpStream,
+}
+
+enum Role {
+    Root { peers: Mutex<Vec<Peer>>, inbox: Mutex<(Receiver<(usize, Heard)>, Vec<VecDeque<Frame>>)> },
+    Member { stream: Mutex<TcpStream>, root: String },
+}
+
+/// One rank of a TCP group (see the module docs).
+pub struct TcpGroup {
+    rank: usize,
+    world: usize,
+    role: Role,
+}
+
+impl TcpGroup {
+    /// Joins the group of `world` ranks whose rank 0 listens on `addr` (`host:port`): rank 0 binds
+    /// the port on every interface and waits for the others; the others resolve and connect,
+    /// retrying both until `timeout` (hosts come up, and get their names, at different times).
+    /// Returns once every rank has joined.
+    pub fn join(rank: usize, world: usize, addr: &str, timeout: Duration) -> Result<TcpGroup, DistError> {
+        let deadline = Instant::now() + timeout;
+        let role = if rank == 0 { root(world, addr, deadline)? } else { member(rank, world, addr, deadline)? };
+        Ok(TcpGroup { rank, world, role })
+    }
+
+    /// Rank 0's `bytes` on every rank (the others pass `None`): how the NCCL id travels.
+    pub fn share(&self, bytes: Option<&[u8]>) -> Result<Vec<u8>, DistError> {
+        match &self.role {
+            Role::Root { peers, .. } => {
+                let bytes = bytes.unwrap_or_default().to_vec();
+                for p in peers.lock().unwrap_or_else(|p| p.into_inner()).iter_mut() {
+                    write_frame(&mut p.stream, BLOB, &bytes).map_err(|e| lost(p.rank, &e))?;
+                }
+                Ok(bytes)
+            }
+            Role::Member { stream, root } => {
+                let mut s = stream.lock().unwrap_or_else(|p| p.into_inner());
+                match read_frame(&mut s).map_err(|e| lost_root(root, &e))? {
+                    Frame { tag: BLOB, body } => Ok(body),
+                    Frame { tag: ABORT, body } => Err(parse_abort(&body)),
+                    f => Err(protocol(f.tag)),
+                }
+            }
+        }
+    }
+}
+
+fn lost(rank: usize, e: &std::io::Error) -> DistError {
+    DistError::PeerFailed { rank, reason: format!("its connection was lost ({e}); see that rank's log for why") }
+}
+
+fn lost_root(root: &str, e: &std::io::Error) -> DistError {
+    DistError::PeerFailed {
+        rank: 0,
+        reason: format!("the connection to rank 0 at {root} was lost ({e}); see rank 0's log for why"),
+    }
+}
+
+fn protocol(tag: u8) -> DistError {
+    DistError::Protocol(format!("unexpected message {tag} between ranks: are all ranks the same train version?"))
+}
+
+fn root(world: usize, addr: &str, deadline: Instant) -> Result<Role, DistError> {
+    let port = addr.rsplit_once(':').map(|(_, p)| p).unwrap_or(addr);
+    let listener = TcpListener::bind(("0.0.0.0", port.parse::<u16>().map_err(|_| bad_addr(addr))?))
+        .map_err(|e| DistError::Rendezvous(format!("rank 0 cannot listen on port {port}: {e}")))?;
+    listener.set_nonblocking(true).map_err(|e| DistError::Rendezvous(e.to_string()))?;
+    let mut peers: Vec<Peer> = Vec::new();
+    while peers.len() + 1 < world {
+        match listener.accept() {
+            Ok((mut stream, from)) => {
+                stream.set_nonblocking(false).map_err(|e| DistError::Rendezvous(e.to_string()))?;
+                stream.set_read_timeout(Some(Duration::from_secs(30))).ok();
+                let hello = read_frame(&mut stream).map_err(|e| DistError::Rendezvous(format!("{from}: {e}")))?;
+                let (rank, their_world) = match hello {
+                    Frame { tag: HELLO, body } if body.len() == 8 => (
+                        u32::from_le_bytes(body[..4].try_into().expect("4 bytes")) as usize,
+                        u32::from_le_bytes(body[4..].try_into().expect("4 bytes")) as usize,
+                    ),
+                    _ => return Err(DistError::Rendezvous(format!("{from} is not a train rank"))),
+                };
+                if their_world != world || rank == 0 || rank >= world || peers.iter().any(|p| p.rank == rank) {
+                    return Err(DistError::Rendezvous(format!(
+                        "{from} joined as rank {rank} of {their_world}; rank 0 expects ranks 1..{world} of {world} once each: do all hosts run the same job with the same GPUs per host?"
+                    )));
+                }
+                stream.set_read_timeout(None).ok();
+                stream.set_nodelay(true).ok();
+                peers.push(Peer { rank, stream });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if Instant::now() > deadline {
+                    let mut missing: Vec<usize> = (1..world).filter(|r| !peers.iter().any(|p| p.rank == *r)).collect();
+                    missing.truncate(16);
+                    return Err(DistError::Rendezvous(format!(
+                        "ranks {missing:?} did not reach rank 0 on port {port} in time: check that every host runs the job and that the hosts may connect to each other"
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(DistError::Rendezvous(format!("accepting on port {port}: {e}"))),
+        }
+    }
+    peers.sort_by_key(|p| p.rank);
+    let (tx, rx) = channel();
+    for p in peers.iter_mut() {
+        write_frame(&mut p.stream, READY, &[]).map_err(|e| lost(p.rank, &e))?;
+        let (rank, mut reader) = (p.rank, p.stream.try_clone().map_err(|e| lost(p.rank, &e))?);
+        let tx = tx.clone();
+        // One reader per peer: rank 0 hears an abort or a lost connection from any rank at once.
+        std::thread::spawn(move || loop {
+            match read_frame(&mut reader) {
+                Ok(f) => {
+                    if tx.send((rank, Heard::Frame(f))).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send((rank, Heard::Lost(e.to_string())));
+                    return;
+                }
+            }
+        });
+    }
+    Ok(Role::Root { peers: Mutex::new(peers), inbox: Mutex::new((rx, (0..world).map(|_| VecDeque::new()).collect())) })
+}
+
+fn bad_addr(addr: &str) -> DistError {
+    DistError::Rendezvous(format!("`{addr}` is not host:port"))
+}
+
+fn member(rank: usize, world: usize, addr: &str, deadline: Instant) -> Result<Role, DistError> {
+    let mut last;
+    let mut wait = Duration::from_millis(50);
+    let mut stream = loop {
+        // Name resolution is retried too: SageMaker hosts may not know each other's names yet.
+        let attempt = addr.to_socket_addrs().map_err(|e| e.to_string()).and_then(|mut it| {
+            it.next().ok_or_else(|| "no address".to_string()).and_then(|a| {
+                let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(10));
+                TcpStream::connect_timeout(&a, left.min(Duration::from_secs(5))).map_err(|e| e.to_string())
+            })
+        });
+        match attempt {
+            Ok(s) => break s,
+            Err(e) => last = e,
+        }
+        if Instant::now() > deadline {
+            return Err(DistError::Rendezvous(format!(
+                "rank {rank} cannot reach rank 0 at {addr}: {last}; check that the first host runs the job and that the hosts may connect to each other"
+            )));
+        }
+        std::thread::sleep(wait);
+        wait = (wait * 2).min(Duration::from_secs(2));
+    };
+    stream.set_nodelay(true).ok();
+    let mut hello = (rank as u32).to_le_bytes().to_vec();
+    hello.extend((world as u32).to_le_bytes());
+    write_frame(&mut stream, HELLO, &hello).map_err(|e| lost_root(addr, &e))?;
+    match read_frame(&mut stream).map_err(|e| lost_root(addr, &e))? {
+        Frame { tag: READY, .. } => {}
+        Frame { tag: ABORT, body } => return Err(parse_abort(&body)),
+        f => return Err(protocol(f.tag)),
+    }
+    Ok(Role::Member { stream: Mutex::new(stream), root: addr.to_string() })
+}
+
+impl TcpGroup {
+    /// Rank 0: the next frame from `rank`, or the failure of any rank (which is then passed on).
+    fn next_from(&self, rank: usize) -> Result<Frame, DistError> {
+        let Role::Root { inbox, .. } = &self.role else { unreachable!("rank 0 only") };
+        let mut guard = inbox.lock().unwrap_or_else(|p| p.into_inner());
+        let (rx, queues) = &mut *guard;
+        loop {
+            if let Some(f) = queues[rank].pop_front() {
+                return Ok(f);
+            }
+            let (from, heard) =
+                rx.recv().map_err(|_| DistError::PeerFailed { rank, reason: "its connection was lost".into() })?;
+            match heard {
+                Heard::Frame(Frame { tag: ABORT, body }) => return Err(parse_abort(&body)),
+                Heard::Frame(f) => queues[from].push_back(f),
+                Heard::Lost(e) => {
+                    return Err(lost(from, &std::io::Error::new(std::io::ErrorKind::ConnectionAborted, e)))
+                }
+            }
+        }
+    }
+
+    fn tell_all(&self, tag: u8, body: &[u8]) {
+        if let Role::Root { peers, .. } = &self.role {
+            for p in peers.lock().unwrap_or_else(|p| p.into_inner()).iter_mut() {
+                let _ = write_frame(&mut p.stream, tag, body);
+            }
+        }
+    }
+
+    fn root_reduce(&self, buf: &mut [f32]) -> Result<(), DistError> {
+        let mut sum = buf.to_vec();
+        for rank in 1..self.world {
+            let f = self.next_from(rank)?;
+            if f.tag != DATA {
+                return Err(protocol(f.tag));
+            }
+            if f.body.len() != buf.len() * 4 {
+                return Err(DistError::Mismatch { rank, got: f.body.len() / 4, want: buf.len() });
+            }
+            for (s, c) in sum.iter_mut().zip(f.body.chunks_exact(4)) {
+                *s += f32::from_le_bytes(c.try_into().expect("4 bytes"));
+            }
+        }
+        let bytes = f32s_to_bytes(&sum);
+        let Role::Root { peers, .. } = &self.role else { unreachable!("rank 0 only") };
+        for p in peers.lock().unwrap_or_else(|p| p.into_inner()).iter_mut() {
+            write_frame(&mut p.stream, DATA, &bytes).map_err(|e| lost(p.rank, &e))?;
+        }
+        buf.copy_from_slice(&sum);
+        Ok(())
+    }
+}
+
+impl Collective for TcpGroup {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn world(&self) -> usize {
+        self.world
+    }
+
+    fn all_reduce_sum(&self, buf: &mut [f32]) -> Result<(), DistError> {
+        match &self.role {
+            Role::Root { .. } => self.root_reduce(buf).inspect_err(|e| {
+                // Whoever failed, the others hear it from rank 0 instead of waiting for a sum.
+                let (rank, reason) = match e {
+                    DistError::PeerFailed { rank, reason } => (*rank, reason.clone()),
+                    other => (0, other.to_string()),
+                };
+                self.tell_all(ABORT, &abort_body(rank, &reason));
+            }),
+            Role::Member { stream, root } => {
+                let mut s = stream.lock().unwrap_or_else(|p| p.into_inner());
+                write_frame(&mut s, DATA, &f32s_to_bytes(buf)).map_err(|e| lost_root(root, &e))?;
+                match read_frame(&mut s).map_err(|e| lost_root(root, &e))? {
+                    Frame { tag: DATA, body } if body.len() == buf.len() * 4 => {
+                        for (b, c) in buf.iter_mut().zip(body.chunks_exact(4)) {
+                            *b = f32::from_le_bytes(c.try_into().expect("4 bytes"));
+                        }
+                        Ok(())
+                    }
+                    Frame { tag: DATA, body } => {
+                        Err(DistError::Mismatch { rank: 0, got: body.len() / 4, want: buf.len() })
+                    }
+                    Frame { tag: ABORT, body } => Err(parse_abort(&body)),
+                    f => Err(protocol(f.tag)),
+                }
+            }
+        }
+    }
+
+    fn abort(&self, reason: &str) {
+        match &self.role {
+            Role::Root { .. } => self.tell_all(ABORT, &abort_body(0, reason)),
+            Role::Member { stream, .. } => {
+                // A member may be blocked in a reduce on another thread: never wait for its lock.
+                if let Ok(mut s) = stream.try_lock() {
+                    let _ = write_frame(&mut s, ABORT, &abort_body(self.rank, reason));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn free_port() -> u16 {
+        TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    }
+
+    fn group(world: usize) -> Vec<TcpGroup> {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let handles: Vec<_> = (0..world)
+            .map(|r| {
+                let addr = addr.clone();
+                std::thread::spawn(move || TcpGroup::join(r, world, &addr, Duration::from_secs(20)).unwrap())
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    }
+
+    #[test]
+    fn sums_in_rank_order_and_shares_rank_0s_bytes() {
+        let g = group(3);
+        let out: Vec<(Vec<f32>, Vec<u8>)> = std::thread::scope(|s| {
+            let hs: Vec<_> = g
+                .iter()
+                .map(|m| {
+                    s.spawn(move || {
+                        let id = m.share((m.rank() == 0).then_some(&b"nccl-id"[..])).unwrap();
+                        let mut all = Vec::new();
+                        for round in 0..3 {
+                            let mut buf = vec![m.rank() as f32 + round as f32, 1e8, 1.0];
+                            m.all_reduce_sum(&mut buf).unwrap();
+                            all.extend(buf);
+                        }
+                        (all, id)
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(out[0].0[..3], [3.0, 3e8, 3.0]);
+        assert_eq!(out[0].0[6..9], [9.0, 3e8, 3.0]);
+        assert!(out.iter().all(|o| o.0 == out[0].0 && o.1 == b"nccl-id"));
+    }
+
+    #[test]
+    fn a_failed_or_vanished_rank_releases_the_others() {
+        let mut g = group(3);
+        let gone = g.pop().unwrap();
+        let (r0, r1) = (&g[0], &g[1]);
+        std::thread::scope(|s| {
+            let h1 = s.spawn(|| r1.all_reduce_sum(&mut [1.0]));
+            let h0 = s.spawn(|| r0.all_reduce_sum(&mut [1.0]));
+            gone.abort("out of memory");
+            let e0 = h0.join().unwrap().unwrap_err().to_string();
+            let e1 = h1.join().unwrap().unwrap_err().to_string();
+            assert!(e0.contains("rank 2 failed: out of memory"), "{e0}");
+            assert!(e1.contains("rank 2 failed: out of memory"), "{e1}");
+        });
+        let mut g = group(2);
+        drop(g.pop());
+        let e = g[0].all_reduce_sum(&mut [1.0]).unwrap_err().to_string();
+        assert!(e.contains("rank 1 failed") && e.contains("connection was lost"), "{e}");
+    }
+
+    #[test]
+    fn a_rank_that_never_comes_is_named() {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let e = TcpGroup::join(0, 3, &addr, Duration::from_millis(300)).err().unwrap().to_string();
+        assert!(e.contains("ranks [1, 2] did not reach rank 0"), "{e}");
+        let e = TcpGroup::join(1, 2, &addr, Duration::from_millis(300)).err().unwrap().to_string();
+        assert!(e.contains("rank 1 cannot reach rank 0"), "{e}");
+    }
+}

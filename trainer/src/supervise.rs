@@ -1,0 +1,247 @@
+//! One process per GPU. `train` on each host works out the job's ranks — the hosts of
+//! `resourceconfig.json` × the GPUs of a host (`num_gpus` limits them; on a host without GPUs,
+//! `num_gpus` CPU ranks) — and when there is more than one, starts a worker per local rank (itself,
+//! re-executed, as torchrun starts Python) and supervises them: a worker that fails takes the
+//! others on its host down at once and its rank and reason go to `output/failure`; SIGTERM reaches
+//! every worker (they checkpoint together); the exit code is what one process would have returned.
+
+use std::io::{BufRead, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use crate::device;
+use crate::dist::topology::{self, Topology};
+use crate::dist::worker::WorkerEnv;
+use crate::error::TrainError;
+use crate::job::{self, JobOptions};
+use crate::sagemaker::{self, ExitCode};
+use crate::spec::Method;
+
+/// How this process runs the job.
+pub enum Plan {
+    /// In this process: one rank, or a worker a supervisor started.
+    InProcess,
+    /// Several ranks: start this host's workers and supervise them.
+    Ranks { topology: Topology, network_interface: Option<String> },
+}
+
+/// The job's ranks, worked out before anything is loaded.
+pub fn plan(opts: &JobOptions) -> Result<Plan, TrainError> {
+    if WorkerEnv::from_env(&opts.env)?.is_some() {
+        return Ok(Plan::InProcess);
+    }
+    let spec = job::resolve_spec(&opts.paths, &opts.env, &opts.cli)?;
+    let resources = sagemaker::read_resource_config(&opts.paths)?;
+    let local = device::local_ranks(&opts.env, spec.num_gpus)?;
+    let port = match opts.env.iter().rev().find(|(k, _)| k == topology::PORT_VAR) {
+        Some((_, v)) => v
+            .trim()
+            .parse()
+            .map_err(|_| TrainError::BadInput(format!("{}={v} is not a port number", topology::PORT_VAR)))?,
+        None => topology::DEFAULT_PORT,
+    };
+    let topology = Topology::new(&resources.hosts, &resources.current_host, local, port)
+        .map_err(|e| TrainError::BadInput(format!("{e} ({})", opts.paths.config_dir().display())))?;
+    if topology.world() == 1 {
+        return Ok(Plan::InProcess);
+    }
+    if spec.method == Method::Grpo {
+        return Err(TrainError::Unsupported(format!(
+            "method=grpo on {} ranks: GRPO trains on one GPU of one host for now; set num_gpus=1 and use one instance",
+            topology.world()
+        )));
+    }
+    Ok(Plan::Ranks { topology, network_interface: resources.network_interface_name })
+}
+
+/// Starts this host's workers and waits for them; returns the process exit code, with
+/// `output/failure` written when the job did not finish.
+pub fn run(topology: &Topology, network_interface: Option<&str>, opts: &JobOptions) -> u8 {
+    let paths = &opts.paths;
+    paths.clear_stale_failure();
+    let env = |k: &str| opts.env.iter().rev().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let overrides = env(topology::HOST_ADDRS_VAR).unwrap_or_default();
+    let timeout =
+        Duration::from_secs(env(crate::dist::worker::TIMEOUT_VAR).and_then(|v| v.parse().ok()).unwrap_or(900));
+    if topology.hosts.len() > 1 {
+        if let Err(e) = topology::wait_for_names(&topology.hosts, &overrides, timeout) {
+            return give_up(paths, &TrainError::from(e));
+        }
+    }
+    let master = topology.master_addr(&overrides);
+    let reports = std::env::temp_dir().join(format!("oxtune-ranks-{}", std::process::id()));
+    if let Err(e) = std::fs::create_dir_all(&reports) {
+        return give_up(paths, &TrainError::Io { path: reports.display().to_string(), source: e });
+    }
+    let first = topology.rank(0);
+    tracing::info!(
+        "Data parallelism: {} ranks ({} host(s) × {}); host {} runs ranks {}–{}; rank 0 listens at {}",
+        topology.world(),
+        topology.hosts.len(),
+        topology.local_ranks,
+        topology.hosts[topology.host_index],
+        first,
+        first + topology.local_ranks - 1,
+        master
+    );
+    let mut children: Vec<Child> = Vec::new();
+    for local in 0..topology.local_ranks {
+        let worker = WorkerEnv {
+            rank: topology.rank(local),
+            world: topology.world(),
+            local_rank: local,
+            master: master.clone(),
+            report: report_path(&reports, topology.rank(local)),
+            timeout,
+        };
+        match spawn(&worker, network_interface.filter(|_| topology.hosts.len() > 1), opts) {
+            Ok(c) => children.push(c),
+            Err(e) => {
+                kill_all(&mut children);
+                return give_up(paths, &TrainError::Io { path: "train (re-executed as a worker)".into(), source: e });
+            }
+        }
+    }
+    let statuses = wait_all(&mut children, opts);
+    let code = conclude(topology, &statuses, &reports, paths);
+    let _ = std::fs::remove_dir_all(&reports);
+    code
+}
+
+fn give_up(paths: &sagemaker::MlPaths, e: &TrainError) -> u8 {
+    eprintln!("error: {}", e.reason());
+    let _ = paths.write_failure(&e.reason(), "");
+    e.exit_code() as u8
+}
+
+/// `train train --ml-root ROOT --k=v…` with the worker's place in its environment; its stderr
+/// lines get a `[rank N]` prefix, its stdout (rank 0's progress and METRIC lines) passes as is.
+fn spawn(worker: &WorkerEnv, network_interface: Option<&str>, opts: &JobOptions) -> std::io::Result<Child> {
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.arg("train").arg("--ml-root").arg(&opts.paths.root);
+    cmd.args(opts.cli.iter().map(|(k, v)| format!("--{k}={v}")));
+    cmd.envs(worker.vars()).stderr(Stdio::piped());
+    // What SageMaker's toolkit sets for NCCL across hosts, unless the user has.
+    if let Some(ifname) = network_interface {
+        if !opts.env.iter().any(|(k, _)| k == "NCCL_SOCKET_IFNAME") {
+            cmd.env("NCCL_SOCKET_IFNAME", ifname);
+        }
+    }
+    let mut child = cmd.spawn()?;
+    if let Some(err) = child.stderr.take() {
+        let rank = worker.rank;
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = writeln!(std::io::stderr().lock(), "[rank {rank}] {line}");
+            }
+        });
+    }
+    Ok(child)
+}
+
+fn signal(child: &Child, sig: i32) {
+    // SAFETY: kill(2) on a child we spawned and have not reaped; no memory is touched.
+    unsafe {
+        libc::kill(child.id() as i32, sig);
+    }
+}
+
+fn kill_all(children: &mut [Child]) {
+    for c in children.iter_mut() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+fn stopped(s: &ExitStatus) -> bool {
+    s.code() == Some(ExitCode::Interrupted as i32)
+}
+
+/// How a worker ended: its status, when it was seen to end, and whether the supervisor killed it.
+type Ended = (ExitStatus, std::time::Instant, bool);
+
+/// Waits for every worker: SIGTERM is passed on to them; the first that fails takes the others
+/// down (they cannot finish a step without it).
+fn wait_all(children: &mut [Child], opts: &JobOptions) -> Vec<Ended> {
+    let mut done: Vec<Option<Ended>> = vec![None; children.len()];
+    let mut forwarded = false;
+    let mut failed = false;
+    while done.iter().any(Option::is_none) {
+        if opts.stop.is_set() && !forwarded {
+            forwarded = true;
+            for (c, d) in children.iter().zip(&done) {
+                if d.is_none() {
+                    signal(c, libc::SIGTERM);
+                }
+            }
+        }
+        // Only workers still running after an earlier round saw a failure got the supervisor's SIGKILL.
+        let killed = failed;
+        for (c, d) in children.iter_mut().zip(done.iter_mut()) {
+            if d.is_none() {
+                if let Ok(Some(s)) = c.try_wait() {
+                    *d = Some((s, std::time::Instant::now(), killed));
+                    failed |= !s.success() && !stopped(&s);
+                }
+            }
+        }
+        if failed {
+            for (c, d) in children.iter().zip(&done) {
+                if d.is_none() {
+                    signal(c, libc::SIGKILL);
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    done.into_iter().map(|d| d.expect("every worker exited")).collect()
+}
+
+/// The job's exit code from its workers'; `output/failure` names the rank that failed first.
+fn conclude(topology: &Topology, statuses: &[Ended], reports: &Path, paths: &sagemaker::MlPaths) -> u8 {
+    if statuses.iter().all(|(s, _, _)| s.success()) {
+        return ExitCode::Success as u8;
+    }
+    // The cause: a worker killed from outside (it could not say why, and the others failed
+    // because it went), else the first to fail; never one the supervisor killed itself.
+    let failed = || statuses.iter().enumerate().filter(|(_, (s, _, ours))| !s.success() && !stopped(s) && !ours);
+    let culprit = failed()
+        .find(|(_, (s, _, _))| s.signal().is_some())
+        .or_else(|| failed().min_by_key(|(_, (_, t, _))| *t))
+        .or_else(|| statuses.iter().enumerate().find(|(_, (s, _, _))| !s.success()));
+    let Some((local, (status, _, _))) = culprit else { return ExitCode::Success as u8 };
+    let rank = topology.rank(local);
+    let (host, _) = topology.place(rank);
+    let place = format!("rank {rank} of {} (host {host}, local rank {local})", topology.world());
+    let report = std::fs::read_to_string(report_path(reports, rank)).unwrap_or_default();
+    let (reason, details) = report.split_once("\n\n").unwrap_or((report.trim(), ""));
+    let (reason, code) = match (status.code(), status.signal()) {
+        (Some(code), _) if !reason.trim().is_empty() => (format!("{} [{place}]", reason.trim()), code as u8),
+        (Some(code), _) => (format!("Internal error: {place} exited with code {code} without a reason"), code as u8),
+        (None, Some(sig)) => {
+            (format!("Internal error: {place} was {}", describe_signal(sig)), ExitCode::Internal as u8)
+        }
+        (None, None) => (format!("Internal error: {place} ended abnormally"), ExitCode::Internal as u8),
+    };
+    eprintln!("error: {reason}");
+    if let Err(e) = paths.write_failure(&reason, details) {
+        eprintln!("error: could not write {}: {e}", paths.failure_file().display());
+    }
+    code
+}
+
+fn report_path(reports: &Path, rank: usize) -> PathBuf {
+    reports.join(format!("rank-{rank}.failure"))
+}
+
+fn describe_signal(sig: i32) -> String {
+    match sig {
+        libc::SIGKILL => "killed (SIGKILL: the host ran out of memory, or something outside the job killed it)".into(),
+        libc::SIGSEGV | libc::SIGBUS | libc::SIGABRT => {
+            format!("crashed (signal {sig}); please report it with the job's logs")
+        }
+        other => format!("ended by signal {other}"),
+    }
+}
