@@ -79,14 +79,17 @@ stage "emulated kernel launch coverage" \
 # compiled here (kernels/scripts/nvcc-stub.sh: pinned upstream code, 12 of 13 minutes on 2 cores), so
 # this train runs on CPUs only; a user's image build (container/Dockerfile, stage build) and
 # kernels/scripts/gpu-tests.sh compile them with the real nvcc.
-cuda_train="$PWD/target/cuda/debug/train"
+# It shares target/ with the CPU build: only what the `cuda` feature changes (candle-core, cudarc,
+# our crates, a few build-script dependencies) is compiled again, not every dependency. It runs after
+# every CPU stage, since it replaces target/debug/train; the CUDA train is kept as target/cuda-train.
+cuda_train="$PWD/target/cuda-train"
 cuda_build() {
   kernels/scripts/cuda-toolchain.sh
   # shellcheck disable=SC1090
   source <(kernels/scripts/cuda-toolchain.sh --env)
   rm -f "$cuda_train"
-  NVCC="$PWD/kernels/scripts/nvcc-stub.sh" CARGO_TARGET_DIR=target/cuda \
-    cargo test --no-run --features cuda -p kernels -p trainer -p benches
+  NVCC="$PWD/kernels/scripts/nvcc-stub.sh" cargo test --no-run --features cuda -p kernels -p trainer -p benches
+  cp target/debug/train "$cuda_train"
 }
 stage "CUDA build of train and the GPU tests" cuda_build
 
