@@ -382,6 +382,7 @@ fn run_grpo(c: &BenchConfig, spec: &JobSpec, model: &Model) -> anyhow::Result<Va
         checkpoint_dir: ckpt.path(),
         output_data_dir: out_dir.path(),
         stop: &stop,
+        dist: &trainer::dist::Solo,
     })?;
     let history = &outcome.state.history;
     let rec = timed(c, history)?;

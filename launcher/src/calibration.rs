@@ -92,10 +92,21 @@ pub struct Spot {
     pub source: String,
 }
 
+fn no_loss() -> f64 {
+    1.0
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct TrainerFacts {
     pub gpus_used: String,
     pub gpus_used_source: String,
+    /// Data parallelism: N ranks train at N × one rank's throughput × this, on one host / across hosts.
+    #[serde(default = "no_loss")]
+    pub scaling_one_host: f64,
+    #[serde(default = "no_loss")]
+    pub scaling_hosts: f64,
+    #[serde(default)]
+    pub scaling_source: String,
     pub padding_overhead: f64,
     pub padding_source: String,
     pub bytes_per_token: f64,
@@ -168,6 +179,15 @@ impl Calibration {
     pub fn one_gpu_per_instance(&self) -> bool {
         self.trainer.gpus_used != "all"
     }
+
+    /// The share of each rank's throughput kept when `ranks` train together on `hosts` hosts.
+    pub fn scaling(&self, ranks: u32, hosts: u32) -> f64 {
+        match (ranks, hosts) {
+            (0 | 1, _) => 1.0,
+            (_, 0 | 1) => self.trainer.scaling_one_host,
+            _ => self.trainer.scaling_hosts,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -211,6 +231,7 @@ mod tests {
             ("overhead.provisioning_source", &c.overhead.provisioning_source),
             ("spot.source", &c.spot.source),
             ("trainer.gpus_used_source", &c.trainer.gpus_used_source),
+            ("trainer.scaling_source", &c.trainer.scaling_source),
             ("trainer.padding_source", &c.trainer.padding_source),
             ("trainer.bytes_per_token_source", &c.trainer.bytes_per_token_source),
         ];

@@ -90,7 +90,8 @@ pub fn train_channel_path(job: &Job) -> Option<PathBuf> {
 pub struct EstimateParts {
     pub model: ModelRef,
     pub tokens: TokenCount,
-    pub checkpointing: Checkpointing,
+    /// None: as the job's gradient_checkpointing says (what the trainer will do).
+    pub checkpointing: Option<Checkpointing>,
     pub instance_count: u32,
     /// GRPO: prompts in the dataset (default: the data's rows).
     pub prompts: Option<u64>,
@@ -125,12 +126,13 @@ pub fn estimate_input(spec: &JobSpec, parts: EstimateParts) -> EstimateInput {
         }
     });
     let seq2seq = model.config.is_seq2seq();
-    let checkpointing = match (checkpointing, spec.resolved.get("gradient_checkpointing").map(|v| v.as_str())) {
+    // Unless asked otherwise, what the trainer will do: the job's gradient_checkpointing (off by default).
+    let checkpointing = match (checkpointing, spec.gradient_checkpointing) {
         // The trainer has no activation checkpointing for T5 yet.
         _ if seq2seq => Checkpointing::Off,
-        (Checkpointing::Auto, Some("true")) => Checkpointing::On,
-        (Checkpointing::Auto, Some("false")) => Checkpointing::Off,
-        (c, _) => c,
+        (Some(c), _) => c,
+        (None, true) => Checkpointing::On,
+        (None, false) => Checkpointing::Off,
     };
     EstimateInput {
         model_name: model.name,
@@ -310,7 +312,7 @@ fn estimate_row(
     let parts = EstimateParts {
         model,
         tokens,
-        checkpointing: Checkpointing::Auto,
+        checkpointing: None,
         instance_count: job.instance_count,
         prompts: None,
         prompt_length: None,

@@ -37,6 +37,12 @@ choice_enum! {
 /// Group-normalised advantages; `rewards` are laid out group by group (`group` completions per prompt).
 /// Standard deviations are unbiased (Bessel-corrected), as torch's `std`.
 pub fn advantages(rewards: &[f64], group: usize, scale: ScaleRewards) -> Vec<f64> {
+    advantages_in_step(rewards, rewards, group, scale)
+}
+
+/// [`advantages`] of one rank's `rewards`, where `step` holds every reward of the optimizer step
+/// (all ranks'): the batch standard deviation is the whole step's, groups stay within a rank.
+pub fn advantages_in_step(rewards: &[f64], step: &[f64], group: usize, scale: ScaleRewards) -> Vec<f64> {
     let std = |v: &[f64]| -> f64 {
         if v.len() < 2 {
             return 0.0;
@@ -44,7 +50,7 @@ pub fn advantages(rewards: &[f64], group: usize, scale: ScaleRewards) -> Vec<f64
         let m = v.iter().sum::<f64>() / v.len() as f64;
         (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt()
     };
-    let batch_std = std(rewards);
+    let batch_std = std(step);
     rewards
         .chunks(group.max(1))
         .flat_map(|g| {

@@ -407,6 +407,7 @@ fn train(
                 checkpoint_dir: &checkpoint_dir,
                 output_data_dir: &paths.output_data_dir(),
                 stop,
+                dist,
             })
         }
         None => sft::train(SftInputs {

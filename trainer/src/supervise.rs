@@ -17,7 +17,6 @@ use crate::dist::worker::WorkerEnv;
 use crate::error::TrainError;
 use crate::job::{self, JobOptions};
 use crate::sagemaker::{self, ExitCode};
-use crate::spec::Method;
 
 /// How this process runs the job.
 pub enum Plan {
@@ -47,11 +46,17 @@ pub fn plan(opts: &JobOptions) -> Result<Plan, TrainError> {
     if topology.world() == 1 {
         return Ok(Plan::InProcess);
     }
-    if spec.method == Method::Grpo {
-        return Err(TrainError::Unsupported(format!(
-            "method=grpo on {} ranks: GRPO trains on one GPU of one host for now; set num_gpus=1 and use one instance",
-            topology.world()
-        )));
+    if topology.hosts.len() > 1 {
+        // Every rank walks the same plan of the whole data set; hosts with different shards would not.
+        let channels = sagemaker::read_input_data_config(&opts.paths)?;
+        if let Some((name, _)) = channels.iter().find(|(name, c)| {
+            matches!(name.as_str(), "train" | "training") && c.distribution.as_deref() == Some("ShardedByS3Key")
+        }) {
+            return Err(TrainError::Unsupported(format!(
+                "channel `{name}` is ShardedByS3Key on {} hosts: every rank reads the whole training set for now; use FullyReplicated (the default)",
+                topology.hosts.len()
+            )));
+        }
     }
     Ok(Plan::Ranks { topology, network_interface: resources.network_interface_name })
 }
@@ -211,11 +216,20 @@ fn conclude(topology: &Topology, statuses: &[Ended], reports: &Path, paths: &sag
         .find(|(_, (s, _, _))| s.signal().is_some())
         .or_else(|| failed().min_by_key(|(_, (_, t, _))| *t))
         .or_else(|| statuses.iter().enumerate().find(|(_, (s, _, _))| !s.success()));
-    let Some((local, (status, _, _))) = culprit else { return ExitCode::Success as u8 };
+    let Some((mut local, _)) = culprit else { return ExitCode::Success as u8 };
+    // A worker that failed because another rank of this host did (its report says "rank K
+    // failed") points at the cause, which may have been seen to end a moment later.
+    let read = |local: usize| std::fs::read_to_string(report_path(reports, topology.rank(local))).unwrap_or_default();
+    if let Some(k) = blamed_rank(&read(local)).and_then(|k| k.checked_sub(topology.rank(0))) {
+        if statuses.get(k).is_some_and(|(s, _, _)| !s.success()) {
+            local = k;
+        }
+    }
+    let status = statuses[local].0;
     let rank = topology.rank(local);
     let (host, _) = topology.place(rank);
     let place = format!("rank {rank} of {} (host {host}, local rank {local})", topology.world());
-    let report = std::fs::read_to_string(report_path(reports, rank)).unwrap_or_default();
+    let report = read(local);
     let (reason, details) = report.split_once("\n\n").unwrap_or((report.trim(), ""));
     let (reason, code) = match (status.code(), status.signal()) {
         (Some(code), _) if !reason.trim().is_empty() => (format!("{} [{place}]", reason.trim()), code as u8),
@@ -232,6 +246,12 @@ fn conclude(topology: &Topology, statuses: &[Ended], reports: &Path, paths: &sag
     code
 }
 
+/// The rank a worker's failure report blames (`… rank K failed: …`), if any.
+fn blamed_rank(report: &str) -> Option<usize> {
+    let at = report.find(" failed: ")?;
+    report[..at].rsplit_once("rank ")?.1.trim().parse().ok()
+}
+
 fn report_path(reports: &Path, rank: usize) -> PathBuf {
     reports.join(format!("rank-{rank}.failure"))
 }
@@ -243,5 +263,17 @@ fn describe_signal(sig: i32) -> String {
             format!("crashed (signal {sig}); please report it with the job's logs")
         }
         other => format!("ended by signal {other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_blames_the_rank_that_failed_first() {
+        let r = "Internal error: data parallelism: rank 3 failed: its connection was lost\n\ndetails";
+        assert_eq!(blamed_rank(r), Some(3));
+        assert_eq!(blamed_rank("Bad input: no training examples"), None);
     }
 }

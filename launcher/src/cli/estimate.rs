@@ -13,6 +13,8 @@ use crate::plan::{estimate_input, model_for, train_channel_path, validate_hyperp
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum CkptArg {
+    /// What the job's `gradient_checkpointing` hyperparameter says (the trainer's default: off).
+    Job,
     Auto,
     On,
     Off,
@@ -52,10 +54,12 @@ pub struct EstimateArgs {
     pub lora_r: Option<u64>,
     #[arg(long)]
     pub packing: Option<bool>,
-    /// Gradient checkpointing: auto = only where it is needed to fit.
-    #[arg(long, value_enum, default_value = "auto")]
+    /// Gradient checkpointing: job = as the job's gradient_checkpointing says (what the trainer
+    /// will do; off unless set), auto = only where it is needed to fit, on, off.
+    #[arg(long, value_enum, default_value = "job")]
     pub gradient_checkpointing: CkptArg,
-    /// Only these instance types (repeatable); default all.
+    /// Only these instance types, each TYPE or N×TYPE / NxTYPE for N instances (repeatable;
+    /// e.g. --instance ml.g5.2xlarge --instance ml.g5.12xlarge --instance 2xml.g5.12xlarge); default all.
     #[arg(long = "instance")]
     pub instances: Vec<String>,
     /// Instances per job.
@@ -137,9 +141,10 @@ pub(super) fn run(cli: &Cli, a: &EstimateArgs) -> Res {
         )),
     };
     let ckpt = match a.gradient_checkpointing {
-        CkptArg::Auto => Checkpointing::Auto,
-        CkptArg::On => Checkpointing::On,
-        CkptArg::Off => Checkpointing::Off,
+        CkptArg::Job => None,
+        CkptArg::Auto => Some(Checkpointing::Auto),
+        CkptArg::On => Some(Checkpointing::On),
+        CkptArg::Off => Some(Checkpointing::Off),
     };
     let parts = EstimateParts {
         model,
@@ -154,8 +159,9 @@ pub(super) fn run(cli: &Cli, a: &EstimateArgs) -> Res {
     let prices = prices_for(&region)?;
     let catalogue = Catalogue::embedded();
     for i in &a.instances {
-        if catalogue.instance(i).is_none() {
-            return Err(Failure::invalid(format!("unknown instance type `{i}`; see `oxtune prices`")));
+        let (t, _) = crate::estimate::instance_choice(i, a.instance_count).map_err(Failure::invalid)?;
+        if catalogue.instance(&t).is_none() {
+            return Err(Failure::invalid(format!("unknown instance type `{t}`; see `oxtune prices`")));
         }
     }
     let e = crate::estimate::estimate(&input, &catalogue, &prices, &cal, &a.instances);

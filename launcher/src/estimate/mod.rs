@@ -148,9 +148,15 @@ pub struct MemoryBreakdown {
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
     pub instance_type: String,
+    /// Instances of the type the job runs on.
+    pub instance_count: u32,
     pub gpu: String,
     pub gpus: u32,
+    /// GPUs of one instance that train.
     pub gpus_used: u32,
+    /// Data-parallel ranks over all instances, and the throughput share each keeps.
+    pub ranks: u32,
+    pub scaling: f64,
     pub supported: bool,
     pub fits: bool,
     pub checkpointing: bool,
@@ -191,7 +197,21 @@ pub struct Estimate {
     pub notes: Vec<String>,
 }
 
-/// Compute the estimate for every instance in `instances` (all catalogued types when empty).
+/// `TYPE`, `N×TYPE` or `NxTYPE`: an instance type and how many (`default_count` without `N×`).
+pub fn instance_choice(s: &str, default_count: u32) -> Result<(String, u32), String> {
+    let s = s.trim();
+    let split = s.split_once('×').or_else(|| s.split_once('x').filter(|(n, _)| n.parse::<u32>().is_ok()));
+    match split {
+        Some((n, t)) => match n.trim().parse::<u32>() {
+            Ok(c) if c >= 1 => Ok((t.trim().to_string(), c)),
+            _ => Err(format!("`{s}`: the count before × must be a whole number ≥ 1 (e.g. 2×ml.g5.12xlarge)")),
+        },
+        None => Ok((s.to_string(), default_count.max(1))),
+    }
+}
+
+/// Compute the estimate for every instance in `instances` (all catalogued types when empty), each
+/// `TYPE` or `N×TYPE` (see [`instance_choice`]; N defaults to the input's instance count).
 pub fn estimate(
     input: &EstimateInput,
     catalogue: &Catalogue,
@@ -209,14 +229,21 @@ pub fn estimate(
         grpo_extra_flops: if input.grpo.is_some() { facts.forward_flops_per_token(shape.mean_len) } else { 0.0 },
         overhead_s: billable_overhead_seconds(&facts, input, cal),
     };
-    let wanted: Vec<&Instance> = if instances.is_empty() {
-        catalogue.instances.iter().collect()
+    let count = input.instance_count.max(1);
+    let wanted: Vec<(&Instance, u32)> = if instances.is_empty() {
+        catalogue.instances.iter().map(|i| (i, count)).collect()
     } else {
-        catalogue.instances.iter().filter(|i| instances.iter().any(|w| w == &i.instance_type)).collect()
+        instances
+            .iter()
+            .filter_map(|w| instance_choice(w, count).ok())
+            .filter_map(|(t, n)| catalogue.instance(&t).map(|i| (i, n)))
+            .collect()
     };
     let mut rows: Vec<Row> = wanted
         .into_iter()
-        .map(|inst| instance_row(inst, catalogue.gpu_of(inst), input, &facts, &shape, &memory, &work, prices, cal))
+        .map(|(inst, n)| {
+            instance_row(inst, n, catalogue.gpu_of(inst), input, &facts, &shape, &memory, &work, prices, cal)
+        })
         .collect();
     mark_cheapest(&mut rows);
     notes.extend(row_notes(&rows, prices, cal));
@@ -347,6 +374,7 @@ fn billable_overhead_seconds(facts: &ModelFacts, input: &EstimateInput, cal: &Ca
 #[allow(clippy::too_many_arguments)]
 fn instance_row(
     inst: &Instance,
+    count: u32,
     gpu: &Gpu,
     input: &EstimateInput,
     facts: &ModelFacts,
@@ -357,7 +385,10 @@ fn instance_row(
     cal: &Calibration,
 ) -> Row {
     let available = gpu.memory_mib as f64 * 1024.0 * 1024.0 * (1.0 - cal.memory.headroom_fraction);
-    let gpus_used = if cal.one_gpu_per_instance() { 1 } else { inst.gpus };
+    // GRPO trains on one GPU of one host; everything else on every GPU of every instance.
+    let gpus_used = if cal.one_gpu_per_instance() || input.grpo.is_some() { 1 } else { inst.gpus };
+    let ranks = if input.grpo.is_some() { 1 } else { gpus_used * count };
+    let scaling = cal.scaling(ranks, count);
     let eff: EfficiencyChoice = cal.efficiency(&inst.gpu, input.method.name());
     let rate = prices.rate(&inst.instance_type);
     let memory = MemoryBreakdown {
@@ -379,7 +410,7 @@ fn instance_row(
     let needed = if checkpointing { m.total_ckpt } else { m.total_full };
     let fits = gpu.bf16 && needed <= available;
     let reason = fit_reason(inst, gpu, input, m, available, checkpointing, fits);
-    let peak = gpu.bf16_tflops * 1e12 * gpus_used as f64;
+    let peak = gpu.bf16_tflops * 1e12 * ranks as f64 * scaling;
     let mut train_s = f64::NAN;
     if gpu.bf16 && peak > 0.0 {
         let per_token =
@@ -390,13 +421,15 @@ fn instance_row(
         }
     }
     let billable = train_s + work.overhead_s;
-    let count = input.instance_count as f64;
-    let cost = rate.map(|r| billable / 3600.0 * r * count).filter(|c| c.is_finite());
+    let cost = rate.map(|r| billable / 3600.0 * r * count as f64).filter(|c| c.is_finite());
     Row {
         instance_type: inst.instance_type.clone(),
+        instance_count: count,
         gpu: inst.gpu.clone(),
         gpus: inst.gpus,
         gpus_used,
+        ranks,
+        scaling,
         supported: gpu.bf16,
         fits,
         checkpointing,
@@ -488,6 +521,16 @@ fn row_notes(rows: &[Row], prices: &PriceTable, cal: &Calibration) -> Vec<String
         notes.push(format!(
             "multi-GPU instances are priced whole but the trainer uses one GPU ({})",
             cal.trainer.gpus_used_source
+        ));
+    } else if rows.iter().any(|r| r.ranks == 1 && r.gpus * r.instance_count > 1) {
+        notes.push("GRPO trains on one GPU of one host: the other GPUs are priced but idle".into());
+    }
+    if rows.iter().any(|r| r.ranks > 1) {
+        notes.push(format!(
+            "several GPUs train by data parallelism, one rank each: time assumes {:.0}% of linear scaling on one host, {:.0}% across hosts ({}); each GPU holds the whole job (the memory columns are per GPU); effective batch = batch × grad_accum × ranks, so fewer optimizer steps",
+            cal.trainer.scaling_one_host * 100.0,
+            cal.trainer.scaling_hosts * 100.0,
+            cal.trainer.scaling_source
         ));
     }
     if rows.iter().any(|r| r.price_is_estimate) {

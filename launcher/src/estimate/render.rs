@@ -1,6 +1,16 @@
 //! The estimate as the table `oxtune estimate` prints.
 
-use super::Estimate;
+use super::{Estimate, Row};
+
+impl Row {
+    /// `ml.g5.12xlarge`, or `2×ml.g5.12xlarge` for several instances.
+    pub fn label(&self) -> String {
+        match self.instance_count {
+            0 | 1 => self.instance_type.clone(),
+            n => format!("{n}×{}", self.instance_type),
+        }
+    }
+}
 
 /// The human table.
 pub fn render(e: &Estimate) -> String {
@@ -71,7 +81,7 @@ pub fn render(e: &Estimate) -> String {
             None => "n/a".into(),
         };
         rows.push(vec![
-            r.instance_type.clone(),
+            r.label(),
             gpu,
             format!("{:.1}/{:.1}", need, r.memory.available_gib),
             format!("{:.1}/{:.1}", r.memory.total_gib, r.memory.total_checkpointed_gib),
@@ -88,7 +98,7 @@ pub fn render(e: &Estimate) -> String {
         let m = &best.memory;
         out.push_str(&format!(
             "\ncheapest: {} — weights {:.2} GiB + adapter/optimizer {:.2} GiB + activations {:.2} GiB{} + CUDA {:.2} GiB; efficiency {:.2} ({}{})\n",
-            best.instance_type,
+            best.label(),
             m.weights_gib,
             m.adapter_optimizer_gib,
             if best.checkpointing { m.activations_checkpointed_gib } else { m.activations_gib },
@@ -104,10 +114,10 @@ pub fn render(e: &Estimate) -> String {
         );
     }
     for r in e.rows.iter().filter(|r| r.supported && !r.fits) {
-        out.push_str(&format!("  {}: {}\n", r.instance_type, r.reason));
+        out.push_str(&format!("  {}: {}\n", r.label(), r.reason));
     }
     for r in e.rows.iter().filter(|r| !r.supported) {
-        out.push_str(&format!("  {}: {}\n", r.instance_type, r.reason));
+        out.push_str(&format!("  {}: {}\n", r.label(), r.reason));
     }
     out.push_str(&format!(
         "time includes billable start-up/upload; provisioning (~{}) is not billed. Spot prices are a savings range, not a rate card.\n",

@@ -101,6 +101,13 @@ pub fn run(job: &Job, opts: &LocalOptions, redactor: &Redactor, out: &mut dyn Wr
         tree.root.display(),
         fmt_duration(opts.max_runtime.as_secs_f64())
     );
+    if job.instance_count > 1 {
+        let _ = writeln!(
+            out,
+            "oxtune: instance_count={} runs as one local host; set num_gpus=N to train N CPU ranks (or N local GPUs) as a dry run of data parallelism",
+            job.instance_count
+        );
+    }
     loop {
         attempts += 1;
         // A (re)started container sees empty model/ and output/, and the checkpoints it had.

@@ -31,7 +31,8 @@ pub fn config_files(job: &Job) -> Vec<(&'static str, serde_json::Value)> {
         }
         input.insert(c.name.clone(), serde_json::Value::Object(m));
     }
-    let hosts: Vec<String> = (1..=job.instance_count.max(1)).map(|i| format!("algo-{i}")).collect();
+    // A local run is one host; several GPUs (or CPU ranks: num_gpus) stand in for a multi-instance job.
+    let hosts = vec!["algo-1".to_string()];
     let resource = json!({
         "current_host": "algo-1",
         "current_instance_type": job.instance_type,

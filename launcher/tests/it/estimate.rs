@@ -324,3 +324,45 @@ fn flan_t5_xl_by_hand() {
     let rest = 2.0 * (2_849_757_184u64 - (2_717_908_992 - 503_316_480)) as f64;
     close(q.rows[0].memory.weights_gib * GIB, nf4 + rest + 2.0 * (5120.0 * 2048.0), "QLoRA weights");
 }
+
+/// Data parallelism: with the trainer on every GPU (`gpus_used = "all"`), 1×g5.12xlarge (4×A10G) and
+/// 2×g5.12xlarge train at 4 × 0.90 and 8 × 0.85 one A10G's rate (g5.2xlarge); each instance is
+/// billed for the whole run; GRPO stays on one GPU.
+#[test]
+fn several_gpus_and_instances_scale_by_the_stated_factor() {
+    let all = TEST_CALIBRATION.replace(
+        "gpus_used = \"one\"",
+        "gpus_used = \"all\"\nscaling_one_host = 0.90\nscaling_hosts = 0.85\nscaling_source = \"test\"",
+    );
+    let cal: Calibration = toml::from_str(&all).unwrap();
+    let choices: Vec<String> =
+        ["ml.g5.2xlarge", "ml.g5.12xlarge", "2xml.g5.12xlarge"].iter().map(|s| s.to_string()).collect();
+    let prices = embedded_prices("us-east-1").unwrap();
+    let e = estimate(&input("llama-3.2-1b"), &Catalogue::embedded(), &prices, &cal, &choices);
+    let [one, four, eight] = &e.rows[..] else { panic!("three rows: {:?}", e.rows.len()) };
+    assert_eq!((one.ranks, four.ranks, eight.ranks), (1, 4, 8));
+    assert_eq!((four.instance_count, eight.instance_count, eight.label()), (1, 2, "2×ml.g5.12xlarge".to_string()));
+    close(four.train_seconds, one.train_seconds / (4.0 * 0.90), "4 ranks on one host");
+    close(eight.train_seconds, one.train_seconds / (8.0 * 0.85), "8 ranks on two hosts");
+    let rate = |r: &launcher::estimate::Row| r.usd_per_hour.unwrap();
+    close(eight.cost_on_demand.unwrap(), eight.billable_seconds / 3600.0 * rate(eight) * 2.0, "two instances billed");
+    // Per-GPU memory: every rank holds the whole job.
+    close(four.memory.total_gib, one.memory.total_gib, "memory per GPU");
+    assert!(e.notes.iter().any(|n| n.contains("90% of linear scaling on one host, 85% across hosts")), "{:?}", e.notes);
+
+    let mut g = input("qwen2.5-0.5b");
+    g.method = Method::Grpo;
+    g.max_steps = Some(10);
+    g.batch = 8;
+    g.grpo = Some(launcher::estimate::GrpoParams {
+        num_generations: 8,
+        max_completion_length: 64,
+        prompt_length: 64,
+        prompts: 100,
+    });
+    let grpo = estimate(&g, &Catalogue::embedded(), &prices, &cal, &choices[1..2]);
+    assert_eq!((grpo.rows[0].ranks, grpo.rows[0].gpus_used), (1, 1));
+    assert!(grpo.notes.iter().any(|n| n.contains("GRPO trains on one GPU")), "{:?}", grpo.notes);
+    assert!(launcher::estimate::instance_choice("0xml.g5.xlarge", 1).is_err());
+    assert_eq!(launcher::estimate::instance_choice("3×ml.p5.48xlarge", 1).unwrap(), ("ml.p5.48xlarge".into(), 3));
+}

@@ -117,3 +117,23 @@ pub fn check_replicas(c: &dyn Collective, vars: &[Var], step: u64) -> Result<(),
         false => Err(DistError::Replicas { step, sums }),
     }
 }
+
+/// Every rank's `local` values, in rank order (ranks may hold different counts): one collective
+/// for the counts, one for the values, each rank's at its own offset (sums with zeros are exact).
+pub fn all_gather(c: &dyn Collective, local: &[f32]) -> Result<Vec<Vec<f32>>, DistError> {
+    let mut counts = vec![0f32; c.world()];
+    counts[c.rank()] = local.len() as f32;
+    c.all_reduce_sum(&mut counts)?;
+    let counts: Vec<usize> = counts.iter().map(|n| *n as usize).collect();
+    let at: usize = counts[..c.rank()].iter().sum();
+    let mut all = vec![0f32; counts.iter().sum()];
+    all[at..at + local.len()].copy_from_slice(local);
+    c.all_reduce_sum(&mut all)?;
+    let mut out = Vec::with_capacity(counts.len());
+    let mut from = 0;
+    for n in counts {
+        out.push(all[from..from + n].to_vec());
+        from += n;
+    }
+    Ok(out)
+}

@@ -148,12 +148,14 @@ struct LogWindow {
     loss: f64,
     steps: u64,
     tokens: u64,
+    /// Seconds in the gradient all-reduce (several ranks).
+    reducing: f64,
     since: Instant,
 }
 
 impl LogWindow {
     fn new() -> LogWindow {
-        LogWindow { loss: 0.0, steps: 0, tokens: 0, since: Instant::now() }
+        LogWindow { loss: 0.0, steps: 0, tokens: 0, reducing: 0.0, since: Instant::now() }
     }
 }
 
@@ -218,7 +220,9 @@ impl Rounds for SftRounds<'_> {
         }
         if world > 1 {
             let mut scalars = [step_loss, step_tokens as f64, f64::from(u8::from(cx.stop.is_set()))];
+            let t = Instant::now();
             dist::reduce_step(cx.dist, &mut grads, &self.vars, &mut scalars)?;
+            self.log.reducing += t.elapsed().as_secs_f64();
             if scalars[2] > 0.0 {
                 return Ok(RoundEnd::Stopped);
             }
@@ -255,6 +259,11 @@ impl Rounds for SftRounds<'_> {
                 lr: Some(lr),
                 grad_norm: Some(grad_norm),
                 tokens_per_sec: Some(log.tokens as f64 / secs),
+                // Several ranks: the share of the window spent summing gradients.
+                extra: match world {
+                    1 => Default::default(),
+                    _ => [("allreduce_share".to_string(), log.reducing / secs)].into(),
+                },
                 ..Default::default()
             };
             if rank == 0 {

@@ -230,8 +230,9 @@ fn pipe_mode_foreign_hosts_and_methods_not_built_are_refused() {
     assert!(expect_failure(&job, &[], 2).contains("`algo-3` is not among hosts"));
     std::fs::write(cfg.join("resourceconfig.json"), r#"{"current_host":"algo-1","hosts":["algo-1","algo-2"]}"#)
         .unwrap();
-    assert!(expect_failure(&job, &["--method", "grpo", "--num_generations", "4"], 2)
-        .contains("GRPO trains on one GPU of one host for now"));
+    std::fs::write(cfg.join("inputdataconfig.json"), r#"{"train":{"S3DistributionType":"ShardedByS3Key"}}"#).unwrap();
+    assert!(expect_failure(&job, &[], 2).contains("ShardedByS3Key on 2 hosts"));
+    std::fs::remove_file(cfg.join("inputdataconfig.json")).unwrap();
     std::fs::remove_file(cfg.join("resourceconfig.json")).unwrap();
     // QLoRA runs now; its unimplemented fp4 variant is refused.
     assert!(expect_failure(&job, &["--method", "qlora", "--bnb_4bit_quant_type", "fp4"], 2).contains("fp4"));

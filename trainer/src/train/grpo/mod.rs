@@ -3,6 +3,11 @@
 //! steps with a KL term to the reference policy (the same weights, adapters off).
 //! A decoder-only policy scores prompt + completion as one sequence; a T5 policy reads the prompt
 //! with its encoder and scores the completion as the decoder's labels.
+//!
+//! On several ranks each takes its own block of a step's prompts, generates and scores their groups
+//! (group normalisation stays within a prompt's group; `scale_rewards=batch` uses the whole step's
+//! rewards), the loss is normalised by the whole step's tokens and micro-batches, and the gradients
+//! are summed as in SFT: the step is the one one rank would take with every prompt.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,8 +21,9 @@ use crate::error::{io_err, TrainError};
 use crate::model::{ForwardCtx, Model};
 use kernels::recompute::SideGrads;
 
+use crate::dist::{self, Collective};
 use crate::generate::{generate, Completion, Finish, SamplingConfig};
-use crate::grpo_loss::{advantages, grpo_loss, LossConfig, LossStats};
+use crate::grpo_loss::{advantages_in_step, grpo_loss, LossConfig, LossStats};
 use crate::optim::accumulate;
 use crate::report::MetricRecord;
 use crate::rewards::{score_weighted, ExternalScorer, RewardFn, RewardInput, WeightedScores};
@@ -102,6 +108,8 @@ pub struct GrpoInputs<'a> {
     pub checkpoint_dir: &'a Path,
     pub output_data_dir: &'a Path,
     pub stop: &'a StopFlag,
+    /// The data-parallel group ([`dist::Solo`]: one rank).
+    pub dist: &'a dyn Collective,
 }
 
 /// One training sequence: prompt + completion, with its advantage.
@@ -235,7 +243,7 @@ pub fn train(inp: GrpoInputs) -> Result<Outcome, TrainError> {
     if inp.prompts.is_empty() {
         return Err(TrainError::BadInput("no prompts in the training data".into()));
     }
-    let rounds_per_epoch = inp.prompts.len().div_ceil(per_round) as u64;
+    let rounds_per_epoch = inp.prompts.len().div_ceil(per_round * inp.dist.world()) as u64;
     let frame = FrameInputs {
         spec,
         model: inp.model,
@@ -243,8 +251,7 @@ pub fn train(inp: GrpoInputs) -> Result<Outcome, TrainError> {
         stop: inp.stop,
         schedule: Schedule::new(spec, rounds_per_epoch * g.num_iterations as u64),
         generation: true,
-        // One rank: data-parallel GRPO has not landed.
-        dist: &crate::dist::Solo,
+        dist: inp.dist,
     };
     let sampling = SamplingConfig {
         temperature: g.temperature,
@@ -268,15 +275,71 @@ struct GrpoRounds<'a> {
     order: Vec<usize>,
 }
 
-/// One generation batch: the prompts, their completions and rewards.
+/// One generation batch: the prompts, their completions and rewards (this rank's), and what the
+/// step's METRIC line reports over every rank's.
 struct Generated<'r> {
     chosen: Vec<&'r PromptRow>,
     row_prompts: Vec<Vec<u32>>,
     completions: Vec<Completion>,
     rewards: WeightedScores,
     advantages: Vec<f64>,
-    tokens: usize,
     secs: f64,
+    step: StepView,
+}
+
+/// Rewards, their parts and completion lengths of a whole step, every rank's in rank order.
+struct StepView {
+    rewards: Vec<f64>,
+    per_fn: Vec<(String, Vec<f64>)>,
+    lengths: Vec<f64>,
+    truncated: usize,
+    tokens: usize,
+}
+
+impl StepView {
+    /// This rank's numbers, gathered from every rank when there are several.
+    fn gather(
+        rewards: &WeightedScores,
+        completions: &[Completion],
+        d: &dyn Collective,
+    ) -> Result<StepView, TrainError> {
+        let lengths: Vec<f64> = completions.iter().map(|c| c.ids.len() as f64).collect();
+        let truncated: Vec<f64> = completions.iter().map(|c| f64::from(u8::from(c.finish == Finish::Length))).collect();
+        if d.world() == 1 {
+            return Ok(StepView {
+                rewards: rewards.total.clone(),
+                per_fn: rewards.per_fn.clone(),
+                tokens: lengths.iter().sum::<f64>() as usize,
+                truncated: truncated.iter().sum::<f64>() as usize,
+                lengths,
+            });
+        }
+        // Per rank: totals, each function's scores, lengths, truncation flags (n values each).
+        let mut parts: Vec<&[f64]> = vec![&rewards.total];
+        parts.extend(rewards.per_fn.iter().map(|(_, v)| v.as_slice()));
+        parts.extend([lengths.as_slice(), truncated.as_slice()]);
+        let k = parts.len();
+        let flat: Vec<f32> = parts.iter().flat_map(|p| p.iter().map(|x| *x as f32)).collect();
+        let mut view = StepView {
+            rewards: vec![],
+            per_fn: rewards.per_fn.iter().map(|(n, _)| (n.clone(), vec![])).collect(),
+            lengths: vec![],
+            truncated: 0,
+            tokens: 0,
+        };
+        for got in dist::all_gather(d, &flat)? {
+            let n = got.len() / k;
+            let col = |i: usize| got[i * n..(i + 1) * n].iter().map(|x| f64::from(*x));
+            view.rewards.extend(col(0));
+            for (j, (_, v)) in view.per_fn.iter_mut().enumerate() {
+                v.extend(col(1 + j));
+            }
+            view.lengths.extend(col(k - 2));
+            view.truncated += col(k - 1).sum::<f64>() as usize;
+        }
+        view.tokens = view.lengths.iter().sum::<f64>() as usize;
+        Ok(view)
+    }
 }
 
 impl Rounds for GrpoRounds<'_> {
@@ -295,16 +358,31 @@ impl Rounds for GrpoRounds<'_> {
 
     fn round(&mut self, cx: &mut RoundCx) -> Result<RoundEnd, TrainError> {
         let round_start = Instant::now();
-        let end = (cx.state.batch_in_epoch + self.per_round).min(self.order.len());
-        let chosen: Vec<&PromptRow> =
-            self.order[cx.state.batch_in_epoch..end].iter().map(|&i| &self.inp.prompts[i]).collect();
-        let mut gen_rng =
+        let (rank, world) = (cx.dist.rank(), cx.dist.world());
+        if world > 1 {
+            // The ranks stop together, between rounds as one rank does.
+            let mut vote = [f32::from(u8::from(cx.stop.is_set()))];
+            cx.dist.all_reduce_sum(&mut vote)?;
+            if vote[0] > 0.0 {
+                return Ok(RoundEnd::Stopped);
+            }
+        }
+        let end = (cx.state.batch_in_epoch + self.per_round * world).min(self.order.len());
+        // Rank r takes the r-th block of the step's prompts (one rank: all of them).
+        let mine = self.order[cx.state.batch_in_epoch..end].chunks(self.per_round).nth(rank).unwrap_or(&[]);
+        let chosen: Vec<&PromptRow> = mine.iter().map(|&i| &self.inp.prompts[i]).collect();
+        let mut state_rng =
             cx.state.generation_rng.clone().unwrap_or_else(|| Rng::derive(self.inp.spec.seed, "generation"));
-        let generated = self.generate(chosen, &mut gen_rng)?;
-        let batches = self.micro_batches(&generated)?;
+        // Several ranks: each samples from its own stream forked off the state's, which all advance alike.
+        let mut gen_rng = match world {
+            1 => state_rng.clone(),
+            _ => Rng::derive(state_rng.next_u64(), &format!("generation-rank-{rank}")),
+        };
+        let generated = self.generate(chosen, &mut gen_rng, cx.dist)?;
+        let batches = self.micro_batches(&generated, cx.dist)?;
         self.optimize(cx, &generated, &batches, round_start, end)?;
         cx.state.batch_in_epoch = end;
-        cx.state.generation_rng = Some(gen_rng);
+        cx.state.generation_rng = Some(if world == 1 { gen_rng } else { state_rng });
         Ok(RoundEnd::Done)
     }
 }
@@ -320,15 +398,23 @@ struct RoundBatches {
 
 impl GrpoRounds<'_> {
     /// Sample the group for every chosen prompt with the policy, score and normalise.
-    fn generate<'r>(&self, chosen: Vec<&'r PromptRow>, rng: &mut Rng) -> Result<Generated<'r>, TrainError> {
+    fn generate<'r>(
+        &self,
+        chosen: Vec<&'r PromptRow>,
+        rng: &mut Rng,
+        d: &dyn Collective,
+    ) -> Result<Generated<'r>, TrainError> {
         let (g, inp) = (&self.inp.spec.grpo, &self.inp);
         let group = g.num_generations;
         let row_prompts: Vec<Vec<u32>> =
             chosen.iter().flat_map(|p| std::iter::repeat_n(p.ids.clone(), group)).collect();
         let t_gen = Instant::now();
-        let completions: Vec<Completion> = generate(inp.model, inp.tok, &row_prompts, &self.sampling, rng, true)?;
+        let completions: Vec<Completion> = match row_prompts.is_empty() {
+            // A rank past the end of a short last step still takes part in its collectives.
+            true => vec![],
+            false => generate(inp.model, inp.tok, &row_prompts, &self.sampling, rng, true)?,
+        };
         let secs = t_gen.elapsed().as_secs_f64().max(1e-9);
-        let tokens: usize = completions.iter().map(|c| c.ids.len()).sum();
         let inputs: Vec<RewardInput> = completions
             .iter()
             .enumerate()
@@ -343,14 +429,18 @@ impl GrpoRounds<'_> {
             })
             .collect();
         let weighted = inp.rewards.iter().zip(g.reward_weights.iter().copied());
-        let rewards = score_weighted(weighted, &inputs).map_err(|e| TrainError::BadInput(e.to_string()))?;
+        let rewards = match inputs.is_empty() {
+            true => WeightedScores { per_fn: inp.rewards.iter().map(|f| (f.name(), vec![])).collect(), total: vec![] },
+            false => score_weighted(weighted, &inputs).map_err(|e| TrainError::BadInput(e.to_string()))?,
+        };
         drop(inputs);
-        let advantages = advantages(&rewards.total, group, g.scale_rewards);
-        Ok(Generated { chosen, row_prompts, completions, rewards, advantages, tokens, secs })
+        let step = StepView::gather(&rewards, &completions, d)?;
+        let advantages = advantages_in_step(&rewards.total, &step.rewards, group, g.scale_rewards);
+        Ok(Generated { chosen, row_prompts, completions, rewards, advantages, secs, step })
     }
 
     /// Prompt + completion sequences in micro-batches, with the detached log-probs the loss compares to.
-    fn micro_batches(&self, gen: &Generated) -> Result<RoundBatches, TrainError> {
+    fn micro_batches(&self, gen: &Generated, d: &dyn Collective) -> Result<RoundBatches, TrainError> {
         let (spec, model, pad) = (self.inp.spec, self.inp.model, self.inp.tok.pad_id());
         let encoder = model.is_seq2seq();
         let g = &spec.grpo;
@@ -374,8 +464,13 @@ impl GrpoRounds<'_> {
             .chunks(spec.per_device_batch_size)
             .map(|c| seq_batch(c, pad, model.device(), encoder))
             .collect::<candle_core::Result<_>>()?;
-        let step_tokens: f64 =
-            batches.iter().map(|b| b.mask.sum_all().and_then(|s| s.to_scalar::<f32>()).unwrap_or(0.0) as f64).sum();
+        let mut step = [
+            batches.iter().map(|b| b.mask.sum_all().and_then(|s| s.to_scalar::<f32>()).unwrap_or(0.0)).sum::<f32>(),
+            batches.len() as f32,
+        ];
+        // The normalisers are the whole step's: every rank's tokens and micro-batches.
+        d.all_reduce_sum(&mut step)?;
+        let (step_tokens, accumulation_steps) = (f64::from(step[0]), step[1] as usize);
         let detached = |adapters: bool| -> candle_core::Result<Vec<Tensor>> {
             batches.iter().map(|b| Ok(token_log_probs(model, b, adapters, None)?.detach())).collect()
         };
@@ -387,7 +482,7 @@ impl GrpoRounds<'_> {
             beta: g.beta,
             loss_type: g.loss_type,
             max_completion_length: g.max_completion_length,
-            accumulation_steps: batches.len(),
+            accumulation_steps,
             step_tokens,
         };
         Ok(RoundBatches { batches, old, reference, cfg })
@@ -426,30 +521,37 @@ impl GrpoRounds<'_> {
                 stats.tokens += s.tokens;
                 accumulate(&mut grads, &loss.backward()?, &self.vars, side.as_ref())?;
             }
+            if cx.dist.world() > 1 {
+                let mut scalars = [loss_sum, stats.kl, stats.clip_fraction, stats.tokens];
+                dist::reduce_step(cx.dist, &mut grads, &self.vars, &mut scalars)?;
+                [loss_sum, stats.kl, stats.clip_fraction, stats.tokens] = scalars;
+            }
             if !loss_sum.is_finite() {
                 return Err(TrainError::Diverged(format!("GRPO loss is {loss_sum} at step {}", cx.state.step + 1)));
             }
             let lr = cx.schedule.lr(cx.state.step);
-            let grad_norm = cx.opt.step(&grads, lr, spec.max_grad_norm)?;
+            let grad_norm = if grads.is_empty() { 0.0 } else { cx.opt.step(&grads, lr, spec.max_grad_norm)? };
             cx.state.step += 1;
-            cx.state.tokens_seen += gen.tokens as u64;
+            cx.state.tokens_seen += gen.step.tokens as u64;
             let rec = MetricRecord {
                 step: cx.state.step,
                 epoch: epochs_done(cx.state.epoch, end, cx.epoch_len),
                 loss: Some(loss_sum),
                 lr: Some(lr),
                 grad_norm: Some(grad_norm),
-                tokens_per_sec: Some(gen.tokens as f64 / round_start.elapsed().as_secs_f64().max(1e-9)),
+                tokens_per_sec: Some(gen.step.tokens as f64 / round_start.elapsed().as_secs_f64().max(1e-9)),
                 eval_loss: None,
                 extra: round_metrics(gen, &stats, round_start),
             };
-            if cx.schedule.log_now(cx.state.step) {
+            let lead = cx.dist.rank() == 0;
+            if lead && cx.schedule.log_now(cx.state.step) {
                 tracing::info!("{}", rec.line());
             }
             cx.state.history.push(rec);
             cx.progress.update(cx.state.step, loss_sum);
             let step = cx.state.step;
-            if g.log_completions_steps > 0 && (step.is_multiple_of(g.log_completions_steps) || step == 1) {
+            // Rank 0 writes its own prompts' completions.
+            if lead && g.log_completions_steps > 0 && (step.is_multiple_of(g.log_completions_steps) || step == 1) {
                 write_samples(self.inp.output_data_dir, step, gen, g.num_generations)?;
             }
         }
@@ -459,22 +561,23 @@ impl GrpoRounds<'_> {
 
 /// GRPO's own fields of a step's METRIC line: rewards, KL, clipping, completion lengths, speed.
 fn round_metrics(gen: &Generated, stats: &LossStats, round_start: Instant) -> BTreeMap<String, f64> {
-    let (rmean, rstd) = mean_std(&gen.rewards.total);
-    let lens: Vec<f64> = gen.completions.iter().map(|c| c.ids.len() as f64).collect();
+    let v = &gen.step;
+    let (rmean, rstd) = mean_std(&v.rewards);
+    let lens = &v.lengths;
     let mut extra = BTreeMap::new();
     extra.insert("reward".to_string(), rmean);
     extra.insert("reward_std".to_string(), rstd);
-    for (name, scores) in &gen.rewards.per_fn {
+    for (name, scores) in &v.per_fn {
         let key = name.split(':').next().unwrap_or(name);
         extra.insert(format!("reward_{key}"), mean_std(scores).0);
     }
     extra.insert("kl".into(), stats.kl / stats.tokens.max(1.0));
     extra.insert("clip_fraction".into(), stats.clip_fraction / stats.tokens.max(1.0));
-    extra.insert("completion_length".into(), mean_std(&lens).0);
+    extra.insert("completion_length".into(), mean_std(lens).0);
     extra.insert("completion_length_max".into(), lens.iter().cloned().fold(0.0, f64::max));
-    let truncated = gen.completions.iter().filter(|c| c.finish == Finish::Length).count();
-    extra.insert("truncated_fraction".into(), truncated as f64 / gen.completions.len().max(1) as f64);
-    extra.insert("generation_tokens_per_sec".into(), gen.tokens as f64 / gen.secs);
+    extra.insert("truncated_fraction".into(), v.truncated as f64 / lens.len().max(1) as f64);
+    // Every rank generates at once: the step's tokens over this rank's generation time.
+    extra.insert("generation_tokens_per_sec".into(), v.tokens as f64 / gen.secs);
     extra.insert("step_time".into(), round_start.elapsed().as_secs_f64());
     extra
 }
