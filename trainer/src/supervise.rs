@@ -75,7 +75,11 @@ pub fn run(topology: &Topology, network_interface: Option<&str>, opts: &JobOptio
             return give_up(paths, &TrainError::from(e));
         }
     }
-    let master = topology.master_addr(&overrides);
+    // One host: every rank is local, so no name needs resolving.
+    let master = match topology.hosts.len() {
+        1 => format!("127.0.0.1:{}", topology.port),
+        _ => topology.master_addr(&overrides),
+    };
     let reports = std::env::temp_dir().join(format!("oxtune-ranks-{}", std::process::id()));
     if let Err(e) = std::fs::create_dir_all(&reports) {
         return give_up(paths, &TrainError::Io { path: reports.display().to_string(), source: e });
