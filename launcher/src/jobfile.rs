@@ -330,6 +330,26 @@ fn duration_setting(
     }
 }
 
+/// SageMaker's two S3 distribution types; a sharded training set on several instances is refused
+/// before launch, as the trainer refuses it (every rank reads the whole training set for now).
+fn check_distribution(channels: &[Channel], instance_count: u32) -> Result<(), Error> {
+    for c in channels {
+        if !matches!(c.distribution.as_str(), "FullyReplicated" | "ShardedByS3Key") {
+            return Err(Error::Invalid(format!(
+                "channel `{}`: distribution `{}` is neither FullyReplicated nor ShardedByS3Key",
+                c.name, c.distribution
+            )));
+        }
+        if instance_count > 1 && c.distribution == "ShardedByS3Key" && matches!(c.name.as_str(), "train" | "training") {
+            return Err(Error::Invalid(format!(
+                "channel `{}` is ShardedByS3Key on {instance_count} instances: every rank reads the whole training set for now, so the trainer would refuse it; use FullyReplicated (the default)",
+                c.name
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The channels of the job file with `--channel NAME=SOURCE` added or replacing them.
 fn channels(f: &JobFile, o: &Overrides, base_dir: &Path) -> Result<Vec<Channel>, Error> {
     let mut specs: BTreeMap<String, ChannelSpec> = f.channels.clone();
@@ -460,6 +480,8 @@ pub fn resolve(
         deployable_hyperparameters(&mut hyperparameters)?;
     }
     let channels = channels(&f, o, &base_dir)?;
+    let instance_count = o.instance_count.or(sm.instance_count).unwrap_or(1);
+    check_distribution(&channels, instance_count)?;
     let (environment, passed_env) = environment(&f, o, env, &mut warnings)?;
 
     let mut tags = sm.tags.clone();
@@ -480,7 +502,7 @@ pub fn resolve(
         region: sm.region.clone(),
         profile: sm.profile.clone(),
         instance_type: o.instance_type.clone().or(sm.instance_type.clone()).unwrap_or_else(|| "ml.g5.2xlarge".into()),
-        instance_count: o.instance_count.or(sm.instance_count).unwrap_or(1),
+        instance_count,
         volume_gb: o.volume_gb.or(sm.volume_gb).unwrap_or(DEFAULT_VOLUME_GB),
         max_runtime_s,
         max_runtime_defaulted,
@@ -589,6 +611,22 @@ mod tests {
         assert_eq!(job.environment["HF_TOKEN"], "hf_secret");
         assert_eq!(job.passed_env, vec!["HF_TOKEN".to_string()]);
         assert!(job.warnings.iter().any(|w| w.contains("MISSING")));
+    }
+
+    #[test]
+    fn several_instances_take_replicated_training_data() {
+        let file = |count: u32, dist: &str| {
+            let text = format!(
+                "name = \"x\"\n[sagemaker]\ninstance_count = {count}\n[channels]\ntrain = {{ source = \"s3://b/t/\", distribution = \"{dist}\" }}"
+            );
+            let f: JobFile = toml::from_str(&text).unwrap();
+            resolve(Some((Path::new("j.toml"), f)), &Overrides::default(), &no_env, 0)
+        };
+        assert_eq!(file(2, "FullyReplicated").unwrap().instance_count, 2);
+        assert!(file(1, "ShardedByS3Key").is_ok());
+        let e = file(2, "ShardedByS3Key").unwrap_err().to_string();
+        assert!(e.contains("ShardedByS3Key on 2 instances") && e.contains("FullyReplicated"), "{e}");
+        assert!(file(1, "Sharded").unwrap_err().to_string().contains("neither FullyReplicated nor ShardedByS3Key"));
     }
 
     #[test]

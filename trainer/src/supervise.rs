@@ -96,6 +96,7 @@ pub fn run(topology: &Topology, network_interface: Option<&str>, opts: &JobOptio
         master
     );
     let mut children: Vec<Child> = Vec::new();
+    let mut relays = Vec::new();
     for local in 0..topology.local_ranks {
         let worker = WorkerEnv {
             rank: topology.rank(local),
@@ -106,7 +107,10 @@ pub fn run(topology: &Topology, network_interface: Option<&str>, opts: &JobOptio
             timeout,
         };
         match spawn(&worker, network_interface.filter(|_| topology.hosts.len() > 1), opts) {
-            Ok(c) => children.push(c),
+            Ok((c, relay)) => {
+                children.push(c);
+                relays.push(relay);
+            }
             Err(e) => {
                 kill_all(&mut children);
                 return give_up(paths, &TrainError::Io { path: "train (re-executed as a worker)".into(), source: e });
@@ -114,6 +118,10 @@ pub fn run(topology: &Topology, network_interface: Option<&str>, opts: &JobOptio
         }
     }
     let statuses = wait_all(&mut children, opts);
+    // Every worker has exited, so its stderr is at its end: the relays finish its last lines.
+    for r in relays.into_iter().flatten() {
+        let _ = r.join();
+    }
     let code = conclude(topology, &statuses, &reports, paths);
     let _ = std::fs::remove_dir_all(&reports);
     code
@@ -127,7 +135,11 @@ fn give_up(paths: &sagemaker::MlPaths, e: &TrainError) -> u8 {
 
 /// `train train --ml-root ROOT --k=v…` with the worker's place in its environment; its stderr
 /// lines get a `[rank N]` prefix, its stdout (rank 0's progress and METRIC lines) passes as is.
-fn spawn(worker: &WorkerEnv, network_interface: Option<&str>, opts: &JobOptions) -> std::io::Result<Child> {
+fn spawn(
+    worker: &WorkerEnv,
+    network_interface: Option<&str>,
+    opts: &JobOptions,
+) -> std::io::Result<(Child, Option<std::thread::JoinHandle<()>>)> {
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.arg("train").arg("--ml-root").arg(&opts.paths.root);
     cmd.args(opts.cli.iter().map(|(k, v)| format!("--{k}={v}")));
@@ -139,15 +151,15 @@ fn spawn(worker: &WorkerEnv, network_interface: Option<&str>, opts: &JobOptions)
         }
     }
     let mut child = cmd.spawn()?;
-    if let Some(err) = child.stderr.take() {
+    let relay = child.stderr.take().map(|err| {
         let rank = worker.rank;
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
                 let _ = writeln!(std::io::stderr().lock(), "[rank {rank}] {line}");
             }
-        });
-    }
-    Ok(child)
+        })
+    });
+    Ok((child, relay))
 }
 
 fn signal(child: &Child, sig: i32) {
