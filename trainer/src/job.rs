@@ -102,7 +102,16 @@ pub fn run(opts: JobOptions) -> Result<JobResult, TrainError> {
         let model_dir = paths.model_dir();
         return Ok(JobResult { model_dir, final_loss: None, final_eval_loss: None, steps: outcome.state.step });
     }
-    write_outputs(&spec, paths, &base, &model, &data, &outcome, Tests { test, baseline }, &device, dtype, started)
+    let run = RunFacts { device: &device, dtype, ranks: dist.world(), started };
+    write_outputs(&spec, paths, &base, &model, &data, &outcome, Tests { test, baseline }, run)
+}
+
+/// Where and how the job ran, for the summary.
+struct RunFacts<'a> {
+    device: &'a JobDevice,
+    dtype: DType,
+    ranks: usize,
+    started: Instant,
 }
 
 /// The job's channel names and hosts as SageMaker describes them. Several hosts take a worker of
@@ -432,9 +441,7 @@ fn write_outputs(
     data: &TrainData,
     outcome: &Outcome,
     tests: Tests,
-    device: &JobDevice,
-    dtype: DType,
-    started: Instant,
+    run: RunFacts,
 ) -> Result<JobResult, TrainError> {
     let model_dir = paths.model_dir();
     let base_name = if spec.base_model.is_empty() { base.dir.display().to_string() } else { spec.base_model.clone() };
@@ -462,14 +469,15 @@ fn write_outputs(
         spec,
         base_name: &base_name,
         family: base.arch.family_name()?,
-        device: device.name(),
-        dtype,
+        device: run.device.name(),
+        dtype: run.dtype,
         outcome,
         data: &data.read,
         train_examples: data.train.len(),
         validation_examples: data.validation.len(),
         trainable_parameters: model.trainable_param_count(),
-        wall_time_secs: started.elapsed().as_secs_f64(),
+        ranks: run.ranks,
+        wall_time_secs: run.started.elapsed().as_secs_f64(),
         merged: merged.as_deref(),
         evaluation,
     };

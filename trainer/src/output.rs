@@ -132,6 +132,8 @@ pub struct Summary<'a> {
     pub train_examples: usize,
     pub validation_examples: usize,
     pub trainable_parameters: usize,
+    /// Data-parallel ranks (1: one device).
+    pub ranks: usize,
     pub wall_time_secs: f64,
     pub merged: Option<&'a Path>,
     /// The test-set evaluation block (`eval::summary_json`), when the job had a test channel.
@@ -162,6 +164,8 @@ impl Summary<'_> {
             "train_examples": self.train_examples,
             "validation_examples": self.validation_examples,
             "trainable_parameters": self.trainable_parameters,
+            "ranks": self.ranks,
+            "effective_batch_size": self.spec.per_device_batch_size * self.spec.gradient_accumulation_steps * self.ranks,
             "final_train_loss": final_loss,
             "final_eval_loss": final_eval_loss,
             "wall_time_secs": self.wall_time_secs,

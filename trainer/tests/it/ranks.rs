@@ -98,6 +98,8 @@ fn two_hosts_of_two_ranks_train_as_one_rank_with_the_whole_batch_and_rank_0_writ
     for dir in ["model", "output", "checkpoints"] {
         assert_eq!(files(&b.root().join(dir)), 0, "algo-2 wrote under {dir}/");
     }
+    let batch = |j: &Job| (j.summary()["ranks"].as_u64(), j.summary()["effective_batch_size"].as_u64());
+    assert_eq!((batch(&a), batch(&one)), ((Some(4), Some(8)), (Some(1), Some(8))));
     let (la, l1) = (losses(&a), losses(&one));
     assert_eq!(la.len(), 4);
     for (x, y) in la.iter().zip(&l1) {
