@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::mpsc::{channel, Receiver};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{Collective, DistError};
@@ -73,7 +73,7 @@ struct Peer {
 }
 
 enum Role {
-    Root { peers: Mutex<Vec<Peer>>, inbox: Mutex<(Receiver<(usize, Heard)>, Vec<VecDeque<Frame>>)> },
+    Root { peers: Arc<Mutex<Vec<Peer>>>, inbox: Mutex<(Receiver<(usize, Heard)>, Vec<VecDeque<Frame>>)> },
     Member { stream: Mutex<TcpStream>, root: String },
 }
 
@@ -174,27 +174,47 @@ fn root(world: usize, addr: &str, deadline: Instant) -> Result<Role, DistError> 
         }
     }
     peers.sort_by_key(|p| p.rank);
-    let (tx, rx) = channel();
+    let mut readers = Vec::new();
     for p in peers.iter_mut() {
         write_frame(&mut p.stream, READY, &[]).map_err(|e| lost(p.rank, &e))?;
-        let (rank, mut reader) = (p.rank, p.stream.try_clone().map_err(|e| lost(p.rank, &e))?);
-        let tx = tx.clone();
-        // One reader per peer: rank 0 hears an abort or a lost connection from any rank at once.
+        readers.push((p.rank, p.stream.try_clone().map_err(|e| lost(p.rank, &e))?));
+    }
+    let peers = Arc::new(Mutex::new(peers));
+    let (tx, rx) = channel();
+    for (rank, mut reader) in readers {
+        let (tx, peers) = (tx.clone(), peers.clone());
+        // One reader per peer: rank 0 hears an abort or a lost connection from any rank at once,
+        // and passes it on to every other rank straight away (a rank waiting in a collective
+        // fails now, not when rank 0 next reduces).
         std::thread::spawn(move || loop {
-            match read_frame(&mut reader) {
-                Ok(f) => {
-                    if tx.send((rank, Heard::Frame(f))).is_err() {
-                        return;
-                    }
+            let heard = match read_frame(&mut reader) {
+                Ok(f) if f.tag == ABORT => {
+                    warn_all(&peers, rank, &f.body);
+                    Heard::Frame(f)
                 }
+                Ok(f) => Heard::Frame(f),
                 Err(e) => {
+                    let why = lost(rank, &e);
+                    if let DistError::PeerFailed { reason, .. } = &why {
+                        warn_all(&peers, rank, &abort_body(rank, reason));
+                    }
                     let _ = tx.send((rank, Heard::Lost(e.to_string())));
                     return;
                 }
+            };
+            if tx.send((rank, heard)).is_err() {
+                return;
             }
         });
     }
-    Ok(Role::Root { peers: Mutex::new(peers), inbox: Mutex::new((rx, (0..world).map(|_| VecDeque::new()).collect())) })
+    Ok(Role::Root { peers, inbox: Mutex::new((rx, (0..world).map(|_| VecDeque::new()).collect())) })
+}
+
+/// Rank 0: an abort `body` to every rank but `from`.
+fn warn_all(peers: &Mutex<Vec<Peer>>, from: usize, body: &[u8]) {
+    for p in peers.lock().unwrap_or_else(|p| p.into_inner()).iter_mut().filter(|p| p.rank != from) {
+        let _ = write_frame(&mut p.stream, ABORT, body);
+    }
 }
 
 fn bad_addr(addr: &str) -> DistError {
@@ -405,6 +425,22 @@ mod tests {
         drop(g.pop());
         let e = g[0].all_reduce_sum(&mut [1.0]).unwrap_err().to_string();
         assert!(e.contains("rank 1 failed") && e.contains("connection was lost"), "{e}");
+    }
+
+    #[test]
+    fn rank_0_passes_a_failure_on_while_it_is_busy() {
+        let mut g = group(3);
+        let failing = g.pop().unwrap();
+        let waiting = g.pop().unwrap();
+        // Rank 0 (g[0]) is computing, not reducing: rank 1 still hears of rank 2 at once.
+        std::thread::scope(|s| {
+            let h = s.spawn(|| waiting.all_reduce_sum(&mut [1.0]));
+            std::thread::sleep(Duration::from_millis(50));
+            failing.abort("out of memory");
+            let e = h.join().unwrap().unwrap_err().to_string();
+            assert!(e.contains("rank 2 failed: out of memory"), "{e}");
+        });
+        drop(g);
     }
 
     #[test]
