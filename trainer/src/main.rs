@@ -197,7 +197,12 @@ fn main() -> ProcessExit {
     match trainer::supervise::plan(&opts) {
         Ok(trainer::supervise::Plan::InProcess) => {}
         Ok(trainer::supervise::Plan::Ranks { topology, network_interface }) => {
-            return ProcessExit::from(trainer::supervise::run(&topology, network_interface.as_deref(), &opts))
+            let code = trainer::supervise::run(&topology, network_interface.as_deref(), &opts);
+            // Rank 0's host has the outputs.
+            if code == 0 && topology.host_index == 0 {
+                println!("Outputs in {}", paths.model_dir().display());
+            }
+            return ProcessExit::from(code);
         }
         Err(e) => return fail(&paths, &e),
     }

@@ -90,6 +90,7 @@ fn two_hosts_of_two_ranks_train_as_one_rank_with_the_whole_batch_and_rank_0_writ
 
     let stdout = String::from_utf8_lossy(&ra.stdout);
     assert!(stdout.contains("Data parallelism: 4 ranks (2 host(s) × 2)"), "{stdout}");
+    assert!(stdout.contains("Outputs in") && !String::from_utf8_lossy(&rb.stdout).contains("Outputs in"));
     let metric_lines = |s: &str| s.lines().filter(|l| l.starts_with("METRIC step=1 ")).count();
     assert_eq!(metric_lines(&stdout) + metric_lines(&String::from_utf8_lossy(&rb.stdout)), 1, "rank 0 alone logs");
     // Rank 0 writes the outputs and checkpoints; the other host writes nothing.
