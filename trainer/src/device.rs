@@ -26,7 +26,7 @@ pub struct JobDevice {
 impl JobDevice {
     /// Reads `OXTUNE_DEVICE` from `env` (the process environment, passed in so tests can set it).
     pub fn select(env: &[(String, String)]) -> Result<JobDevice, TrainError> {
-        let choice = env.iter().rev().find(|(k, _)| k == DEVICE_VAR).map(|(_, v)| v.trim().to_ascii_lowercase());
+        let choice = device_choice(env);
         match choice.as_deref() {
             None | Some("") | Some("auto") => Ok(JobDevice { device: first_gpu_or_cpu(), emulated_cuda: false }),
             Some("cuda") => Ok(JobDevice { device: first_gpu()?, emulated_cuda: false }),
@@ -78,7 +78,7 @@ impl JobDevice {
 /// Ranks (processes) this host runs: one per GPU — `num_gpus` of them when set, refused when the
 /// host has fewer — or, where the job computes on the CPU, `num_gpus` CPU ranks (0 = one).
 pub fn local_ranks(env: &[(String, String)], num_gpus: usize) -> Result<usize, TrainError> {
-    let choice = env.iter().rev().find(|(k, _)| k == DEVICE_VAR).map(|(_, v)| v.trim().to_ascii_lowercase());
+    let choice = device_choice(env);
     let gpus = match choice.as_deref() {
         Some("cpu") | Some("emulated-cuda") => 0,
         Some("cuda") => gpu_count().max(1),
@@ -92,6 +92,11 @@ pub fn local_ranks(env: &[(String, String)], num_gpus: usize) -> Result<usize, T
             "num_gpus={n} but this host has {g} GPU(s): lower num_gpus or pick an instance type with {n} GPUs"
         ))),
     }
+}
+
+/// What `OXTUNE_DEVICE` says, trimmed and lower-cased.
+fn device_choice(env: &[(String, String)]) -> Option<String> {
+    crate::sagemaker::env_value(env, DEVICE_VAR).map(|v| v.trim().to_ascii_lowercase())
 }
 
 /// GPUs the driver reports (0 in a CPU-only build or without a driver).

@@ -39,6 +39,19 @@ impl Rng {
         Rng::new(h)
     }
 
+    /// The stream rank `rank` of `world` draws `purpose` from for one step, and the shared state
+    /// after the step. One rank draws from the state itself (its draws advance it: `None`);
+    /// several each draw from their own fork, and the state advances by the one draw that forked
+    /// them, alike on every rank.
+    pub fn for_rank(&self, purpose: &str, rank: usize, world: usize) -> (Rng, Option<Rng>) {
+        if world == 1 {
+            return (self.clone(), None);
+        }
+        let mut next = self.clone();
+        let fork = Rng::derive(next.next_u64(), &format!("{purpose}-rank-{rank}"));
+        (fork, Some(next))
+    }
+
     pub fn next_u64(&mut self) -> u64 {
         let s = &mut self.s;
         let result = s[0].wrapping_add(s[3]).rotate_left(23).wrapping_add(s[0]);

@@ -12,6 +12,12 @@ use serde::Deserialize;
 pub const ROOT_ENV: &str = "OXTUNE_ML_ROOT";
 /// The SageMaker training toolkit's name for the same override; honoured too.
 pub const TOOLKIT_ROOT_ENV: &str = "SAGEMAKER_BASE_DIR";
+/// What `key` is set to in `env` (the process environment, passed as a list so tests can set
+/// it; a later entry overrides an earlier one).
+pub fn env_value<'a>(env: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    env.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
 /// SageMaker shows the first 1024 characters of the failure file as FailureReason.
 pub const FAILURE_REASON_MAX: usize = 1024;
 

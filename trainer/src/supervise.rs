@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::device;
 use crate::dist::topology::{self, Topology};
-use crate::dist::worker::WorkerEnv;
+use crate::dist::worker::{self, WorkerEnv};
 use crate::error::TrainError;
 use crate::job::{self, JobOptions};
 use crate::sagemaker::{self, ExitCode};
@@ -34,8 +34,8 @@ pub fn plan(opts: &JobOptions) -> Result<Plan, TrainError> {
     let spec = job::resolve_spec(&opts.paths, &opts.env, &opts.cli)?;
     let resources = sagemaker::read_resource_config(&opts.paths)?;
     let local = device::local_ranks(&opts.env, spec.num_gpus)?;
-    let port = match opts.env.iter().rev().find(|(k, _)| k == topology::PORT_VAR) {
-        Some((_, v)) => v
+    let port = match sagemaker::env_value(&opts.env, topology::PORT_VAR) {
+        Some(v) => v
             .trim()
             .parse()
             .map_err(|_| TrainError::BadInput(format!("{}={v} is not a port number", topology::PORT_VAR)))?,
@@ -66,19 +66,19 @@ pub fn plan(opts: &JobOptions) -> Result<Plan, TrainError> {
 pub fn run(topology: &Topology, network_interface: Option<&str>, opts: &JobOptions) -> u8 {
     let paths = &opts.paths;
     paths.clear_stale_failure();
-    let env = |k: &str| opts.env.iter().rev().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let env = |k: &str| sagemaker::env_value(&opts.env, k);
     let overrides = env(topology::HOST_ADDRS_VAR).unwrap_or_default();
     let timeout =
-        Duration::from_secs(env(crate::dist::worker::TIMEOUT_VAR).and_then(|v| v.parse().ok()).unwrap_or(900));
+        env(worker::TIMEOUT_VAR).and_then(|v| v.parse().ok()).map_or(worker::DEFAULT_TIMEOUT, Duration::from_secs);
     if topology.hosts.len() > 1 {
-        if let Err(e) = topology::wait_for_names(&topology.hosts, &overrides, timeout) {
+        if let Err(e) = topology::wait_for_names(&topology.hosts, overrides, timeout) {
             return give_up(paths, &TrainError::from(e));
         }
     }
     // One host: every rank is local, so no name needs resolving.
     let master = match topology.hosts.len() {
         1 => format!("127.0.0.1:{}", topology.port),
-        _ => topology.master_addr(&overrides),
+        _ => topology.master_addr(overrides),
     };
     let reports = std::env::temp_dir().join(format!("oxtune-ranks-{}", std::process::id()));
     if let Err(e) = std::fs::create_dir_all(&reports) {

@@ -61,10 +61,10 @@ fn parse_abort(body: &[u8]) -> DistError {
     DistError::PeerFailed { rank, reason: String::from_utf8_lossy(body.get(4..).unwrap_or(&[])).into_owned() }
 }
 
-/// What rank 0 hears from one peer.
+/// What rank 0 hears from one peer: a frame, or the failure its lost connection means.
 enum Heard {
     Frame(Frame),
-    Lost(String),
+    Lost(DistError),
 }
 
 struct Peer {
@@ -72,8 +72,11 @@ struct Peer {
     stream: TcpStream,
 }
 
+/// Rank 0's side of the readers: what they heard, and frames kept per rank until asked for.
+type Inbox = (Receiver<(usize, Heard)>, Vec<VecDeque<Frame>>);
+
 enum Role {
-    Root { peers: Arc<Mutex<Vec<Peer>>>, inbox: Mutex<(Receiver<(usize, Heard)>, Vec<VecDeque<Frame>>)> },
+    Root { peers: Arc<Mutex<Vec<Peer>>>, inbox: Mutex<Inbox> },
     Member { stream: Mutex<TcpStream>, root: String },
 }
 
@@ -100,9 +103,7 @@ impl TcpGroup {
         match &self.role {
             Role::Root { peers, .. } => {
                 let bytes = bytes.unwrap_or_default().to_vec();
-                for p in peers.lock().unwrap_or_else(|p| p.into_inner()).iter_mut() {
-                    write_frame(&mut p.stream, BLOB, &bytes).map_err(|e| lost(p.rank, &e))?;
-                }
+                send_all(peers, None, BLOB, &bytes)?;
                 Ok(bytes)
             }
             Role::Member { stream, root } => {
@@ -118,7 +119,11 @@ impl TcpGroup {
 }
 
 fn lost(rank: usize, e: &std::io::Error) -> DistError {
-    DistError::PeerFailed { rank, reason: format!("its connection was lost ({e}); see that rank's log for why") }
+    DistError::PeerFailed { rank, reason: lost_reason(e) }
+}
+
+fn lost_reason(e: &std::io::Error) -> String {
+    format!("its connection was lost ({e}); see that rank's log for why")
 }
 
 fn lost_root(root: &str, e: &std::io::Error) -> DistError {
@@ -187,22 +192,19 @@ fn root(world: usize, addr: &str, deadline: Instant) -> Result<Role, DistError> 
         // and passes it on to every other rank straight away (a rank waiting in a collective
         // fails now, not when rank 0 next reduces).
         std::thread::spawn(move || loop {
-            let heard = match read_frame(&mut reader) {
+            let (heard, last) = match read_frame(&mut reader) {
                 Ok(f) if f.tag == ABORT => {
-                    warn_all(&peers, rank, &f.body);
-                    Heard::Frame(f)
+                    let _ = send_all(&peers, Some(rank), ABORT, &f.body);
+                    (Heard::Frame(f), false)
                 }
-                Ok(f) => Heard::Frame(f),
+                Ok(f) => (Heard::Frame(f), false),
                 Err(e) => {
-                    let why = lost(rank, &e);
-                    if let DistError::PeerFailed { reason, .. } = &why {
-                        warn_all(&peers, rank, &abort_body(rank, reason));
-                    }
-                    let _ = tx.send((rank, Heard::Lost(e.to_string())));
-                    return;
+                    let (why, body) = (lost(rank, &e), abort_body(rank, &lost_reason(&e)));
+                    let _ = send_all(&peers, Some(rank), ABORT, &body);
+                    (Heard::Lost(why), true)
                 }
             };
-            if tx.send((rank, heard)).is_err() {
+            if tx.send((rank, heard)).is_err() || last {
                 return;
             }
         });
@@ -210,11 +212,16 @@ fn root(world: usize, addr: &str, deadline: Instant) -> Result<Role, DistError> 
     Ok(Role::Root { peers, inbox: Mutex::new((rx, (0..world).map(|_| VecDeque::new()).collect())) })
 }
 
-/// Rank 0: an abort `body` to every rank but `from`.
-fn warn_all(peers: &Mutex<Vec<Peer>>, from: usize, body: &[u8]) {
-    for p in peers.lock().unwrap_or_else(|p| p.into_inner()).iter_mut().filter(|p| p.rank != from) {
-        let _ = write_frame(&mut p.stream, ABORT, body);
+/// Rank 0: one frame to every rank (but `except`), under the lock that keeps frames whole; the
+/// first rank it cannot reach is the error.
+fn send_all(peers: &Mutex<Vec<Peer>>, except: Option<usize>, tag: u8, body: &[u8]) -> Result<(), DistError> {
+    let mut first = Ok(());
+    for p in peers.lock().unwrap_or_else(|p| p.into_inner()).iter_mut().filter(|p| Some(p.rank) != except) {
+        if let Err(e) = write_frame(&mut p.stream, tag, body) {
+            first = first.and(Err(lost(p.rank, &e)));
+        }
     }
+    first
 }
 
 fn bad_addr(addr: &str) -> DistError {
@@ -271,18 +278,15 @@ impl TcpGroup {
             match heard {
                 Heard::Frame(Frame { tag: ABORT, body }) => return Err(parse_abort(&body)),
                 Heard::Frame(f) => queues[from].push_back(f),
-                Heard::Lost(e) => {
-                    return Err(lost(from, &std::io::Error::new(std::io::ErrorKind::ConnectionAborted, e)))
-                }
+                Heard::Lost(why) => return Err(why),
             }
         }
     }
 
-    fn tell_all(&self, tag: u8, body: &[u8]) {
+    /// Rank 0: every rank hears that `rank` failed (a rank it cannot reach has gone already).
+    fn abort_all(&self, rank: usize, reason: &str) {
         if let Role::Root { peers, .. } = &self.role {
-            for p in peers.lock().unwrap_or_else(|p| p.into_inner()).iter_mut() {
-                let _ = write_frame(&mut p.stream, tag, body);
-            }
+            let _ = send_all(peers, None, ABORT, &abort_body(rank, reason));
         }
     }
 
@@ -300,11 +304,8 @@ impl TcpGroup {
                 *s += f32::from_le_bytes(c.try_into().expect("4 bytes"));
             }
         }
-        let bytes = f32s_to_bytes(&sum);
         let Role::Root { peers, .. } = &self.role else { unreachable!("rank 0 only") };
-        for p in peers.lock().unwrap_or_else(|p| p.into_inner()).iter_mut() {
-            write_frame(&mut p.stream, DATA, &bytes).map_err(|e| lost(p.rank, &e))?;
-        }
+        send_all(peers, None, DATA, &f32s_to_bytes(&sum))?;
         buf.copy_from_slice(&sum);
         Ok(())
     }
@@ -327,7 +328,7 @@ impl Collective for TcpGroup {
                     DistError::PeerFailed { rank, reason } => (*rank, reason.clone()),
                     other => (0, other.to_string()),
                 };
-                self.tell_all(ABORT, &abort_body(rank, &reason));
+                self.abort_all(rank, &reason);
             }),
             Role::Member { stream, root } => {
                 let mut s = stream.lock().unwrap_or_else(|p| p.into_inner());
@@ -351,7 +352,7 @@ impl Collective for TcpGroup {
 
     fn abort(&self, reason: &str) {
         match &self.role {
-            Role::Root { .. } => self.tell_all(ABORT, &abort_body(0, reason)),
+            Role::Root { .. } => self.abort_all(0, reason),
             Role::Member { stream, .. } => {
                 // A member may be blocked in a reduce on another thread: never wait for its lock.
                 if let Ok(mut s) = stream.try_lock() {

@@ -49,12 +49,12 @@ impl Topology {
         self.host_index * self.local_ranks + local
     }
 
-    /// Host `index`'s name and its local rank of global `rank`.
+    /// The host of global `rank` and its local rank there.
     pub fn place(&self, rank: usize) -> (&str, usize) {
         (&self.hosts[rank / self.local_ranks], rank % self.local_ranks)
     }
 
-    /// `host:port` of rank 0, with the host name as [`resolve`] maps it.
+    /// `host:port` of rank 0, the host's name mapped through `overrides` (`OXTUNE_HOST_ADDRS`).
     pub fn master_addr(&self, overrides: &str) -> String {
         let host = &self.hosts[0];
         format!("{}:{}", mapped(host, overrides).unwrap_or(host), self.port)

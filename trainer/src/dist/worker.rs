@@ -15,8 +15,10 @@ pub const LOCAL_RANK_VAR: &str = "OXTUNE_LOCAL_RANK";
 pub const MASTER_VAR: &str = "OXTUNE_MASTER_ADDR";
 /// Where the worker writes its failure reason (its supervisor writes `output/failure`).
 pub const REPORT_VAR: &str = "OXTUNE_WORKER_REPORT";
-/// Seconds the ranks wait for each other to start (default 900, as SageMaker's toolkit waits).
+/// Seconds the ranks wait for each other to start (default [`DEFAULT_TIMEOUT`]).
 pub const TIMEOUT_VAR: &str = "OXTUNE_RENDEZVOUS_TIMEOUT";
+/// As long as SageMaker's training toolkit waits for the hosts' names.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(900);
 
 /// One worker of a multi-rank job.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,7 +34,7 @@ pub struct WorkerEnv {
 impl WorkerEnv {
     /// The worker's place, or `None` for a process that is not a worker (one rank, or a supervisor).
     pub fn from_env(env: &[(String, String)]) -> Result<Option<WorkerEnv>, DistError> {
-        let get = |k: &str| env.iter().rev().find(|(n, _)| n == k).map(|(_, v)| v.trim().to_string());
+        let get = |k: &str| crate::sagemaker::env_value(env, k).map(|v| v.trim().to_string());
         let Some(rank) = get(RANK_VAR) else { return Ok(None) };
         let num = |k: &str, v: Option<String>| -> Result<u64, DistError> {
             let v = v.ok_or_else(|| DistError::Rendezvous(format!("{RANK_VAR} is set but {k} is not")))?;
@@ -45,10 +47,10 @@ impl WorkerEnv {
             master: get(MASTER_VAR)
                 .ok_or_else(|| DistError::Rendezvous(format!("{RANK_VAR} is set but {MASTER_VAR} is not")))?,
             report: PathBuf::from(get(REPORT_VAR).unwrap_or_default()),
-            timeout: Duration::from_secs(match get(TIMEOUT_VAR) {
-                Some(v) => num(TIMEOUT_VAR, Some(v))?,
-                None => 900,
-            }),
+            timeout: match get(TIMEOUT_VAR) {
+                Some(v) => Duration::from_secs(num(TIMEOUT_VAR, Some(v))?),
+                None => DEFAULT_TIMEOUT,
+            },
         };
         if w.rank >= w.world {
             return Err(DistError::Rendezvous(format!("{RANK_VAR}={} is not below {WORLD_VAR}={}", w.rank, w.world)));

@@ -194,13 +194,7 @@ impl Rounds for SftRounds<'_> {
         let mut step_loss = 0f64;
         let mut step_tokens = 0u64;
         // One rank: the dropout stream runs through the step's micro-batches as it always has.
-        // Several: each rank draws from its own stream forked off the state's, which every rank
-        // advances alike.
-        let mut next_state_rng = state.dropout_rng.clone();
-        let mut rng = match world {
-            1 => state.dropout_rng.clone(),
-            _ => Rng::derive(next_state_rng.next_u64(), &format!("dropout-rank-{rank}")),
-        };
+        let (mut rng, next_state_rng) = state.dropout_rng.for_rank("dropout", rank, world);
         for b in group.iter().skip(rank).step_by(world) {
             if world == 1 && cx.stop.is_set() {
                 // Drop the partial step: the checkpoint holds the state after the last complete one.
@@ -227,8 +221,8 @@ impl Rounds for SftRounds<'_> {
                 return Ok(RoundEnd::Stopped);
             }
             (step_loss, step_tokens) = (scalars[0], scalars[1].round() as u64);
-            rng = next_state_rng;
         }
+        let rng = next_state_rng.unwrap_or(rng);
         if !step_loss.is_finite() {
             return Err(TrainError::Diverged(format!(
                 "loss is {step_loss} at step {}; lower learning_rate (now {}) or check the data",

@@ -128,3 +128,43 @@ pub fn accumulation_for(spec: &JobSpec, world: usize, checkpoint_dir: &Path) -> 
     );
     Ok(per_step / world)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::{TrainerState, STATE_FILE};
+
+    /// A checkpoint directory whose state says `per_step` micro-batches per step.
+    fn checkpoint_of(per_step: usize) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let state = TrainerState {
+            step: 7,
+            epoch: 0,
+            batch_in_epoch: 0,
+            tokens_seen: 0,
+            dropout_rng: Rng::new(1),
+            generation_rng: None,
+            history: vec![],
+            elapsed_secs: 0.0,
+            fingerprint: [("gradient_accumulation_steps".to_string(), per_step.to_string())].into(),
+        };
+        let ckpt = dir.path().join("checkpoint-7");
+        std::fs::create_dir_all(&ckpt).unwrap();
+        std::fs::write(ckpt.join(STATE_FILE), serde_json::to_string(&state).unwrap()).unwrap();
+        dir
+    }
+
+    #[test]
+    fn another_world_size_keeps_the_checkpoints_effective_batch_or_is_refused() {
+        let hp = [("gradient_accumulation_steps".to_string(), "2".to_string())].into_iter().collect();
+        let spec = JobSpec::from_hyperparameters(&hp).unwrap();
+        let none = tempfile::tempdir().unwrap();
+        assert_eq!(accumulation_for(&spec, 4, none.path()).unwrap(), 2, "no checkpoint: the job's own value");
+        let four = checkpoint_of(4);
+        assert_eq!(accumulation_for(&spec, 2, four.path()).unwrap(), 2);
+        assert_eq!(accumulation_for(&spec, 1, four.path()).unwrap(), 4);
+        assert_eq!(accumulation_for(&spec, 4, four.path()).unwrap(), 1);
+        let e = accumulation_for(&spec, 3, four.path()).unwrap_err().to_string();
+        assert!(e.contains("4 micro-batches per step, which 3 ranks cannot share evenly"), "{e}");
+    }
+}

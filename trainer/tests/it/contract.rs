@@ -234,6 +234,9 @@ fn pipe_mode_foreign_hosts_and_methods_not_built_are_refused() {
     assert!(expect_failure(&job, &[], 2).contains("ShardedByS3Key on 2 hosts"));
     std::fs::remove_file(cfg.join("inputdataconfig.json")).unwrap();
     std::fs::remove_file(cfg.join("resourceconfig.json")).unwrap();
+    let out = job.command(&["--num_gpus", "2"]).env("OXTUNE_MASTER_PORT", "seventy").output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(job.failure().unwrap().contains("OXTUNE_MASTER_PORT=seventy is not a port number"));
     // QLoRA runs now; its unimplemented fp4 variant is refused.
     assert!(expect_failure(&job, &["--method", "qlora", "--bnb_4bit_quant_type", "fp4"], 2).contains("fp4"));
 }

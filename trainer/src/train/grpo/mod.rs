@@ -319,18 +319,14 @@ impl Rounds for GrpoRounds<'_> {
         // Rank r takes the r-th block of the step's prompts (one rank: all of them).
         let mine = self.order[cx.state.batch_in_epoch..end].chunks(self.per_round).nth(rank).unwrap_or(&[]);
         let chosen: Vec<&PromptRow> = mine.iter().map(|&i| &self.inp.prompts[i]).collect();
-        let mut state_rng =
+        let state_rng =
             cx.state.generation_rng.clone().unwrap_or_else(|| Rng::derive(self.inp.spec.seed, "generation"));
-        // Several ranks: each samples from its own stream forked off the state's, which all advance alike.
-        let mut gen_rng = match world {
-            1 => state_rng.clone(),
-            _ => Rng::derive(state_rng.next_u64(), &format!("generation-rank-{rank}")),
-        };
+        let (mut gen_rng, next_state_rng) = state_rng.for_rank("generation", rank, world);
         let generated = self.generate(chosen, &mut gen_rng, cx.dist)?;
         let batches = self.micro_batches(&generated, cx.dist)?;
         self.optimize(cx, &generated, &batches, round_start, end)?;
         cx.state.batch_in_epoch = end;
-        cx.state.generation_rng = Some(if world == 1 { gen_rng } else { state_rng });
+        cx.state.generation_rng = Some(next_state_rng.unwrap_or(gen_rng));
         Ok(RoundEnd::Done)
     }
 }
