@@ -4,7 +4,7 @@ Usage (in the image build): python3 fetch-cuda-libs.py runtime-libs.txt OUT_DIR
 
 Every row whose provider is a wheel pin (`nvidia-cublas==13.0.2.14`) names one library file; the wheels
 are downloaded once each (`pip download --no-deps --only-binary=:all:`) and the file is copied from
-`nvidia/cu13/lib/` in the wheel into OUT_DIR under its soname. Anything missing fails the build with the
+`nvidia/cu13/lib/` (NCCL's wheel: `nvidia/nccl/lib/`) in the wheel into OUT_DIR under its soname. Anything missing fails the build with the
 wheel and file it looked for.
 """
 
@@ -45,11 +45,11 @@ def main(manifest, out_dir):
             if len(wheels) != 1:
                 sys.exit(f"fetch-cuda-libs: expected one wheel for {pin} in {tmp}, found {wheels}")
             with zipfile.ZipFile(wheels[0]) as whl:
-                member = f"nvidia/cu13/lib/{lib}"
-                try:
-                    data = whl.read(member)
-                except KeyError:
-                    sys.exit(f"fetch-cuda-libs: {wheels[0].name} has no {member}")
+                members = [f"nvidia/{tree}/lib/{lib}" for tree in ("cu13", "nccl")]
+                member = next((m for m in members if m in whl.namelist()), None)
+                if member is None:
+                    sys.exit(f"fetch-cuda-libs: {wheels[0].name} has none of {members}")
+                data = whl.read(member)
             (out / lib).write_bytes(data)
             (out / lib).chmod(0o755)
             print(f"fetch-cuda-libs: {lib} ({len(data) / 1e6:.1f} MB) from {wheels[0].name}")

@@ -2,7 +2,7 @@
 # Installs the CUDA 13.0 build toolchain from PyPI into <repo>/.cuda (git-ignored), so
 # `cargo build --features cuda` works on a machine without a GPU or a system CUDA.
 #
-#   kernels/scripts/cuda-toolchain.sh            # toolchain for building (nvcc, headers, libs, stubs)
+#   kernels/scripts/cuda-toolchain.sh            # toolchain for building (nvcc, headers, libs incl. NCCL, stubs)
 #   source <(kernels/scripts/cuda-toolchain.sh --env)   # print/export the variables cargo needs
 #
 # Why each step: see ../shared/reference/candle-cuda.md §2 (all wheels pinned to 13.0 — newer nvcc
@@ -44,11 +44,18 @@ PKGS=(
   "nvidia-cuda-cccl==13.0.85"
   "nvidia-cublas==13.0.2.14"
   "nvidia-curand==10.4.0.35"
+  # NCCL 2.30: the release cudarc 0.19.10's `nccl` bindings are for (candle-core's `nccl` feature).
+  "nvidia-nccl-cu13==2.30.7"
 )
 
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/pip" install --quiet --disable-pip-version-check "${PKGS[@]}"
 home="$(echo $cu)"
+
+# NCCL's wheel has a tree of its own (nvidia/nccl): its library and header join the toolchain's.
+nccl="$(echo "$venv"/lib/python3*/site-packages/nvidia/nccl)"
+ln -sf "$nccl/lib/libnccl.so.2" "$home/lib/libnccl.so.2"
+ln -sf "$nccl/include/nccl.h" "$home/include/nccl.h"
 
 # Link names for the versioned sonames the wheels ship.
 for lib in "$home"/lib/lib*.so.*; do

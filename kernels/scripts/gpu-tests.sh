@@ -12,7 +12,8 @@
 # the two folders are carried in separate calls (each is checked against the limit here).
 #
 # `run` finds the CUDA 13 runtime libraries (cuBLAS/cuBLASLt, cuRAND, cudart) in CUDA_HOME,
-# /usr/local/cuda or a Python's nvidia/cu13 wheels; libcuda.so.1 comes from the driver.
+# /usr/local/cuda or a Python's nvidia/cu13 wheels, NCCL in its nvidia/nccl wheel (or the system's);
+# libcuda.so.1 comes from the driver. The 2-GPU NCCL run (ranks::nccl_two_gpus) skips on one GPU.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
@@ -73,8 +74,8 @@ unpack() {
 cuda_libs() {
   local d
   for d in "${CUDA_HOME:-/nonexistent}/lib64" /usr/local/cuda/lib64 \
-    $(python3 -c 'import nvidia, os; print(" ".join(os.path.join(p, "cu13", "lib") for p in nvidia.__path__))' 2>/dev/null); do
-    [ -e "$d/libcublas.so.13" ] && printf '%s:' "$d"
+    $(python3 -c 'import nvidia, os; print(" ".join(os.path.join(p, t, "lib") for p in nvidia.__path__ for t in ("cu13", "nccl")))' 2>/dev/null); do
+    { [ -e "$d/libcublas.so.13" ] || [ -e "$d/libnccl.so.2" ]; } && printf '%s:' "$d"
   done
 }
 

@@ -12,7 +12,7 @@ use candle_core::DType;
 use crate::data::{self, ReadReport, TokenizerBundle, TrainSet};
 use crate::device::JobDevice;
 use crate::dist::worker::WorkerEnv;
-use crate::dist::{Collective, Solo};
+use crate::dist::{self, Collective, Solo};
 use crate::error::{self, TrainError};
 use crate::eval;
 use crate::lora::LoraConfig;
@@ -76,15 +76,15 @@ pub fn run(opts: JobOptions) -> Result<JobResult, TrainError> {
     }
     let mut spec = resolve_spec(paths, &opts.env, &opts.cli)?;
     let (channels, resources) = check_contract(paths, worker.is_some())?;
+    let device = JobDevice::select(&opts.env)?;
     let dist: Box<dyn Collective> = match &worker {
         None => Box::new(Solo),
-        Some(w) => Box::new(w.connect()?),
+        Some(w) => dist::for_device(w.connect()?, &device.device)?,
     };
     let lead = dist.rank() == 0;
     if lead {
         paths.ensure_output_dirs()?;
     }
-    let device = JobDevice::select(&opts.env)?;
     device.enter();
     let dtype = device.dtype(spec.dtype);
     announce(paths, &channels, &resources, &device, dtype, &spec, dist.as_ref());

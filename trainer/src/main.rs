@@ -196,8 +196,8 @@ fn main() -> ProcessExit {
     let opts = JobOptions { paths: paths.clone(), cli: args.hyperparameters, env, stop };
     match trainer::supervise::plan(&opts) {
         Ok(trainer::supervise::Plan::InProcess) => {}
-        Ok(trainer::supervise::Plan::Ranks { topology, network_interface }) => {
-            let code = trainer::supervise::run(&topology, network_interface.as_deref(), &opts);
+        Ok(trainer::supervise::Plan::Ranks { topology, nccl }) => {
+            let code = trainer::supervise::run(&topology, &nccl, &opts);
             // Rank 0's host has the outputs.
             if code == 0 && topology.host_index == 0 {
                 println!("Outputs in {}", paths.model_dir().display());

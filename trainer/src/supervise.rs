@@ -12,6 +12,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use crate::device;
+use crate::dist::nccl_env::{nccl_vars, NcclHost};
 use crate::dist::topology::{self, Topology};
 use crate::dist::worker::{self, WorkerEnv};
 use crate::error::TrainError;
@@ -23,7 +24,8 @@ pub enum Plan {
     /// In this process: one rank, or a worker a supervisor started.
     InProcess,
     /// Several ranks: start this host's workers and supervise them.
-    Ranks { topology: Topology, network_interface: Option<String> },
+    /// `nccl`: what the workers get for NCCL (see `dist::nccl_env`).
+    Ranks { topology: Topology, nccl: Vec<(&'static str, String)> },
 }
 
 /// The job's ranks, worked out before anything is loaded.
@@ -58,12 +60,19 @@ pub fn plan(opts: &JobOptions) -> Result<Plan, TrainError> {
             )));
         }
     }
-    Ok(Plan::Ranks { topology, network_interface: resources.network_interface_name })
+    let host = NcclHost {
+        hosts: topology.hosts.len(),
+        network_interface: resources.network_interface_name.as_deref(),
+        instance_type: resources.current_instance_type.as_deref(),
+        efa_userspace: NcclHost::efa_installed(),
+    };
+    let nccl = nccl_vars(&host, &opts.env);
+    Ok(Plan::Ranks { topology, nccl })
 }
 
 /// Starts this host's workers and waits for them; returns the process exit code, with
 /// `output/failure` written when the job did not finish.
-pub fn run(topology: &Topology, network_interface: Option<&str>, opts: &JobOptions) -> u8 {
+pub fn run(topology: &Topology, nccl: &[(&'static str, String)], opts: &JobOptions) -> u8 {
     let paths = &opts.paths;
     paths.clear_stale_failure();
     let env = |k: &str| sagemaker::env_value(&opts.env, k);
@@ -95,6 +104,10 @@ pub fn run(topology: &Topology, network_interface: Option<&str>, opts: &JobOptio
         first + topology.local_ranks - 1,
         master
     );
+    if !nccl.is_empty() {
+        let list: Vec<String> = nccl.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        tracing::info!("NCCL settings for the workers (as SageMaker's toolkit sets them): {}", list.join(" "));
+    }
     let mut children: Vec<Child> = Vec::new();
     let mut relays = Vec::new();
     for local in 0..topology.local_ranks {
@@ -106,7 +119,7 @@ pub fn run(topology: &Topology, network_interface: Option<&str>, opts: &JobOptio
             report: report_path(&reports, topology.rank(local)),
             timeout,
         };
-        match spawn(&worker, network_interface.filter(|_| topology.hosts.len() > 1), opts) {
+        match spawn(&worker, nccl, opts) {
             Ok((c, relay)) => {
                 children.push(c);
                 relays.push(relay);
@@ -137,19 +150,13 @@ fn give_up(paths: &sagemaker::MlPaths, e: &TrainError) -> u8 {
 /// lines get a `[rank N]` prefix, its stdout (rank 0's progress and METRIC lines) passes as is.
 fn spawn(
     worker: &WorkerEnv,
-    network_interface: Option<&str>,
+    nccl: &[(&'static str, String)],
     opts: &JobOptions,
 ) -> std::io::Result<(Child, Option<std::thread::JoinHandle<()>>)> {
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.arg("train").arg("--ml-root").arg(&opts.paths.root);
     cmd.args(opts.cli.iter().map(|(k, v)| format!("--{k}={v}")));
-    cmd.envs(worker.vars()).stderr(Stdio::piped());
-    // What SageMaker's toolkit sets for NCCL across hosts, unless the user has.
-    if let Some(ifname) = network_interface {
-        if !opts.env.iter().any(|(k, _)| k == "NCCL_SOCKET_IFNAME") {
-            cmd.env("NCCL_SOCKET_IFNAME", ifname);
-        }
-    }
+    cmd.envs(worker.vars()).envs(nccl.iter().cloned()).stderr(Stdio::piped());
     let mut child = cmd.spawn()?;
     let relay = child.stderr.take().map(|err| {
         let rank = worker.rank;

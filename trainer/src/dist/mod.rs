@@ -6,14 +6,17 @@
 //!
 //! [`Collective`] is the seam: [`Solo`] for one rank, [`threads::ThreadGroup`] for ranks that are
 //! threads of one process (tests and CPU runs: sums in rank order, so results reproduce bit for
-//! bit), and NCCL on GPUs.
+//! bit), [`tcp::TcpGroup`] for ranks that are processes, and [`nccl::NcclGroup`] on GPUs.
 
+#[cfg(feature = "cuda")]
+pub mod nccl;
+pub mod nccl_env;
 pub mod tcp;
 pub mod threads;
 pub mod topology;
 pub mod worker;
 
-use candle_core::{DType, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DistError {
@@ -42,6 +45,18 @@ pub trait Collective: Send + Sync {
     fn all_reduce_sum(&self, buf: &mut [f32]) -> Result<(), DistError>;
     /// Tells the other ranks this one failed, so none waits for it in a collective.
     fn abort(&self, reason: &str);
+    /// [`Collective::all_reduce_sum`] of a flat f32 tensor, wherever it lives: through host memory
+    /// here; NCCL sums a GPU tensor on its device.
+    fn all_reduce_tensor(&self, t: &Tensor) -> Result<Tensor, DistError> {
+        all_reduce_via_host(self, t)
+    }
+}
+
+/// An all-reduce of a tensor through a host buffer (what every collective but NCCL does).
+pub fn all_reduce_via_host<C: Collective + ?Sized>(c: &C, t: &Tensor) -> Result<Tensor, DistError> {
+    let mut buf = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    c.all_reduce_sum(&mut buf)?;
+    Ok(Tensor::from_vec(buf, t.shape(), t.device())?)
 }
 
 /// A single rank: nothing to reduce.
@@ -63,6 +78,16 @@ impl Collective for Solo {
     fn abort(&self, _reason: &str) {}
 }
 
+/// The collective of a worker's ranks on `device`: NCCL over the TCP group on a GPU, the TCP
+/// group itself on the CPU.
+pub fn for_device(tcp: tcp::TcpGroup, device: &Device) -> Result<Box<dyn Collective>, DistError> {
+    match device {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(d) => Ok(Box::new(nccl::NcclGroup::new(tcp, d)?)),
+        _ => Ok(Box::new(tcp)),
+    }
+}
+
 /// Sums a step's gradients (one per var, in var order; a var without one counts zeros) and the
 /// `scalars` (loss, tokens, a stop vote…) over the ranks in one collective call.
 pub fn reduce_step(
@@ -71,25 +96,27 @@ pub fn reduce_step(
     vars: &[Var],
     scalars: &mut [f64],
 ) -> Result<(), DistError> {
-    let mut flat: Vec<f32> = Vec::new();
+    let device = vars.first().map_or(Device::Cpu, |v| v.device().clone());
+    let mut parts = Vec::with_capacity(vars.len() + 1);
     for (i, v) in vars.iter().enumerate() {
-        match grads.get(i) {
-            Some(g) => flat.extend(g.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?),
-            None => flat.extend(std::iter::repeat_n(0f32, v.elem_count())),
-        }
+        parts.push(match grads.get(i) {
+            Some(g) => g.flatten_all()?.to_dtype(DType::F32)?,
+            None => Tensor::zeros(v.elem_count(), DType::F32, &device)?,
+        });
     }
-    flat.extend(scalars.iter().map(|&s| s as f32));
-    c.all_reduce_sum(&mut flat)?;
+    let values: Vec<f32> = scalars.iter().map(|&s| s as f32).collect();
+    parts.push(Tensor::from_vec(values, scalars.len(), &device)?);
+    let sum = c.all_reduce_tensor(&Tensor::cat(&parts, 0)?)?;
     let mut at = 0;
     let mut out = Vec::with_capacity(vars.len());
     for v in vars {
         let n = v.elem_count();
-        let t = Tensor::from_slice(&flat[at..at + n], v.shape(), v.device())?.to_dtype(v.dtype())?;
-        out.push(t);
+        out.push(sum.narrow(0, at, n)?.reshape(v.shape())?.to_dtype(v.dtype())?);
         at += n;
     }
-    for (s, r) in scalars.iter_mut().zip(&flat[at..]) {
-        *s = f64::from(*r);
+    let reduced = sum.narrow(0, at, scalars.len())?.to_vec1::<f32>()?;
+    for (s, r) in scalars.iter_mut().zip(reduced) {
+        *s = f64::from(r);
     }
     *grads = out;
     Ok(())

@@ -264,6 +264,43 @@ fn member(rank: usize, world: usize, addr: &str, deadline: Instant) -> Result<Ro
 }
 
 impl TcpGroup {
+    /// A failure some rank reported while this one was outside a collective, without blocking:
+    /// how a rank that waits on its GPU for NCCL learns that it waits for a rank that is gone.
+    pub fn heard_failure(&self) -> Option<DistError> {
+        match &self.role {
+            Role::Root { inbox, .. } => {
+                // The readers have passed it on already; rank 0 only has to notice it.
+                let mut guard = inbox.try_lock().ok()?;
+                let (rx, queues) = &mut *guard;
+                while let Ok((from, heard)) = rx.try_recv() {
+                    match heard {
+                        Heard::Frame(Frame { tag: ABORT, body }) => return Some(parse_abort(&body)),
+                        Heard::Frame(f) => queues[from].push_back(f),
+                        Heard::Lost(why) => return Some(why),
+                    }
+                }
+                None
+            }
+            Role::Member { stream, root } => {
+                let mut s = stream.try_lock().ok()?;
+                s.set_nonblocking(true).ok()?;
+                let peeked = s.peek(&mut [0u8; 1]);
+                let _ = s.set_nonblocking(false);
+                match peeked {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+                    Err(e) => Some(lost_root(root, &e)),
+                    Ok(0) => Some(lost_root(root, &std::io::ErrorKind::UnexpectedEof.into())),
+                    // Outside a collective only an abort comes from rank 0.
+                    Ok(_) => Some(match read_frame(&mut s) {
+                        Ok(Frame { tag: ABORT, body }) => parse_abort(&body),
+                        Ok(f) => protocol(f.tag),
+                        Err(e) => lost_root(root, &e),
+                    }),
+                }
+            }
+        }
+    }
+
     /// Rank 0: the next frame from `rank`, or the failure of any rank (which is then passed on).
     fn next_from(&self, rank: usize) -> Result<Frame, DistError> {
         let Role::Root { inbox, .. } = &self.role else { unreachable!("rank 0 only") };
@@ -308,6 +345,18 @@ impl TcpGroup {
         send_all(peers, None, DATA, &f32s_to_bytes(&sum))?;
         buf.copy_from_slice(&sum);
         Ok(())
+    }
+}
+
+impl Drop for TcpGroup {
+    /// Rank 0's readers hold their own handles on the connections: close them, so the other
+    /// ranks see rank 0 gone when its group is, not only when its process exits.
+    fn drop(&mut self) {
+        if let Role::Root { peers, .. } = &self.role {
+            for p in peers.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                let _ = p.stream.shutdown(std::net::Shutdown::Both);
+            }
+        }
     }
 }
 
@@ -442,6 +491,34 @@ mod tests {
             assert!(e.contains("rank 2 failed: out of memory"), "{e}");
         });
         drop(g);
+    }
+
+    #[test]
+    fn a_failure_is_heard_without_blocking() {
+        let mut g = group(3);
+        let failing = g.pop().unwrap();
+        assert!(g.iter().all(|m| m.heard_failure().is_none()));
+        failing.abort("out of memory");
+        for m in &g {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let e = loop {
+                match m.heard_failure() {
+                    Some(e) => break e.to_string(),
+                    None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+                    None => panic!("rank {} never heard of rank 2", m.rank()),
+                }
+            };
+            assert!(e.contains("rank 2 failed: out of memory"), "rank {}: {e}", m.rank());
+        }
+        // A rank whose rank 0 is gone hears that too.
+        let mut g = group(2);
+        let member = g.pop().unwrap();
+        drop(g);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while member.heard_failure().is_none() {
+            assert!(Instant::now() < deadline, "rank 1 never noticed that rank 0 left");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     #[test]

@@ -239,3 +239,33 @@ fn grpo_on_two_ranks_splits_the_prompts_and_reproduces() {
     assert_eq!(rows.lines().count(), 4, "rank 0's one prompt × 4 generations");
     assert_eq!(adapter(&a), adapter(&b), "two runs on two ranks agree bit for bit");
 }
+
+/// Two GPUs of one host reduce over NCCL (the GPU test pack's 2-GPU run): the same effective batch
+/// as one GPU with twice the accumulation gives the same losses within bf16 tolerance, and the
+/// ranks' adapters agree (debug builds check them at every save). Skipped where fewer than two
+/// GPUs exist; `OXTUNE_REQUIRE_GPU` makes a machine without any GPU a failure.
+#[cfg(feature = "cuda")]
+mod nccl_two_gpus {
+    use super::*;
+
+    #[test]
+    fn cuda() {
+        let gpus = candle_core::cuda::cudarc::driver::CudaContext::device_count().unwrap_or(0);
+        if gpus < 2 {
+            assert!(gpus > 0 || std::env::var_os("OXTUNE_REQUIRE_GPU").is_none(), "no CUDA GPU");
+            eprintln!("SKIPPED nccl_two_gpus: it needs 2 GPUs, this machine has {gpus}");
+            return;
+        }
+        let two = job(&hp("4", "1", "2"), 0, &HOSTS[..1]);
+        let one = job(&hp("4", "2", "1"), 0, &HOSTS[..1]);
+        let out2 = host(&two, free_port()).env("OXTUNE_DEVICE", "cuda").output().unwrap();
+        assert!(out2.status.success(), "2 GPUs:\n{}", text(&out2));
+        let out1 = one.command(&[]).env("OXTUNE_DEVICE", "cuda").output().unwrap();
+        assert!(out1.status.success(), "1 GPU:\n{}", text(&out1));
+        let log = text(&out2);
+        assert!(log.contains("Data parallelism: 2 ranks") && log.contains("summed by NCCL"), "{log}");
+        for (x, y) in losses(&two).iter().zip(&losses(&one)) {
+            assert!((x - y).abs() < 3e-2 * y.abs().max(1.0), "2 GPUs' loss {x} vs one GPU's {y}");
+        }
+    }
+}
