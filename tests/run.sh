@@ -3,8 +3,8 @@
 # CPU only: builds the workspace and runs every test, the CUDA kernels included (through the host
 # emulation of CUDA), builds the training image with podman and runs it as SageMaker does, then
 # checks that the CUDA build compiles. Test helpers that need a server (moto, for the launcher's AWS
-# tests) are installed into a venv, started on loopback here and stopped on exit; podman is set up
-# beside the build. Each stage prints its time; a table of them ends the run.
+# tests; MLflow, for tracking) are installed into venvs, started on loopback here and stopped on exit;
+# MLflow and podman are set up beside the build. Each stage prints its time; a table of them ends the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,7 +32,7 @@ report() {
 }
 
 if [ -f tests/launcher/moto.sh ]; then
-  trap 'bash tests/launcher/moto.sh stop; report' EXIT
+  trap 'bash tests/launcher/moto.sh stop; bash tests/mlflow/server.sh stop; report' EXIT
   OXTUNE_MOTO_ENDPOINT="$(bash tests/launcher/moto.sh start)"
   export OXTUNE_MOTO_ENDPOINT
   echo "== moto server at $OXTUNE_MOTO_ENDPOINT"
@@ -47,6 +47,13 @@ export OXTUNE_TEST_PYTHON
 # Podman, its settings and the Debian 12 base image for the image stage (tests/container/podman.sh):
 # Debian packages and mmdebstrap, mostly downloads, so it runs beside the build. (Fetching the image's
 # CUDA wheels here too made the build stage about 5 minutes slower on 2 cores: the image stage does it.)
+# A real MLflow tracking server for the tracking tests (tests/mlflow/server.sh: pinned mlflow in its own
+# venv, SQLite store, loopback): installed and started beside the build, stopped on exit.
+mkdir -p target
+mlflow_log="$PWD/target/mlflow-setup.log"
+bash tests/mlflow/server.sh start > "$PWD/target/mlflow-endpoint" 2> "$mlflow_log" &
+mlflow_setup=$!
+
 podman_log="$PWD/target/podman-setup.log"
 mkdir -p target
 bash tests/container/podman.sh setup > "$podman_log" 2>&1 &
@@ -66,6 +73,13 @@ stage "build (workspace, tests)" cargo test --workspace --no-run "$@"
 # The container tests run the `train` of this build (optimised, like the image's release build).
 OXTUNE_RELEASE_TRAIN="$PWD/target/debug/train"
 export OXTUNE_RELEASE_TRAIN
+mlflow_server() {
+  wait "$mlflow_setup" || { cat "$mlflow_log" >&2; return 1; }
+  cat "$mlflow_log"
+  OXTUNE_MLFLOW_ENDPOINT="$(cat target/mlflow-endpoint)"
+  export OXTUNE_MLFLOW_ENDPOINT
+}
+stage "MLflow server (set up beside the build)" mlflow_server
 stage "tests" cargo test --workspace --no-fail-fast "$@"
 
 # Every __global__ entry point must have run, under emulation, in a passing test.

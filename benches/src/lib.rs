@@ -320,6 +320,7 @@ fn run_sft(c: &BenchConfig, spec: &JobSpec, model: &Model) -> anyhow::Result<Val
         checkpoint_dir: ckpt.path(),
         stop: &stop,
         dist: &trainer::dist::Solo,
+        tracker: &trainer::track::Tracker::off(),
     })?;
     let history = &outcome.state.history;
     let tokens_per_step = (c.batch * c.seq) as f64;
@@ -383,6 +384,7 @@ fn run_grpo(c: &BenchConfig, spec: &JobSpec, model: &Model) -> anyhow::Result<Va
         output_data_dir: out_dir.path(),
         stop: &stop,
         dist: &trainer::dist::Solo,
+        tracker: &trainer::track::Tracker::off(),
     })?;
     let history = &outcome.state.history;
     let rec = timed(c, history)?;

@@ -110,6 +110,21 @@ pub async fn connect(o: &AwsOptions) -> Result<Clients, Error> {
     Ok(clients)
 }
 
+/// The caller's credentials (environment, profile, SSO, …), for signing SageMaker MLflow requests.
+pub async fn sigv4_credentials(o: &AwsOptions) -> Result<trainer::track::sigv4::Creds, Error> {
+    use aws_sdk_sagemaker::config::ProvideCredentials;
+    let sdk = load_sdk_config(o).await;
+    let bad = |detail: &str| Error::Aws { kind: ErrorKind::BadCredentials, message: no_credentials(o, detail) };
+    let provider = sdk.credentials_provider().ok_or_else(|| bad("no credentials provider is configured"))?;
+    let c = provider.provide_credentials().await.map_err(|e| bad(&e.to_string()))?;
+    Ok(trainer::track::sigv4::Creds {
+        key: c.access_key_id().to_string(),
+        secret: c.secret_access_key().to_string(),
+        token: c.session_token().map(str::to_string),
+        expires: c.expiry(),
+    })
+}
+
 async fn check_credentials(sdk: &SdkConfig, o: &AwsOptions) -> Result<(), Error> {
     let Some(provider) = sdk.credentials_provider() else {
         return Err(Error::Aws {

@@ -49,6 +49,16 @@ pub struct JobFile {
     pub environment: BTreeMap<String, String>,
     #[serde(default)]
     pub estimate: EstimateSection,
+    /// Experiment tracking: the job logs to this MLflow server (README "Experiment tracking").
+    pub mlflow: Option<MlflowSection>,
+}
+
+/// `[mlflow]`: `uri` = `http(s)://…` or a SageMaker MLflow ARN; `experiment` (default: the job's base name).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MlflowSection {
+    pub uri: String,
+    pub experiment: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -199,6 +209,12 @@ pub struct Overrides {
     /// Tag KEY=VALUE (repeatable).
     #[arg(long = "tag", value_name = "KEY=VALUE")]
     pub tag: Vec<String>,
+    /// Track the job in MLflow: http(s)://HOST[:PORT] or a SageMaker MLflow ARN (sets MLFLOW_TRACKING_URI).
+    #[arg(long, value_name = "URI")]
+    pub mlflow: Option<String>,
+    /// The MLflow experiment (sets MLFLOW_EXPERIMENT_NAME; default: the job's base name).
+    #[arg(long, value_name = "NAME")]
+    pub mlflow_experiment: Option<String>,
     /// Train for `oxtune deploy`: merge the adapter and upload the model uncompressed.
     #[arg(long)]
     pub deployable: bool,
@@ -407,7 +423,22 @@ fn environment(
             }
         }
     }
+    tracking(f, o, &mut environment)?;
     Ok((environment, passed_env))
+}
+
+/// `--mlflow` / `[mlflow]` into the job's environment, checked as `train` will check it.
+fn tracking(f: &JobFile, o: &Overrides, environment: &mut BTreeMap<String, String>) -> Result<(), Error> {
+    use trainer::track::target::{self, EXPERIMENT_VAR, URI_VAR};
+    if let Some(uri) = o.mlflow.clone().or_else(|| f.mlflow.as_ref().map(|m| m.uri.clone())) {
+        environment.insert(URI_VAR.into(), uri);
+    }
+    if let Some(e) = o.mlflow_experiment.clone().or_else(|| f.mlflow.as_ref().and_then(|m| m.experiment.clone())) {
+        environment.insert(EXPERIMENT_VAR.into(), e);
+    }
+    let env: Vec<(String, String)> = environment.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    target::from_env(&env, "job").map_err(Error::Invalid)?;
+    Ok(())
 }
 
 /// A deployable job merges its adapter: `merge_adapter=true` unless set (false contradicts it).
@@ -627,6 +658,24 @@ mod tests {
         let e = file(2, "ShardedByS3Key").unwrap_err().to_string();
         assert!(e.contains("ShardedByS3Key on 2 instances") && e.contains("FullyReplicated"), "{e}");
         assert!(file(1, "Sharded").unwrap_err().to_string().contains("neither FullyReplicated nor ShardedByS3Key"));
+    }
+
+    #[test]
+    fn mlflow_goes_into_the_environment_and_a_bad_uri_is_refused() {
+        let job = |text: &str, o: Overrides| {
+            let f: JobFile = toml::from_str(text).unwrap();
+            resolve(Some((Path::new("j.toml"), f)), &o, &no_env, 0)
+        };
+        let file = "name = \"x\"\n[mlflow]\nuri = \"http://mlflow:5000\"\nexperiment = \"tuning\"";
+        let j = job(file, Overrides::default()).unwrap();
+        assert_eq!(j.environment["MLFLOW_TRACKING_URI"], "http://mlflow:5000");
+        assert_eq!(j.environment["MLFLOW_EXPERIMENT_NAME"], "tuning");
+        let arn = "arn:aws:sagemaker:us-east-1:123456789012:mlflow-tracking-server/t";
+        let j = job(file, Overrides { mlflow: Some(arn.into()), ..Default::default() }).unwrap();
+        assert_eq!(j.environment["MLFLOW_TRACKING_URI"], arn);
+        let e = job("name = \"x\"", Overrides { mlflow: Some("mlruns".into()), ..Default::default() }).unwrap_err();
+        assert!(e.is_invalid_input() && e.to_string().contains("MLFLOW_TRACKING_URI=mlruns is not an MLflow"), "{e}");
+        assert!(!job("name = \"x\"", Overrides::default()).unwrap().environment.contains_key("MLFLOW_TRACKING_URI"));
     }
 
     #[test]

@@ -23,6 +23,7 @@ use crate::rewards::RewardFn;
 use crate::rng::Rng;
 use crate::sagemaker::{self, MlPaths, ResourceConfig, StopFlag};
 use crate::spec::{JobSpec, Method, Origin, Sources};
+use crate::track::{target, RunEnd, RunSetup, Tracker};
 use crate::train::grpo::{self, GrpoInputs, PromptRow};
 use crate::train::sft::{self, SftInputs};
 use crate::train::state;
@@ -75,6 +76,7 @@ pub fn run(opts: JobOptions) -> Result<JobResult, TrainError> {
         paths.clear_stale_failure();
     }
     let mut spec = resolve_spec(paths, &opts.env, &opts.cli)?;
+    let tracking = target::from_env(&opts.env, &default_run_name(&spec)).map_err(TrainError::BadInput)?;
     let (channels, resources) = check_contract(paths, worker.is_some())?;
     let device = JobDevice::select(&opts.env)?;
     let dist: Box<dyn Collective> = match &worker {
@@ -96,14 +98,85 @@ pub fn run(opts: JobOptions) -> Result<JobResult, TrainError> {
     let baseline = evaluate_baseline(&spec, &base, &model, test.as_ref())?;
     spec.gradient_accumulation_steps = state::accumulation_for(&spec, dist.world(), &paths.checkpoint_dir())?;
     spec.resolved.insert("gradient_accumulation_steps".into(), spec.gradient_accumulation_steps.to_string());
-    let outcome = train(&spec, paths, &base, &model, &data, &opts.stop, dist.as_ref())?;
+    let tracker = match tracking.filter(|_| lead) {
+        Some(t) => Tracker::start(t, run_setup(&spec, paths, &base, &model, &data, &opts.env, dist.world())),
+        None => Tracker::off(),
+    };
+    if let Some(b) = &baseline {
+        tracker.values(0, &prefixed("baseline_", &b.metrics));
+    }
+    let outcome = match train(&spec, paths, &base, &model, &data, &opts.stop, dist.as_ref(), &tracker) {
+        Ok(o) => o,
+        Err(e) => {
+            tracker.end(if matches!(e, TrainError::Interrupted { .. }) { RunEnd::Killed } else { RunEnd::Failed });
+            return Err(e);
+        }
+    };
     device.report_launches();
     if !lead {
         let model_dir = paths.model_dir();
         return Ok(JobResult { model_dir, final_loss: None, final_eval_loss: None, steps: outcome.state.step });
     }
     let run = RunFacts { device: &device, dtype, ranks: dist.world(), started };
-    write_outputs(&spec, paths, &base, &model, &data, &outcome, Tests { test, baseline }, run)
+    let result = write_outputs(&spec, paths, &base, &model, &data, &outcome, Tests { test, baseline }, run, &tracker)?;
+    tracker.end(RunEnd::Finished);
+    Ok(result)
+}
+
+/// A run's name where SageMaker gives no job name: `train-METHOD-UNIXTIME`.
+fn default_run_name(spec: &JobSpec) -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    format!("train-{}-{secs}", spec.resolved.get("method").map(String::as_str).unwrap_or("lora"))
+}
+
+/// The base model as the summary names it: its Hub id or path, else the `model` channel.
+fn base_name(spec: &JobSpec, base: &Base) -> String {
+    if spec.base_model.is_empty() {
+        base.dir.display().to_string()
+    } else {
+        spec.base_model.clone()
+    }
+}
+
+fn prefixed(prefix: &str, m: &std::collections::BTreeMap<String, f64>) -> std::collections::BTreeMap<String, f64> {
+    m.iter().map(|(k, v)| (format!("{prefix}{k}"), *v)).collect()
+}
+
+/// A tracked run's params (every resolved hyperparameter; the tracker drops secret-looking
+/// names) and tags (version, method, base model, fingerprints, SageMaker job).
+fn run_setup(
+    spec: &JobSpec,
+    paths: &MlPaths,
+    base: &Base,
+    model: &Model,
+    data: &TrainData,
+    env: &[(String, String)],
+    ranks: usize,
+) -> RunSetup {
+    let mut tags: Vec<(String, String)> = vec![
+        ("oxtune.version".into(), env!("CARGO_PKG_VERSION").into()),
+        ("oxtune.method".into(), spec.resolved.get("method").cloned().unwrap_or_default()),
+        ("oxtune.base_model".into(), base_name(spec, base)),
+        ("oxtune.model".into(), model.identity()),
+        ("oxtune.ranks".into(), ranks.to_string()),
+        ("mlflow.source.name".into(), "oxtune train".into()),
+        ("mlflow.source.type".into(), "JOB".into()),
+    ];
+    if let Some(sha) = &data.sha256 {
+        tags.push(("oxtune.data_sha256".into(), sha.clone()));
+    }
+    if let Ok(sha) = data::fingerprint(&[base.dir.join("config.json")]) {
+        tags.push(("oxtune.base_config_sha256".into(), sha));
+    }
+    for (var, tag) in
+        [("TRAINING_JOB_NAME", "sagemaker.training_job_name"), ("TRAINING_JOB_ARN", "sagemaker.training_job_arn")]
+    {
+        if let Some(v) = sagemaker::env_value(env, var) {
+            tags.push((tag.into(), v.into()));
+        }
+    }
+    let params = spec.resolved.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    RunSetup { params, tags, checkpoint_dir: paths.checkpoint_dir() }
 }
 
 /// Where and how the job ran, for the summary.
@@ -233,17 +306,20 @@ struct TrainData {
     train: TrainSet,
     validation: TrainSet,
     grpo_prompts: Option<Vec<PromptRow>>,
+    /// The training files' fingerprint (`data::fingerprint`), for the summary and a tracked run.
+    sha256: Option<String>,
 }
 
 fn load_data(spec: &JobSpec, paths: &MlPaths, base: &Base) -> Result<TrainData, TrainError> {
     let train_dir = paths.train_channel()?;
     let read = data::read_path(&train_dir, &spec.data)?;
     report_read("train", &read);
+    let sha256 = data::fingerprint(&read.files).ok();
     if spec.method == Method::Grpo {
         let prompts = grpo::prompt_rows(&read.records, &base.tok, spec, base.arch.is_seq2seq())?;
         tracing::info!("train: {} prompts for GRPO", prompts.len());
         let none = TrainSet::Causal(vec![]);
-        return Ok(TrainData { read, train: none.clone(), validation: none, grpo_prompts: Some(prompts) });
+        return Ok(TrainData { read, train: none.clone(), validation: none, grpo_prompts: Some(prompts), sha256 });
     }
     let train_set = examples("train", &read, spec, base)?;
     let (train, validation) = match paths.optional_channel("validation") {
@@ -272,7 +348,7 @@ fn load_data(spec: &JobSpec, paths: &MlPaths, base: &Base) -> Result<TrainData, 
             train_dir.display()
         )));
     }
-    Ok(TrainData { read, train, validation, grpo_prompts: None })
+    Ok(TrainData { read, train, validation, grpo_prompts: None, sha256 })
 }
 
 /// The held-out test channel, read and checked before training (a bad row fails the job now, not
@@ -357,7 +433,7 @@ fn evaluate_tuned(base: &Base, model: &Model, tests: &Tests) -> Option<Result<ev
 
 /// A `METRIC` line of evaluation means (`test_rouge1=…`; `prefix` marks the baseline's).
 fn metric_line(step: u64, epoch: f64, prefix: &str, metrics: &std::collections::BTreeMap<String, f64>) -> String {
-    let extra = metrics.iter().map(|(k, v)| (format!("{prefix}{k}"), *v)).collect();
+    let extra = prefixed(prefix, metrics);
     MetricRecord { step, epoch, extra, ..Default::default() }.line()
 }
 
@@ -393,6 +469,7 @@ fn load_model(spec: &JobSpec, base: &Base, dtype: DType, device: &JobDevice) -> 
     Ok(model)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn train(
     spec: &JobSpec,
     paths: &MlPaths,
@@ -401,6 +478,7 @@ fn train(
     data: &TrainData,
     stop: &StopFlag,
     dist: &dyn Collective,
+    tracker: &Tracker,
 ) -> Result<Outcome, TrainError> {
     let checkpoint_dir = paths.checkpoint_dir();
     match &data.grpo_prompts {
@@ -417,6 +495,7 @@ fn train(
                 output_data_dir: &paths.output_data_dir(),
                 stop,
                 dist,
+                tracker,
             })
         }
         None => sft::train(SftInputs {
@@ -428,6 +507,7 @@ fn train(
             checkpoint_dir: &checkpoint_dir,
             stop,
             dist,
+            tracker,
         }),
     }
 }
@@ -442,9 +522,10 @@ fn write_outputs(
     outcome: &Outcome,
     tests: Tests,
     run: RunFacts,
+    tracker: &Tracker,
 ) -> Result<JobResult, TrainError> {
     let model_dir = paths.model_dir();
-    let base_name = if spec.base_model.is_empty() { base.dir.display().to_string() } else { spec.base_model.clone() };
+    let base_name = base_name(spec, base);
     output::write_adapter(&model_dir, model, &base.lora, &base_name)?;
     output::copy_tokenizer_files(&base.dir, &model_dir)?;
     let merged = if spec.merge_adapter {
@@ -459,6 +540,7 @@ fn write_outputs(
             let path = paths.output_data_dir().join("eval_predictions.jsonl");
             eval::write_predictions(&path, &t.cases, run, tests.baseline.as_ref()).map_err(error::io_err(&path))?;
             tracing::info!("{}", metric_line(outcome.state.step, outcome.epochs_completed, "", &run.metrics));
+            tracker.values(outcome.state.step, &run.metrics);
             tracing::info!("Evaluation: {} cases, predictions in {}", t.cases.len(), path.display());
             Some(eval::summary_json(&t.config, t.cases.len(), run, tests.baseline.as_ref()))
         }
@@ -473,6 +555,7 @@ fn write_outputs(
         dtype: run.dtype,
         outcome,
         data: &data.read,
+        data_sha256: data.sha256.as_deref(),
         train_examples: data.train.len(),
         validation_examples: data.validation.len(),
         trainable_parameters: model.trainable_param_count(),
@@ -482,6 +565,13 @@ fn write_outputs(
         evaluation,
     };
     output::write_summary(paths, &summary)?;
+    for file in [
+        model_dir.join("adapter_config.json"),
+        paths.output_data_dir().join("loss_curve.svg"),
+        model_dir.join("training_summary.json"),
+    ] {
+        tracker.artifact(&file);
+    }
     let (final_loss, final_eval_loss) = summary.final_losses();
     tracing::info!(
         "Done: {} steps, final loss {}, adapter written to {}",

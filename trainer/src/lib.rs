@@ -29,6 +29,7 @@ pub mod rng;
 pub mod sagemaker;
 pub mod spec;
 pub mod supervise;
+pub mod track;
 pub mod train;
 
 pub use error::TrainError;

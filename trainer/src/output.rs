@@ -129,6 +129,8 @@ pub struct Summary<'a> {
     pub dtype: DType,
     pub outcome: &'a Outcome,
     pub data: &'a ReadReport,
+    /// SHA-256 of the training files (`data::fingerprint`).
+    pub data_sha256: Option<&'a str>,
     pub train_examples: usize,
     pub validation_examples: usize,
     pub trainable_parameters: usize,
@@ -173,7 +175,7 @@ impl Summary<'_> {
             "resumed_from": o.resumed_from.as_ref().map(|p| p.display().to_string()),
             "merged_model": self.merged.map(|p| p.display().to_string()),
             "data": {"format": self.data.format.name(), "files": self.data.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
-                     "rows": self.data.records.len(), "skipped_rows": self.data.skipped.len()},
+                     "rows": self.data.records.len(), "skipped_rows": self.data.skipped.len(), "sha256": self.data_sha256},
             "evaluation": self.evaluation,
             "hyperparameters": self.spec.resolved,
             "history": o.state.history,

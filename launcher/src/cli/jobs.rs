@@ -68,8 +68,22 @@ pub struct WaitArgs {
 
 #[derive(Debug, Args)]
 pub struct CompareArgs {
-    #[arg(required = true, num_args = 2..)]
+    /// Two or more training jobs side by side (or none, with --experiment).
+    #[arg(num_args = 2.., required_unless_present = "experiment")]
     pub jobs: Vec<String>,
+    /// List this MLflow experiment's runs instead, best first by --metric.
+    #[arg(long, value_name = "NAME", conflicts_with = "jobs")]
+    pub experiment: Option<String>,
+    /// Rank runs by this metric (default eval_loss where runs have it, else loss; names with loss,
+    /// perplexity, kl, error or time rank lower-first, the rest higher-first).
+    #[arg(long, requires = "experiment")]
+    pub metric: Option<String>,
+    /// The MLflow server: http(s)://HOST[:PORT] or a SageMaker MLflow ARN (default $MLFLOW_TRACKING_URI).
+    #[arg(long, value_name = "URI", requires = "experiment")]
+    pub mlflow: Option<String>,
+    /// At most this many runs, newest first before ranking.
+    #[arg(long, default_value_t = 100, requires = "experiment")]
+    pub max: usize,
     #[arg(long)]
     pub json: bool,
 }
@@ -169,6 +183,9 @@ pub(super) async fn wait(o: &AwsOptions, a: &WaitArgs) -> Res {
 }
 
 pub(super) async fn compare(o: &AwsOptions, a: &CompareArgs) -> Res {
+    if let Some(name) = &a.experiment {
+        return compare_experiment(o, a, name).await;
+    }
     let clients = connect(o).await?;
     let mut infos = Vec::new();
     for j in &a.jobs {
@@ -179,6 +196,38 @@ pub(super) async fn compare(o: &AwsOptions, a: &CompareArgs) -> Res {
         println!("{}", serde_json::to_string_pretty(&c).unwrap_or_default());
     } else {
         print!("{}", crate::jobs::render_comparison(&c));
+    }
+    Ok(EXIT_OK)
+}
+
+/// `compare --experiment`: the experiment's runs from MLflow, best first.
+async fn compare_experiment(o: &AwsOptions, a: &CompareArgs, name: &str) -> Res {
+    use trainer::track::mlflow::Client;
+    use trainer::track::target::{self, Auth, URI_VAR};
+    let Some(uri) = a.mlflow.clone().or_else(|| super::env_var(URI_VAR)) else {
+        return Err(Failure::invalid(format!(
+            "--experiment {name}: name the MLflow server with --mlflow URI or {URI_VAR}"
+        )));
+    };
+    let env = [(URI_VAR.to_string(), uri.clone())];
+    let Some(target) = target::from_env(&env, "compare").map_err(Failure::invalid)? else {
+        return Err(Failure::invalid("--mlflow: empty URI (use http(s)://HOST[:PORT] or a SageMaker MLflow ARN)"));
+    };
+    let mut client = Client::new(&target);
+    if let Auth::SageMaker { .. } = target.auth {
+        client = client.with_credentials(crate::aws::sigv4_credentials(o).await.map_err(Failure::from)?);
+    }
+    let mlflow = |e: trainer::track::mlflow::ApiError| Failure::error(format!("MLflow at {uri}: {e}"));
+    let Some(id) = client.find_experiment(name).map_err(mlflow)? else {
+        return Err(Failure::invalid(format!("MLflow at {uri} has no experiment `{name}`")));
+    };
+    let runs = client.search_runs(&id, a.max).map_err(mlflow)?;
+    let metric = a.metric.clone().unwrap_or_else(|| crate::jobs::experiment::default_metric(&runs).to_string());
+    let v = crate::jobs::experiment::view(name, &runs, &metric);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        print!("{}", crate::jobs::experiment::render(&v));
     }
     Ok(EXIT_OK)
 }

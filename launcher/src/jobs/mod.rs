@@ -1,4 +1,5 @@
-//! Following jobs: status and stop here; logs and wait in `follow`; list and compare in `list`.
+//! Following jobs: status and stop here; logs and wait in `follow`; list and compare in `list`;
+//! an MLflow experiment's runs in `experiment`.
 //!
 //! Cost of a job = BillableTimeInSeconds × InstanceCount × on-demand rate; managed-spot
 //! savings = 1 − Billable/Training (the DescribeTrainingJob API documentation's own formulas).
@@ -14,6 +15,7 @@ use crate::clock::{now_epoch, utc_datetime};
 use crate::error::Error;
 use crate::format::{fmt_duration, fmt_usd};
 
+pub mod experiment;
 mod follow;
 mod list;
 

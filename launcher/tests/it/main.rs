@@ -6,6 +6,7 @@ mod common;
 mod cli;
 mod deploy;
 mod estimate;
+mod experiments;
 mod local;
 mod local_docker;
 mod local_e2e;

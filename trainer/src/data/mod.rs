@@ -336,6 +336,27 @@ pub struct ReadReport {
     pub column_pairs: Vec<(PathBuf, &'static str, &'static str)>,
 }
 
+/// SHA-256 (hex) of files' bytes in the given order, each preceded by its length: the data
+/// fingerprint of the summary and of a tracked run (renaming a file keeps it, editing one does not).
+pub fn fingerprint(files: &[PathBuf]) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    for path in files {
+        let mut f = std::fs::File::open(path)?;
+        h.update(f.metadata()?.len().to_le_bytes());
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// Read and tokenise exactly as the job will; used by the launcher's estimate.
 pub fn count_tokens(path: &Path, model_dir: &Path, spec: &DataSpec) -> Result<TokenizeReport, DataError> {
     let tok = TokenizerBundle::load(model_dir)?;

@@ -78,7 +78,10 @@ impl NcclGroup {
                 let bytes = tcp.share(None)?;
                 let internal: [std::ffi::c_char; 128] = std::array::from_fn(|i| *bytes.get(i).unwrap_or(&0) as _);
                 if bytes.len() != internal.len() {
-                    return Err(DistError::Protocol(format!("the NCCL id from rank 0 has {} bytes, not 128", bytes.len())));
+                    return Err(DistError::Protocol(format!(
+                        "the NCCL id from rank 0 has {} bytes, not 128",
+                        bytes.len()
+                    )));
                 }
                 sys::ncclUniqueId { internal }
             }
@@ -137,12 +140,18 @@ impl CustomOp1 for AllReduce {
         "nccl-all-reduce"
     }
 
-    fn cpu_fwd(&self, _: &candle_core::CpuStorage, _: &Layout) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
         candle_core::bail!("NCCL reduces GPU tensors only")
     }
 
     fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
-        let Some((from, to)) = l.contiguous_offsets() else { candle_core::bail!("the all-reduce buffer is not contiguous") };
+        let Some((from, to)) = l.contiguous_offsets() else {
+            candle_core::bail!("the all-reduce buffer is not contiguous")
+        };
         let src = s.as_cuda_slice::<f32>()?.slice(from..to);
         let dev = s.device.clone();
         let stream = dev.cuda_stream();

@@ -100,6 +100,9 @@ mod tests {
         // No EFA userspace in the image: NCCL would use sockets, so no EFA variables.
         assert_eq!(names(&nccl_vars(&host(2, "ml.p5.48xlarge", false), &[])), ["NCCL_SOCKET_IFNAME=eth1"]);
         let user = [("NCCL_SOCKET_IFNAME".to_string(), "^lo".to_string())];
-        assert_eq!(names(&nccl_vars(&host(2, "ml.p5.48xlarge", true), &user)), ["FI_PROVIDER=efa", "NCCL_PROTO=simple"]);
+        assert_eq!(
+            names(&nccl_vars(&host(2, "ml.p5.48xlarge", true), &user)),
+            ["FI_PROVIDER=efa", "NCCL_PROTO=simple"]
+        );
     }
 }

@@ -14,6 +14,7 @@ use crate::optim::AdamW;
 use crate::report::Progress;
 use crate::sagemaker::StopFlag;
 use crate::spec::JobSpec;
+use crate::track::Tracker;
 
 use super::schedule::{epochs_done, Schedule};
 use super::state::{self, RunState};
@@ -60,6 +61,8 @@ pub struct FrameInputs<'a> {
     /// GRPO: the state carries the sampling RNG.
     pub generation: bool,
     pub dist: &'a dyn Collective,
+    /// Gets every METRIC record as the history grows.
+    pub tracker: &'a Tracker,
 }
 
 /// Runs `rounds` to the end of the schedule (or to SIGTERM: `TrainError::Interrupted` after the
@@ -67,10 +70,14 @@ pub struct FrameInputs<'a> {
 /// checkpoints, and the ranks stop together: a round takes their vote (a rank that stopped on its
 /// own would leave the others waiting in a collective).
 pub fn run(inp: FrameInputs, rounds: &mut impl Rounds) -> Result<Outcome, TrainError> {
-    let FrameInputs { spec, model, checkpoint_dir, stop, schedule, generation, dist } = inp;
+    let FrameInputs { spec, model, checkpoint_dir, stop, schedule, generation, dist, tracker } = inp;
     let writes = dist.rank() == 0;
     let RunState { mut opt, mut state, resumed_from } =
         state::start(spec, model, checkpoint_dir, generation, dist.world())?;
+    if resumed_from.is_some() {
+        // The attempt that wrote the checkpoint logged its history already.
+        tracker.skip_history(state.history.len());
+    }
     rounds.announce(&schedule);
     let started = Instant::now();
     let base_elapsed = state.elapsed_secs;
@@ -98,6 +105,7 @@ pub fn run(inp: FrameInputs, rounds: &mut impl Rounds) -> Result<Outcome, TrainE
             rounds.round(&mut cx).inspect_err(|e| dist.abort(&e.to_string()))?
         };
         state.elapsed_secs = base_elapsed + started.elapsed().as_secs_f64();
+        tracker.history(&state.history);
         let saving = matches!(end, RoundEnd::Stopped) || schedule.save_now(state.step);
         if cfg!(debug_assertions) && saving && dist.world() > 1 {
             crate::dist::check_replicas(dist, &model.trainable_vars(), state.step)?;

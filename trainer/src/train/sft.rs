@@ -24,6 +24,7 @@ use crate::report::MetricRecord;
 use crate::rng::Rng;
 use crate::sagemaker::StopFlag;
 use crate::spec::JobSpec;
+use crate::track::Tracker;
 
 use super::frame::{self, FrameInputs, RoundCx, RoundEnd, Rounds};
 use super::schedule::{epoch_order, epochs_done, Schedule};
@@ -39,6 +40,8 @@ pub struct SftInputs<'a> {
     pub stop: &'a StopFlag,
     /// The data-parallel group ([`dist::Solo`]: one rank).
     pub dist: &'a dyn Collective,
+    /// Experiment tracking ([`Tracker::off`] when none).
+    pub tracker: &'a Tracker,
 }
 
 /// Tensors of one micro-batch on the model's device.
@@ -131,6 +134,7 @@ pub fn train(inp: SftInputs) -> Result<Outcome, TrainError> {
         schedule,
         generation: false,
         dist: inp.dist,
+        tracker: inp.tracker,
     };
     let mut rounds = SftRounds {
         vars: inp.model.trainable_vars(),

@@ -77,6 +77,7 @@ fn train(model_dir: &Path, world: usize, ga: usize, dropout: &str, steps: usize)
                             checkpoint_dir: ckpt.path(),
                             stop: &StopFlag::manual(),
                             dist: member.as_ref(),
+                            tracker: &trainer::track::Tracker::off(),
                         })
                         .unwrap();
                         let adapter = model

@@ -22,4 +22,5 @@ mod resume;
 mod rouge;
 mod t5;
 mod t5_job;
+mod tracking;
 mod try_model;

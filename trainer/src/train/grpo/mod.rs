@@ -30,6 +30,7 @@ use crate::rewards::{score_weighted, ExternalScorer, RewardFn, RewardInput, Weig
 use crate::rng::Rng;
 use crate::sagemaker::StopFlag;
 use crate::spec::JobSpec;
+use crate::track::Tracker;
 
 use super::frame::{self, FrameInputs, RoundCx, RoundEnd, Rounds};
 use super::schedule::{epoch_order, epochs_done, Schedule};
@@ -113,6 +114,8 @@ pub struct GrpoInputs<'a> {
     pub stop: &'a StopFlag,
     /// The data-parallel group ([`dist::Solo`]: one rank).
     pub dist: &'a dyn Collective,
+    /// Experiment tracking ([`Tracker::off`] when none).
+    pub tracker: &'a Tracker,
 }
 
 /// One training sequence: prompt + completion, with its advantage.
@@ -255,6 +258,7 @@ pub fn train(inp: GrpoInputs) -> Result<Outcome, TrainError> {
         schedule: Schedule::new(spec, rounds_per_epoch * g.num_iterations as u64),
         generation: true,
         dist: inp.dist,
+        tracker: inp.tracker,
     };
     let sampling = SamplingConfig {
         temperature: g.temperature,
