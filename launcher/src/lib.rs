@@ -19,6 +19,7 @@ pub mod plan;
 pub mod prepare;
 pub mod prices;
 pub mod redact;
+pub mod registry;
 pub mod request;
 pub mod tokens;
 pub mod upload;

@@ -17,7 +17,8 @@ use crate::prices::load_or_empty as region_prices;
 
 #[derive(Debug, Args)]
 pub struct DeployArgs {
-    /// A Completed training job (its merged model) or an s3:// prefix holding a merged model.
+    /// A Completed training job (its merged model), an s3:// prefix holding a merged model, or a
+    /// registered model: GROUP (its newest approved version) or GROUP/VERSION.
     pub source: String,
     /// Endpoint instance type (must hold the model in GPU memory).
     #[arg(long, default_value = "ml.g5.2xlarge")]
@@ -40,6 +41,9 @@ pub struct DeployArgs {
     /// layout) instead of its merged model (LMI only).
     #[arg(long, value_name = "S3_PREFIX")]
     pub adapter_on: Option<String>,
+    /// Deploy a registered version that is not Approved (GROUP/VERSION).
+    #[arg(long)]
+    pub allow_unapproved: bool,
     /// Show what would be created and what it costs; create nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -108,8 +112,17 @@ fn duration(flag: &str, text: &str) -> Result<std::time::Duration, Failure> {
 
 pub(super) async fn deploy(o: &AwsOptions, a: &DeployArgs) -> Res {
     let serving = Serving::embedded();
-    let input = DeployInput {
-        source: Source::parse(&a.source)?,
+    // GROUP/VERSION names a registered model; a bare name is a job, else a model package group.
+    let registered = match a.source.starts_with("s3://") || !a.source.contains('/') {
+        true => None,
+        false => Some(crate::registry::parse_model_ref(&a.source)?),
+    };
+    let source = match &registered {
+        Some((group, _)) => Source::Job(group.clone()),
+        None => Source::parse(&a.source)?,
+    };
+    let mut input = DeployInput {
+        source,
         name: a.name.clone(),
         instance_type: a.instance.clone(),
         count: a.count,
@@ -122,6 +135,16 @@ pub(super) async fn deploy(o: &AwsOptions, a: &DeployArgs) -> Res {
     input.check(&catalogue)?;
     let (poll, timeout) = (duration("--poll", &a.poll)?, duration("--timeout", &a.timeout)?);
     let clients = connect(o).await?;
+    let model = match (&registered, &input.source) {
+        (Some((group, version)), _) => Some((group.clone(), *version)),
+        (None, Source::Job(name)) if !job_exists(&clients, name).await? => Some((name.clone(), None)),
+        _ => None,
+    };
+    if let Some((group, version)) = model {
+        let (job, name) = registered_job(&clients, &group, version, a.allow_unapproved).await?;
+        input.source = Source::Job(job);
+        input.name = input.name.or(Some(name));
+    }
     let prices = region_prices(&clients.region);
     let now = crate::clock::now_epoch() as u64;
     let plan = crate::deploy::prepare(&clients, &input, &catalogue, &prices, now).await?;
@@ -287,4 +310,48 @@ pub(super) async fn undeploy(o: &AwsOptions, a: &UndeployArgs) -> Res {
         println!("model {m}: {}", word(o));
     }
     Ok(EXIT_OK)
+}
+
+/// Whether training job `name` exists (a bare deploy source that is not one names a model group).
+async fn job_exists(clients: &Clients, name: &str) -> Result<bool, Failure> {
+    match crate::jobs::describe(clients, name).await {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == Some(&crate::aws::ErrorKind::NotFound) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The training job behind `group`'s version (the newest approved one without `version`), and the
+/// endpoint name it gets by default; an unapproved version only with --allow-unapproved.
+async fn registered_job(
+    clients: &Clients,
+    group: &str,
+    version: Option<i32>,
+    allow_unapproved: bool,
+) -> Result<(String, String), Failure> {
+    use crate::registry::Approval;
+    let v = crate::registry::find(clients, group, version).await.map_err(|e| match version {
+        None if e.is_invalid_input() => Failure::invalid(format!(
+            "`{group}` is neither a training job nor a model package group with an approved version: {e}"
+        )),
+        _ => e.into(),
+    })?;
+    if v.approval != Approval::Approved && !allow_unapproved {
+        return Err(Failure::invalid(format!(
+            "{group} version {} is {}: approve it with `oxtune approve {group} {}`, or pass --allow-unapproved",
+            v.version,
+            v.approval.name(),
+            v.version
+        )));
+    }
+    let job = v.job.ok_or_else(|| {
+        Failure::invalid(format!(
+            "{group} version {} was not registered by oxtune (no {} metadata)",
+            v.version,
+            crate::registry::META_JOB
+        ))
+    })?;
+    println!("registered model {group} version {} ({}), trained by {job}", v.version, v.approval.name());
+    let stem: String = group.chars().take(56).collect();
+    Ok((job, format!("{}-v{}", stem.trim_end_matches('-'), v.version)))
 }

@@ -14,6 +14,7 @@ mod jobs;
 mod local;
 mod prepare;
 mod prices;
+mod registry;
 mod submit;
 
 /// Exit codes, one table for every command (the README's "Exit codes" lists the same).
@@ -82,6 +83,14 @@ pub enum Command {
     Endpoints(deploy::EndpointsArgs),
     /// Delete an endpoint, its config and its model.
     Undeploy(deploy::UndeployArgs),
+    /// Register a finished job as a new version of a model package group (SageMaker Model Registry).
+    Register(registry::RegisterArgs),
+    /// A model package group's versions with approval, status and evaluation scores.
+    Models(registry::ModelsArgs),
+    /// Approve a registered version (then `oxtune deploy GROUP` serves it).
+    Approve(registry::ApprovalArgs),
+    /// Reject a registered version.
+    Reject(registry::ApprovalArgs),
 }
 
 /// A command failure: message and exit code.
@@ -146,6 +155,10 @@ pub fn run(cli: Cli) -> Res {
         Command::Invoke(a) => block_on(deploy::invoke(&aws, a)),
         Command::Endpoints(a) => block_on(deploy::list(&aws, a)),
         Command::Undeploy(a) => block_on(deploy::undeploy(&aws, a)),
+        Command::Register(a) => block_on(registry::register(&aws, a)),
+        Command::Models(a) => block_on(registry::models(&aws, a)),
+        Command::Approve(a) => block_on(registry::set_approval(&aws, a, crate::registry::Approval::Approved)),
+        Command::Reject(a) => block_on(registry::set_approval(&aws, a, crate::registry::Approval::Rejected)),
     }
 }
 

@@ -317,6 +317,12 @@ pub async fn inspect_model(clients: &Clients, prefix: &str) -> Result<ModelArtif
     Ok(ModelArtifact { prefix: prefix.to_string(), config, bytes: objects.values().sum(), chat })
 }
 
+/// The text of the S3 object `uri` names.
+pub async fn get_text_at(clients: &Clients, uri: &str) -> Result<String, Error> {
+    let loc = parse_s3_uri(uri)?;
+    get_text(clients, &loc.bucket, &loc.key).await
+}
+
 async fn get_text(clients: &Clients, bucket: &str, key: &str) -> Result<String, Error> {
     let ctx = ErrorContext { operation: "GetObject".into(), region: clients.region.clone(), ..Default::default() };
     let out = clients.s3.get_object().bucket(bucket).key(key).send().await.map_err(|e| explain(&e, &ctx))?;

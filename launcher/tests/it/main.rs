@@ -12,3 +12,4 @@ mod local_docker;
 mod local_e2e;
 mod mocked;
 mod moto;
+mod registry;
