@@ -112,11 +112,7 @@ pub async fn connect(o: &AwsOptions) -> Result<Clients, Error> {
 
 /// The caller's credentials (environment, profile, SSO, …), for signing SageMaker MLflow requests.
 pub async fn sigv4_credentials(o: &AwsOptions) -> Result<trainer::track::sigv4::Creds, Error> {
-    use aws_sdk_sagemaker::config::ProvideCredentials;
-    let sdk = load_sdk_config(o).await;
-    let bad = |detail: &str| Error::Aws { kind: ErrorKind::BadCredentials, message: no_credentials(o, detail) };
-    let provider = sdk.credentials_provider().ok_or_else(|| bad("no credentials provider is configured"))?;
-    let c = provider.provide_credentials().await.map_err(|e| bad(&e.to_string()))?;
+    let c = provide_credentials(&load_sdk_config(o).await, o).await?;
     Ok(trainer::track::sigv4::Creds {
         key: c.access_key_id().to_string(),
         secret: c.secret_access_key().to_string(),
@@ -126,18 +122,15 @@ pub async fn sigv4_credentials(o: &AwsOptions) -> Result<trainer::track::sigv4::
 }
 
 async fn check_credentials(sdk: &SdkConfig, o: &AwsOptions) -> Result<(), Error> {
-    let Some(provider) = sdk.credentials_provider() else {
-        return Err(Error::Aws {
-            kind: ErrorKind::BadCredentials,
-            message: no_credentials(o, "no credentials provider is configured"),
-        });
-    };
+    provide_credentials(sdk, o).await.map(drop)
+}
+
+/// The credentials the configuration resolves to, or what to do when there are none.
+async fn provide_credentials(sdk: &SdkConfig, o: &AwsOptions) -> Result<aws_sdk_sagemaker::config::Credentials, Error> {
     use aws_sdk_sagemaker::config::ProvideCredentials;
-    provider
-        .provide_credentials()
-        .await
-        .map(|_| ())
-        .map_err(|e| Error::Aws { kind: ErrorKind::BadCredentials, message: no_credentials(o, &format!("{e}")) })
+    let bad = |detail: &str| Error::Aws { kind: ErrorKind::BadCredentials, message: no_credentials(o, detail) };
+    let provider = sdk.credentials_provider().ok_or_else(|| bad("no credentials provider is configured"))?;
+    provider.provide_credentials().await.map_err(|e| bad(&e.to_string()))
 }
 
 fn no_credentials(o: &AwsOptions, detail: &str) -> String {

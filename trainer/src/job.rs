@@ -126,7 +126,7 @@ pub fn run(opts: JobOptions) -> Result<JobResult, TrainError> {
 /// A run's name where SageMaker gives no job name: `train-METHOD-UNIXTIME`.
 fn default_run_name(spec: &JobSpec) -> String {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    format!("train-{}-{secs}", spec.resolved.get("method").map(String::as_str).unwrap_or("lora"))
+    format!("train-{}-{secs}", spec.method.name())
 }
 
 /// The base model as the summary names it: its Hub id or path, else the `model` channel.
@@ -155,7 +155,7 @@ fn run_setup(
 ) -> RunSetup {
     let mut tags: Vec<(String, String)> = vec![
         ("oxtune.version".into(), env!("CARGO_PKG_VERSION").into()),
-        ("oxtune.method".into(), spec.resolved.get("method").cloned().unwrap_or_default()),
+        ("oxtune.method".into(), spec.method.name().into()),
         ("oxtune.base_model".into(), base_name(spec, base)),
         ("oxtune.model".into(), model.identity()),
         ("oxtune.ranks".into(), ranks.to_string()),

@@ -194,7 +194,8 @@ fn record_metrics(r: &MetricRecord, at: u64) -> Vec<Metric> {
 struct Worker {
     target: Target,
     client: Client,
-    setup: RunSetup,
+    /// Where the run file lives.
+    checkpoint_dir: PathBuf,
     run: Option<RunInfo>,
     /// Params (and tags) still to log.
     params: Vec<(String, String)>,
@@ -209,17 +210,16 @@ struct Worker {
 impl Worker {
     fn new(target: Target, setup: RunSetup) -> Worker {
         let client = Client::new(&target);
-        let params = setup
-            .params
-            .iter()
+        let RunSetup { params, tags, checkpoint_dir } = setup;
+        let params = params
+            .into_iter()
             .filter(|(k, _)| !is_secret(k))
-            .map(|(k, v)| (k.clone(), v.chars().take(mlflow::MAX_PARAM_VALUE).collect()))
+            .map(|(k, v)| (k, v.chars().take(mlflow::MAX_PARAM_VALUE).collect()))
             .collect();
-        let tags = setup.tags.clone();
         Worker {
             target,
             client,
-            setup,
+            checkpoint_dir,
             run: None,
             params,
             tags,
@@ -331,7 +331,7 @@ impl Worker {
 
     /// The run of an earlier attempt of this job (its run file), or a new one.
     fn open_run(&mut self) -> Result<RunInfo, ApiError> {
-        let file = self.setup.checkpoint_dir.join(RUN_FILE);
+        let file = self.checkpoint_dir.join(RUN_FILE);
         if let Some(id) = saved_run(&file, &self.target.uri) {
             match self.client.get_run(&id) {
                 Ok(run) => {
@@ -351,7 +351,7 @@ impl Worker {
         let record =
             serde_json::json!({ "tracking_uri": self.target.uri, "experiment_id": experiment, "run_id": run.run_id });
         let written =
-            std::fs::create_dir_all(&self.setup.checkpoint_dir).and_then(|_| std::fs::write(&file, record.to_string()));
+            std::fs::create_dir_all(&self.checkpoint_dir).and_then(|_| std::fs::write(&file, record.to_string()));
         if let Err(e) = written {
             tracing::warn!(
                 "MLflow: cannot record run {} in {} ({e}): a restarted job would start a new run",

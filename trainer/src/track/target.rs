@@ -51,10 +51,11 @@ pub fn from_env(env: &[(String, String)], fallback_run_name: &str) -> Result<Opt
         }
         (uri.trim_end_matches('/').to_string(), Auth::None)
     } else if uri.starts_with("arn:") {
-        let (region, partition) = parse_arn(uri)?;
+        let region = parse_arn(uri)?;
+        // Both partitions SageMaker MLflow runs in (aws, aws-us-gov) use the DNS suffix `aws`.
         let base = match env_value(env, CUSTOM_ENDPOINT_VAR).map(str::trim).filter(|e| !e.is_empty()) {
             Some(e) => e.trim_end_matches('/').to_string(),
-            None => format!("https://{region}.experiments.sagemaker.{}", dns_suffix(&partition)),
+            None => format!("https://{region}.experiments.sagemaker.aws"),
         };
         (base, Auth::SageMaker { arn: uri.to_string(), region })
     } else {
@@ -79,8 +80,8 @@ pub fn from_env(env: &[(String, String)], fallback_run_name: &str) -> Result<Opt
 }
 
 /// `arn:PARTITION:sagemaker:REGION:ACCOUNT:mlflow-tracking-server/NAME` (or `mlflow-app/NAME`):
-/// its region and partition.
-fn parse_arn(arn: &str) -> Result<(String, String), String> {
+/// its region.
+fn parse_arn(arn: &str) -> Result<String, String> {
     let bad = |why: &str| {
         format!(
             "{URI_VAR}={arn} is not a SageMaker MLflow ARN ({why}): expected \
@@ -99,16 +100,9 @@ fn parse_arn(arn: &str) -> Result<(String, String), String> {
         return Err(bad("no region or account"));
     }
     match resource.split_once('/') {
-        Some(("mlflow-tracking-server" | "mlflow-app", name)) if !name.is_empty() => {
-            Ok((region.to_string(), partition.to_string()))
-        }
+        Some(("mlflow-tracking-server" | "mlflow-app", name)) if !name.is_empty() => Ok(region.to_string()),
         _ => Err(bad(&format!("resource `{resource}`"))),
     }
-}
-
-fn dns_suffix(_partition: &str) -> &'static str {
-    // Both partitions SageMaker MLflow runs in use `aws` (the plugin's get_dns_suffix).
-    "aws"
 }
 
 /// A SageMaker job name without the timestamp the SDKs and `oxtune submit` append
