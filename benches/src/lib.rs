@@ -5,6 +5,7 @@
 
 pub mod emulator;
 pub mod memory;
+pub mod profile;
 
 use std::collections::BTreeMap;
 use std::time::Instant;

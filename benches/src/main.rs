@@ -83,6 +83,10 @@ struct Train {
     /// GRPO: prompt tokens.
     #[arg(long, default_value_t = 64)]
     prompt_len: usize,
+    /// Time every op (forward, backward, optimizer; per op and per layer) and write the per-step
+    /// breakdown as markdown to this file (CPU; the result line gains a `profile` field).
+    #[arg(long)]
+    profile: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -220,6 +224,13 @@ fn main() -> anyhow::Result<()> {
             prompt_len: t.prompt_len,
         },
     };
-    let v = benches::run(&cfg)?;
+    kernels::profile::enable(t.profile.is_some());
+    let mut v = benches::run(&cfg)?;
+    if let Some(path) = &t.profile {
+        let wall = v["wall_s_all_steps"].as_f64().unwrap_or(f64::NAN);
+        let (p, md) = benches::profile::report(&kernels::profile::take(), cfg.warmup + cfg.steps, wall);
+        std::fs::write(path, md).map_err(|e| anyhow::anyhow!("--profile {}: {e}", path.display()))?;
+        v["profile"] = p;
+    }
     emit(&t.common, &v)
 }

@@ -35,14 +35,16 @@ pub struct Step<'a> {
 
 /// Clips and applies one AdamW step; returns the global gradient norm before clipping.
 pub fn step(cfg: &AdamWConfig, s: Step<'_>) -> Result<f64> {
-    let n = s.params.len();
-    if s.grads.len() != n || s.m.len() != n || s.v.len() != n {
-        candle_core::bail!("adamw: {n} params but {} grads, {} m, {} v", s.grads.len(), s.m.len(), s.v.len())
-    }
-    if let Some(dev) = gpu::eligible(&s) {
-        return gpu::step(&dev, cfg, s);
-    }
-    reference(cfg, s)
+    crate::profile::timed(crate::profile::Phase::Optimizer, "adamw", "", || {
+        let n = s.params.len();
+        if s.grads.len() != n || s.m.len() != n || s.v.len() != n {
+            candle_core::bail!("adamw: {n} params but {} grads, {} m, {} v", s.grads.len(), s.m.len(), s.v.len())
+        }
+        if let Some(dev) = gpu::eligible(&s) {
+            return gpu::step(&dev, cfg, s);
+        }
+        reference(cfg, s)
+    })
 }
 
 /// √Σ‖g‖² over all gradients, in f64.

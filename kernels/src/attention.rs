@@ -29,19 +29,28 @@ pub fn causal_attention(
     segment_ids: Option<&Tensor>,
     scale: f64,
 ) -> Result<Tensor> {
-    let geo = Geometry::new(q, k, v, segment_ids)?;
-    let segment_ids = segment_ids.map(Tensor::detach);
-    let attn = Attention { geo, segment_ids, scale, q: q.detach(), k: k.detach(), v: v.detach() };
-    let need = [q.track_op(), k.track_op(), v.track_op()];
-    if let Some(dev) = gpu::eligible(&attn) {
-        let attn = gpu::Flash { dev, attn: attn.contiguous()? };
+    crate::profile::forward("causal_attention", || {
+        let geo = Geometry::new(q, k, v, segment_ids)?;
+        let segment_ids = segment_ids.map(Tensor::detach);
+        let attn = Attention { geo, segment_ids, scale, q: q.detach(), k: k.detach(), v: v.detach() };
+        let need = [q.track_op(), k.track_op(), v.track_op()];
+        if let Some(dev) = gpu::eligible(&attn) {
+            let attn = gpu::Flash { dev, attn: attn.contiguous()? };
+            let (out, lse) = attn.forward()?;
+            return custom_backward::ternary("causal_attention", q, k, v, out.clone(), move |dout| {
+                attn.backward(&out, &lse, dout, need)
+            });
+        }
+        if fused_cpu::eligible(&attn) {
+            let attn = attn.contiguous_f32()?;
+            let (out, lse) = fused_cpu::forward(&attn)?;
+            return custom_backward::ternary("causal_attention", q, k, v, out, move |dout| {
+                fused_cpu::backward(&attn, &lse, dout, need)
+            });
+        }
         let (out, lse) = attn.forward()?;
-        return custom_backward::ternary("causal_attention", q, k, v, out.clone(), move |dout| {
-            attn.backward(&out, &lse, dout, need)
-        });
-    }
-    let (out, lse) = attn.forward()?;
-    custom_backward::ternary("causal_attention", q, k, v, out, move |dout| attn.backward(&lse, dout, need))
+        custom_backward::ternary("causal_attention", q, k, v, out, move |dout| attn.backward(&lse, dout, need))
+    })
 }
 
 #[derive(Clone, Copy)]
@@ -162,6 +171,184 @@ impl Attention {
         let dq = if need[0] { Some(self.ungrouped(&ds.matmul(&k)?)?.to_dtype(self.q.dtype())?) } else { None };
         let dk = if need[1] { Some(ds.t()?.matmul(&qg)?.to_dtype(self.k.dtype())?) } else { None };
         Ok([dq, dk, dv])
+    }
+}
+
+/// f32 on the CPU, in blocks of query rows: a block's scores S = scale·q kᵀ against keys 0..(its
+/// last query's position) only — the causal upper triangle beyond the block is never computed —
+/// masked, turned into P row by row in place, then O = P v; the backward recomputes P per block as
+/// the module comment says. Forward tasks are (batch, query head) pairs, backward tasks (batch, kv
+/// head) pairs (each owns its dK, dV and its group's dQ), spread over rayon's threads.
+mod fused_cpu {
+    use candle_core::{DType, Result, Tensor};
+    use rayon::prelude::*;
+
+    use super::{Attention, Geometry};
+    use crate::cpu::{self, vmath, Mat};
+
+    /// Query rows per block.
+    const BQ: usize = 64;
+
+    pub fn eligible(a: &Attention) -> bool {
+        cpu::eligible(&[&a.q, &a.k, &a.v])
+    }
+
+    impl Attention {
+        pub(super) fn contiguous_f32(self) -> Result<Self> {
+            let seg = self.segment_ids.map(|s| s.to_dtype(DType::I64)?.contiguous()).transpose()?;
+            Ok(Self {
+                q: self.q.contiguous()?,
+                k: self.k.contiguous()?,
+                v: self.v.contiguous()?,
+                segment_ids: seg,
+                ..self
+            })
+        }
+    }
+
+    /// A block of query rows of one (batch, head): rows i0..i0+len of that head's queries.
+    struct Block<'a> {
+        geo: &'a Geometry,
+        seg: Option<&'a [i64]>,
+        batch: usize,
+        /// First query row of the block and its row count.
+        i0: usize,
+        len: usize,
+    }
+
+    impl Block<'_> {
+        /// Keys the block's last row may read: 0..kend.
+        fn kend(&self) -> usize {
+            self.geo.tk - self.geo.tq + self.i0 + self.len
+        }
+
+        /// Masks row r of `s` (−∞ where not allowed, 0.0 past the row's own position) and returns
+        /// the prefix 0..=p that holds its allowed keys.
+        fn mask<'s>(&self, s: &'s mut [f32], r: usize) -> &'s mut [f32] {
+            let p = self.geo.tk - self.geo.tq + self.i0 + r;
+            let (allowed, past) = s.split_at_mut(p + 1);
+            past.fill(0.0);
+            if let Some(seg) = self.seg {
+                let seg = &seg[self.batch * self.geo.tk..(self.batch + 1) * self.geo.tk];
+                for (x, sj) in allowed.iter_mut().zip(seg) {
+                    if *sj != seg[p] {
+                        *x = f32::NEG_INFINITY;
+                    }
+                }
+            }
+            allowed
+        }
+    }
+
+    /// (out [b, hq, tq, d], lse per query row [b·hq·tq]).
+    pub fn forward(a: &Attention) -> Result<(Tensor, Vec<f32>)> {
+        let geo = a.geo;
+        let Geometry { b, hq, tq, tk, d, .. } = geo;
+        let g = geo.g();
+        let seg = a.segment_ids.as_ref().map(|s| s.flatten_all()?.to_vec1::<i64>()).transpose()?;
+        let mut out = vec![0f32; b * hq * tq * d];
+        let mut lse = vec![0f32; b * hq * tq];
+        let scale = a.scale as f32;
+        cpu::read(&a.q, |q| {
+            cpu::read(&a.k, |k| {
+                cpu::read(&a.v, |v| {
+                    let heads = out.par_chunks_mut(tq * d).zip(lse.par_chunks_mut(tq)).enumerate();
+                    heads.try_for_each(|(bh, (out, lse))| -> Result<()> {
+                        let (batch, h) = (bh / hq, bh % hq);
+                        let kv = (batch * geo.hkv + h / g) * tk * d;
+                        let (k, v) = (&k[kv..kv + tk * d], &v[kv..kv + tk * d]);
+                        let q = &q[bh * tq * d..(bh + 1) * tq * d];
+                        let mut s = vec![0f32; BQ.min(tq) * tk];
+                        for i0 in (0..tq).step_by(BQ) {
+                            let blk = Block { geo: &geo, seg: seg.as_deref(), batch, i0, len: BQ.min(tq - i0) };
+                            let (len, kend) = (blk.len, blk.kend());
+                            let s = &mut s[..len * kend];
+                            let qb = Mat::rows(&q[i0 * d..(i0 + len) * d], len, d);
+                            cpu::matmul(s, kend, qb, Mat::rows(k, kend, d).t(), scale, false, false)?;
+                            let mut inv = [0f32; BQ];
+                            for r in 0..len {
+                                let row = blk.mask(&mut s[r * kend..(r + 1) * kend], r);
+                                let m = vmath::max(row);
+                                let l = vmath::exp_shifted(row, m);
+                                lse[i0 + r] = m + l.ln();
+                                inv[r] = 1.0 / l;
+                            }
+                            let o = &mut out[i0 * d..(i0 + len) * d];
+                            cpu::matmul(o, d, Mat::rows(s, len, kend), Mat::rows(v, kend, d), 1.0, false, false)?;
+                            for (row, inv) in o.chunks_exact_mut(d).zip(inv) {
+                                vmath::scale(row, inv);
+                            }
+                        }
+                        Ok(())
+                    })
+                })
+            })
+        })????;
+        Ok((cpu::tensor(out, &[b, hq, tq, d])?, lse))
+    }
+
+    pub fn backward(a: &Attention, lse: &[f32], dout: &Tensor, need: [bool; 3]) -> Result<[Option<Tensor>; 3]> {
+        let geo = a.geo;
+        let Geometry { b, hq, hkv, tq, tk, d } = geo;
+        let g = geo.g();
+        let seg = a.segment_ids.as_ref().map(|s| s.flatten_all()?.to_vec1::<i64>()).transpose()?;
+        let dout = dout.to_dtype(DType::F32)?.contiguous()?;
+        let (mut dq, mut dk, mut dv) =
+            (vec![0f32; b * hq * tq * d], vec![0f32; b * hkv * tk * d], vec![0f32; b * hkv * tk * d]);
+        let scale = a.scale as f32;
+        // Few tasks: let each product use the threads instead.
+        let threads = b * hkv < rayon::current_num_threads();
+        cpu::read(&a.q, |q| {
+            cpu::read(&a.k, |k| {
+                cpu::read(&a.v, |v| {
+                    cpu::read(&dout, |dout| {
+                        let tasks =
+                            dq.par_chunks_mut(g * tq * d).zip(dk.par_chunks_mut(tk * d)).zip(dv.par_chunks_mut(tk * d));
+                        tasks.enumerate().try_for_each(|(bk, ((dq, dk), dv))| -> Result<()> {
+                            let batch = bk / hkv;
+                            let (k, v) = (&k[bk * tk * d..(bk + 1) * tk * d], &v[bk * tk * d..(bk + 1) * tk * d]);
+                            let mut p = vec![0f32; BQ.min(tq) * tk];
+                            let mut ds = vec![0f32; BQ.min(tq) * tk];
+                            for j in 0..g {
+                                let bh = bk * g + j;
+                                let q = &q[bh * tq * d..(bh + 1) * tq * d];
+                                let dout = &dout[bh * tq * d..(bh + 1) * tq * d];
+                                let lse = &lse[bh * tq..(bh + 1) * tq];
+                                for i0 in (0..tq).step_by(BQ) {
+                                    let blk = Block { geo: &geo, seg: seg.as_deref(), batch, i0, len: BQ.min(tq - i0) };
+                                    let (len, kend) = (blk.len, blk.kend());
+                                    let (p, ds) = (&mut p[..len * kend], &mut ds[..len * kend]);
+                                    let qb = Mat::rows(&q[i0 * d..(i0 + len) * d], len, d);
+                                    let dob = Mat::rows(&dout[i0 * d..(i0 + len) * d], len, d);
+                                    cpu::matmul(p, kend, qb, Mat::rows(k, kend, d).t(), scale, false, threads)?;
+                                    for r in 0..len {
+                                        let row = blk.mask(&mut p[r * kend..(r + 1) * kend], r);
+                                        vmath::exp_shifted(row, lse[i0 + r]);
+                                    }
+                                    let pm = Mat::rows(p, len, kend);
+                                    cpu::matmul(&mut dv[..kend * d], d, pm.t(), dob, 1.0, true, threads)?;
+                                    cpu::matmul(ds, kend, dob, Mat::rows(v, kend, d).t(), 1.0, false, threads)?;
+                                    for (prow, dsrow) in p.chunks_exact(kend).zip(ds.chunks_exact_mut(kend)) {
+                                        let delta = vmath::dot(prow, dsrow);
+                                        for (x, pj) in dsrow.iter_mut().zip(prow) {
+                                            *x = pj * (*x - delta) * scale;
+                                        }
+                                    }
+                                    let dsm = Mat::rows(ds, len, kend);
+                                    let dqb = &mut dq[(j * tq + i0) * d..(j * tq + i0 + len) * d];
+                                    cpu::matmul(dqb, d, dsm, Mat::rows(k, kend, d), 1.0, false, threads)?;
+                                    cpu::matmul(&mut dk[..kend * d], d, dsm.t(), qb, 1.0, true, threads)?;
+                                }
+                            }
+                            Ok(())
+                        })
+                    })
+                })
+            })
+        })?????;
+        let dq = cpu::tensor(dq, &[b, hq, tq, d])?;
+        let (dk, dv) = (cpu::tensor(dk, &[b, hkv, tk, d])?, cpu::tensor(dv, &[b, hkv, tk, d])?);
+        Ok([need[0].then_some(dq), need[1].then_some(dk), need[2].then_some(dv)])
     }
 }
 

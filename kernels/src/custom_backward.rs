@@ -23,6 +23,8 @@ use candle_core::{
     Tensor,
 };
 
+use crate::profile;
+
 type Backward<const N: usize> = Box<dyn Fn(&Tensor) -> Result<[Option<Tensor>; N]> + Send + Sync>;
 
 /// One input: `bwd(dy)` returns the gradient for `x`.
@@ -64,6 +66,8 @@ struct Surface<const N: usize> {
     // Taken by the (single) device forward so the graph node does not keep a second copy alive.
     value: Mutex<Option<Tensor>>,
     bwd: Backward<N>,
+    /// The profile label at forward time, so the backward is booked to the same layer.
+    label: String,
 }
 
 impl<const N: usize> Surface<N> {
@@ -71,7 +75,7 @@ impl<const N: usize> Surface<N> {
     where
         F: Fn(&Tensor) -> Result<[Option<Tensor>; N]> + Send + Sync + 'static,
     {
-        Self { name, value: Mutex::new(Some(value.detach())), bwd: Box::new(bwd) }
+        Self { name, value: Mutex::new(Some(value.detach())), bwd: Box::new(bwd), label: profile::label() }
     }
 
     /// Dense copy of the value's storage on the device `pick` selects.
@@ -92,7 +96,7 @@ impl<const N: usize> Surface<N> {
 
     /// Runs the backward and checks each gradient against its input (shape, dtype, tracking).
     fn grads(&self, args: [&Tensor; N], grad: &Tensor) -> Result<[Option<Tensor>; N]> {
-        let mut grads = (self.bwd)(grad)?;
+        let mut grads = profile::timed(profile::Phase::Backward, self.name, &self.label, || (self.bwd)(grad))?;
         for (g, arg) in grads.iter_mut().zip(args) {
             // An untracked input gets no entry in the GradStore.
             if !arg.track_op() {

@@ -13,21 +13,23 @@ use candle_core::{bail, Result, Tensor, D};
 use crate::custom_backward;
 
 pub fn frozen_linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let (out_f, in_f) = w.dims2()?;
-    if x.rank() < 2 || x.dim(D::Minus1)? != in_f {
-        bail!("frozen_linear: x {:?} does not match w [{out_f}, {in_f}] (want [..., {in_f}])", x.dims())
-    }
-    if let Some(b) = bias {
-        if b.dims() != [out_f] {
-            bail!("frozen_linear: bias {:?} != [{out_f}]", b.dims())
+    crate::profile::forward("frozen_linear", || {
+        let (out_f, in_f) = w.dims2()?;
+        if x.rank() < 2 || x.dim(D::Minus1)? != in_f {
+            bail!("frozen_linear: x {:?} does not match w [{out_f}, {in_f}] (want [..., {in_f}])", x.dims())
         }
-    }
-    let x = if x.dtype() == w.dtype() { x.clone() } else { x.to_dtype(w.dtype())? };
-    let w = w.detach();
-    let bias = bias.map(|b| b.detach().to_dtype(w.dtype())).transpose()?;
-    // The forward is plain tensor ops, so it already runs on CUDA (cuBLAS) as is.
-    let y = forward(&x.detach(), &w, bias.as_ref())?;
-    custom_backward::unary("frozen_linear", &x, y, move |dy| input_grad(dy, &w))
+        if let Some(b) = bias {
+            if b.dims() != [out_f] {
+                bail!("frozen_linear: bias {:?} != [{out_f}]", b.dims())
+            }
+        }
+        let x = if x.dtype() == w.dtype() { x.clone() } else { x.to_dtype(w.dtype())? };
+        let w = w.detach();
+        let bias = bias.map(|b| b.detach().to_dtype(w.dtype())).transpose()?;
+        // The forward is plain tensor ops, so it already runs on CUDA (cuBLAS) as is.
+        let y = forward(&x.detach(), &w, bias.as_ref())?;
+        custom_backward::unary("frozen_linear", &x, y, move |dy| input_grad(dy, &w))
+    })
 }
 
 fn forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {

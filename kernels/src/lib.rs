@@ -8,13 +8,16 @@
 //! (F16/F64 work too).
 
 pub mod adamw;
+pub mod adapted_linear;
 pub mod attention;
+pub mod cpu;
 pub mod cross_entropy;
 pub mod custom_backward;
 pub mod frozen_linear;
 pub mod launch;
 pub mod lora_linear;
 pub mod nf4_linear;
+pub mod profile;
 pub mod recompute;
 pub mod rms_norm;
 pub mod rope;

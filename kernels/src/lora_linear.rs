@@ -24,50 +24,52 @@ pub struct Dropout {
 }
 
 pub fn lora_delta(x: &Tensor, a: &Tensor, b: &Tensor, scale: f64, dropout: Option<Dropout>) -> Result<Tensor> {
-    let (r, in_f) = a.dims2()?;
-    let (out_f, rb) = b.dims2()?;
-    if rb != r || x.dim(D::Minus1)? != in_f || a.dtype() != DType::F32 || b.dtype() != DType::F32 {
-        bail!("lora_delta: x {:?}, A {:?} {:?}, B {:?} {:?}", x.dims(), a.dims(), a.dtype(), b.dims(), b.dtype())
-    }
-    let dropout = dropout.filter(|d| d.keep < 1.0);
-    if let Some(d) = dropout {
-        if d.keep.is_nan() || d.keep <= 0.0 {
-            bail!("lora_delta: keep probability {} must be in (0, 1]", d.keep)
+    crate::profile::forward("lora_delta", || {
+        let (r, in_f) = a.dims2()?;
+        let (out_f, rb) = b.dims2()?;
+        if rb != r || x.dim(D::Minus1)? != in_f || a.dtype() != DType::F32 || b.dtype() != DType::F32 {
+            bail!("lora_delta: x {:?}, A {:?} {:?}, B {:?} {:?}", x.dims(), a.dims(), a.dtype(), b.dims(), b.dtype())
         }
-    }
-    let mut out_dims = x.dims().to_vec();
-    if let Some(last) = out_dims.last_mut() {
-        *last = out_f;
-    }
-    let x2 = x.flatten_to(D::Minus2)?;
-    let (ad, bd) = (a.detach(), b.detach());
-    let xm = masked(&x2.detach(), dropout)?;
-    let h = xm.matmul(&ad.t()?)?;
-    let delta = (h.matmul(&bd.t()?)? * scale)?;
-    drop(xm);
-    let xd = x2.detach();
-    let need = [x.track_op(), a.track_op(), b.track_op()];
-    let y = custom_backward::ternary("lora_delta", &x2, a, b, delta, move |dy| {
-        let dh = (dy.to_dtype(DType::F32)?.matmul(&bd)? * scale)?;
-        let db = if need[2] { Some((dy.to_dtype(DType::F32)?.t()?.matmul(&h)? * scale)?) } else { None };
-        let xm = if need[1] { Some(masked(&xd, dropout)?) } else { None };
-        let da = xm.map(|xm| dh.t()?.matmul(&xm)).transpose()?;
-        let dx = if need[0] {
-            let g = dh.matmul(&ad)?;
-            let g = match dropout {
-                Some(d) => {
-                    let m = mask(g.dims2()?, d, g.device())?;
-                    (g * m)?
-                }
-                None => g,
+        let dropout = dropout.filter(|d| d.keep < 1.0);
+        if let Some(d) = dropout {
+            if d.keep.is_nan() || d.keep <= 0.0 {
+                bail!("lora_delta: keep probability {} must be in (0, 1]", d.keep)
+            }
+        }
+        let mut out_dims = x.dims().to_vec();
+        if let Some(last) = out_dims.last_mut() {
+            *last = out_f;
+        }
+        let x2 = x.flatten_to(D::Minus2)?;
+        let (ad, bd) = (a.detach(), b.detach());
+        let xm = masked(&x2.detach(), dropout)?;
+        let h = xm.matmul(&ad.t()?)?;
+        let delta = (h.matmul(&bd.t()?)? * scale)?;
+        drop(xm);
+        let xd = x2.detach();
+        let need = [x.track_op(), a.track_op(), b.track_op()];
+        let y = custom_backward::ternary("lora_delta", &x2, a, b, delta, move |dy| {
+            let dh = (dy.to_dtype(DType::F32)?.matmul(&bd)? * scale)?;
+            let db = if need[2] { Some((dy.to_dtype(DType::F32)?.t()?.matmul(&h)? * scale)?) } else { None };
+            let xm = if need[1] { Some(masked(&xd, dropout)?) } else { None };
+            let da = xm.map(|xm| dh.t()?.matmul(&xm)).transpose()?;
+            let dx = if need[0] {
+                let g = dh.matmul(&ad)?;
+                let g = match dropout {
+                    Some(d) => {
+                        let m = mask(g.dims2()?, d, g.device())?;
+                        (g * m)?
+                    }
+                    None => g,
+                };
+                Some(g.to_dtype(xd.dtype())?)
+            } else {
+                None
             };
-            Some(g.to_dtype(xd.dtype())?)
-        } else {
-            None
-        };
-        Ok([dx, da, db])
-    })?;
-    y.reshape(out_dims)
+            Ok([dx, da, db])
+        })?;
+        y.reshape(out_dims)
+    })
 }
 
 /// x [n, in] in f32, times the dropout mask when there is one.

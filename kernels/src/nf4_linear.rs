@@ -185,24 +185,26 @@ pub fn nf4_linear_chunked(
     compute_dtype: DType,
     chunk_elems: usize,
 ) -> Result<Tensor> {
-    let (out_f, in_f) = w.shape;
-    if x.rank() < 2 || x.dim(D::Minus1)? != in_f {
-        bail!("nf4_linear: x {:?} does not match W [{out_f}, {in_f}] (want [..., {in_f}])", x.dims())
-    }
-    if let Some(b) = bias {
-        if b.dims() != [out_f] {
-            bail!("nf4_linear: bias {:?} != [{out_f}]", b.dims())
+    crate::profile::forward("nf4_linear", || {
+        let (out_f, in_f) = w.shape;
+        if x.rank() < 2 || x.dim(D::Minus1)? != in_f {
+            bail!("nf4_linear: x {:?} does not match W [{out_f}, {in_f}] (want [..., {in_f}])", x.dims())
         }
-    }
-    w.validate()?;
-    let x = if x.dtype() == compute_dtype { x.clone() } else { x.to_dtype(compute_dtype)? };
-    let bias = bias.map(|b| b.detach().to_dtype(compute_dtype)).transpose()?;
-    let rows = w.rows_per_chunk(chunk_elems);
-    // On CUDA each row block is dequantised by a kernel (`cuda/nf4_linear.cu`) straight into bf16 and
-    // multiplied by cuBLAS; only that block is ever dense.
-    let y = forward(&x.detach(), w, bias.as_ref(), compute_dtype, rows)?;
-    let w = w.clone();
-    custom_backward::unary("nf4_linear", &x, y, move |dy| input_grad(dy, &w, compute_dtype, rows))
+        if let Some(b) = bias {
+            if b.dims() != [out_f] {
+                bail!("nf4_linear: bias {:?} != [{out_f}]", b.dims())
+            }
+        }
+        w.validate()?;
+        let x = if x.dtype() == compute_dtype { x.clone() } else { x.to_dtype(compute_dtype)? };
+        let bias = bias.map(|b| b.detach().to_dtype(compute_dtype)).transpose()?;
+        let rows = w.rows_per_chunk(chunk_elems);
+        // On CUDA each row block is dequantised by a kernel (`cuda/nf4_linear.cu`) straight into bf16 and
+        // multiplied by cuBLAS; only that block is ever dense.
+        let y = forward(&x.detach(), w, bias.as_ref(), compute_dtype, rows)?;
+        let w = w.clone();
+        custom_backward::unary("nf4_linear", &x, y, move |dy| input_grad(dy, &w, compute_dtype, rows))
+    })
 }
 
 fn forward(x: &Tensor, w: &Nf4Packed, bias: Option<&Tensor>, dt: DType, rows: usize) -> Result<Tensor> {

@@ -8,24 +8,34 @@
 
 use candle_core::{bail, Result, Tensor};
 
-use crate::{compute_dtype, custom_backward};
+use crate::{compute_dtype, cpu, custom_backward};
 
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    if gate.dims() != up.dims() || gate.dtype() != up.dtype() {
-        bail!("swiglu: gate {:?} {:?} vs up {:?} {:?}", gate.dims(), gate.dtype(), up.dims(), up.dtype())
-    }
-    let (g, u) = (gate.detach(), up.detach());
-    let (need_g, need_u) = (gate.track_op(), up.track_op());
-    if let Some(dev) = gpu::eligible(&g) {
-        let (g, u) = (g.contiguous()?, u.contiguous()?);
-        let y = gpu::forward(&dev, &g, &u)?;
-        return custom_backward::binary("swiglu", gate, up, y, move |dy| {
-            let (dg, du) = gpu::backward(&dev, &g, &u, dy)?;
-            Ok([need_g.then_some(dg), need_u.then_some(du)])
-        });
-    }
-    let y = forward(&g, &u)?;
-    custom_backward::binary("swiglu", gate, up, y, move |dy| backward(&g, &u, dy, need_g, need_u))
+    crate::profile::forward("swiglu", || {
+        if gate.dims() != up.dims() || gate.dtype() != up.dtype() {
+            bail!("swiglu: gate {:?} {:?} vs up {:?} {:?}", gate.dims(), gate.dtype(), up.dims(), up.dtype())
+        }
+        let (g, u) = (gate.detach(), up.detach());
+        let (need_g, need_u) = (gate.track_op(), up.track_op());
+        if let Some(dev) = gpu::eligible(&g) {
+            let (g, u) = (g.contiguous()?, u.contiguous()?);
+            let y = gpu::forward(&dev, &g, &u)?;
+            return custom_backward::binary("swiglu", gate, up, y, move |dy| {
+                let (dg, du) = gpu::backward(&dev, &g, &u, dy)?;
+                Ok([need_g.then_some(dg), need_u.then_some(du)])
+            });
+        }
+        if cpu::eligible(&[&g, &u]) {
+            let (g, u) = (g.contiguous()?, u.contiguous()?);
+            let y = fused_cpu::forward(&g, &u)?;
+            return custom_backward::binary("swiglu", gate, up, y, move |dy| {
+                let (dg, du) = fused_cpu::backward(&g, &u, dy)?;
+                Ok([need_g.then_some(dg), need_u.then_some(du)])
+            });
+        }
+        let y = forward(&g, &u)?;
+        custom_backward::binary("swiglu", gate, up, y, move |dy| backward(&g, &u, dy, need_g, need_u))
+    })
 }
 
 /// sigmoid(g) in the compute dtype; exp overflow for very negative g gives 1/inf = 0, not NaN.
@@ -94,5 +104,44 @@ mod gpu {
         let grid = launch::blocks(n, launch::swiglu::K_THREADS, MAX_BLOCKS);
         dev.launch(&launch::swiglu::OXT_SWIGLU_BWD_BF16, (grid, 1, 1), 0, &args)?;
         Ok((dg, du))
+    }
+}
+
+/// f32 on the CPU: one pass each way (sigmoid through `vmath::exp`), in pieces over rayon's threads.
+mod fused_cpu {
+    use candle_core::{DType, Result, Tensor};
+    use rayon::prelude::*;
+
+    use crate::cpu::{self, vmath};
+
+    /// Elements per parallel piece.
+    const PIECE: usize = 1 << 14;
+
+    pub fn forward(g: &Tensor, u: &Tensor) -> Result<Tensor> {
+        let mut y = vec![0f32; g.elem_count()];
+        cpu::read(g, |g| {
+            cpu::read(u, |u| {
+                y.par_chunks_mut(PIECE)
+                    .zip(g.par_chunks(PIECE))
+                    .zip(u.par_chunks(PIECE))
+                    .for_each(|((y, g), u)| vmath::swiglu(g, u, y))
+            })
+        })??;
+        cpu::tensor(y, g.dims())
+    }
+
+    pub fn backward(g: &Tensor, u: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+        let mut dg = dy.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let mut du = vec![0f32; dg.len()];
+        cpu::read(g, |g| {
+            cpu::read(u, |u| {
+                let pieces = dg.par_chunks_mut(PIECE).zip(du.par_chunks_mut(PIECE));
+                pieces
+                    .zip(g.par_chunks(PIECE))
+                    .zip(u.par_chunks(PIECE))
+                    .for_each(|(((dg, du), g), u)| vmath::swiglu_grad(g, u, dg, du))
+            })
+        })??;
+        Ok((cpu::tensor(dg, g.dims())?, cpu::tensor(du, g.dims())?))
     }
 }

@@ -75,11 +75,17 @@ impl LoraAdapter {
     /// scale·B(A(dropout(x))) in f32; `x` [..., in]. Dropout only when a training RNG is given:
     /// one draw seeds the whole mask (`kernels::lora_linear`, recomputed in the backward).
     pub fn forward(&self, x: &Tensor, dropout_rng: Option<&mut Rng>) -> Result<Tensor> {
+        let l = self.branch(dropout_rng);
+        lora_delta(x, l.a, l.b, l.scale, l.dropout)
+    }
+
+    /// The branch as the kernels take it; draws the dropout seed when training with dropout.
+    pub fn branch(&self, dropout_rng: Option<&mut Rng>) -> kernels::adapted_linear::Lora<'_> {
         let dropout = match dropout_rng {
             Some(rng) if self.dropout > 0.0 => Some(Dropout { keep: 1.0 - self.dropout, seed: rng.next_u64() }),
             _ => None,
         };
-        lora_delta(x, self.a.as_tensor(), self.b.as_tensor(), self.scale, dropout)
+        kernels::adapted_linear::Lora { a: self.a.as_tensor(), b: self.b.as_tensor(), scale: self.scale, dropout }
     }
 
     /// scale·B·A [out, in] in f32: what merging adds to the base weight.

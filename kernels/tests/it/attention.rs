@@ -147,3 +147,33 @@ fn rejects_bad_shapes() {
     let seg = Tensor::new(&[[1u32, 1, 1]], &Device::Cpu).unwrap();
     assert!(causal_attention(&q, &k, &v, Some(&seg), 1.0).is_err());
 }
+
+/// Sequences longer than the CPU path's 64-row query blocks: several blocks per head, a KV-cache
+/// offset (tq < tk), packed segments, and one kv head in all (the backward's single-task path).
+#[test]
+fn long_sequences_span_query_blocks() {
+    let mut rng = Rng::new(47);
+    let d = 8;
+    for (b, hq, hkv, tq, tk) in [(2, 4, 2, 150, 160), (1, 2, 1, 130, 130)] {
+        let ids: Vec<u32> = (0..b * tk).map(|i| ((i % tk) / 37) as u32).collect();
+        let seg = Tensor::from_vec(ids, (b, tk), &Device::Cpu).unwrap();
+        for seg in [None, Some(seg)] {
+            let q = rng.tensor(&[b, hq, tq, d], 1.0, DType::F32);
+            let k = rng.tensor(&[b, hkv, tk, d], 1.0, DType::F32);
+            let v = rng.tensor(&[b, hkv, tk, d], 1.0, DType::F32);
+            let scale = 1.0 / (d as f64).sqrt();
+            let what = format!("b={b} hq={hq} hkv={hkv} tq={tq} tk={tk} seg={}", seg.is_some());
+            let y = causal_attention(&q, &k, &v, seg.as_ref(), scale).unwrap();
+            assert_close(&what, &y, &reference::causal_attention(&q, &k, &v, seg.as_ref(), scale).unwrap(), F32_FWD);
+            let seg2 = seg.clone();
+            check_grads(
+                &what,
+                |x: &[Tensor]| causal_attention(&x[0], &x[1], &x[2], seg.as_ref(), scale),
+                |x: &[Tensor]| reference::causal_attention(&x[0], &x[1], &x[2], seg2.as_ref(), scale),
+                &[q, k, v],
+                &mut rng,
+                F32_BWD,
+            );
+        }
+    }
+}

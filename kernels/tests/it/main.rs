@@ -4,6 +4,7 @@
 
 mod common;
 
+mod adapted_linear;
 mod attention;
 mod cross_entropy;
 mod custom_backward;

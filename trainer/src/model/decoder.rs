@@ -314,12 +314,16 @@ impl Decoder {
             c.layers.resize_with(self.layers.len(), || None);
         }
         for (li, layer) in self.layers.iter().enumerate() {
+            if kernels::profile::enabled() {
+                kernels::profile::set_label(&format!("layer {li}"));
+            }
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[li]);
             x = match (&ctx.checkpoint, slot) {
                 (Some(side), None) => checkpointed(layer, &env, &x, ctx, side.clone())?,
                 (_, slot) => layer.forward(&env, &x, ctx, slot)?,
             };
         }
+        kernels::profile::set_label("head");
         kernels::rms_norm::rms_norm(&x, &self.norm, env.eps)
     }
 

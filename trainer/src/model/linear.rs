@@ -28,6 +28,12 @@ pub struct Linear {
 impl Linear {
     /// y = base(x) + scale·B(A(dropout(x))). The base never receives a weight gradient.
     pub fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        if let (BaseWeight::Dense { w, bias }, Some(lora)) = (&self.base, &self.lora) {
+            if ctx.adapters {
+                let branch = lora.branch(ctx.dropout_rng.as_mut());
+                return kernels::adapted_linear::adapted_linear(x, w, bias.as_ref(), branch);
+            }
+        }
         let y = match &self.base {
             BaseWeight::Dense { w, bias } => kernels::frozen_linear::frozen_linear(x, w, bias.as_ref())?,
             BaseWeight::Nf4 { w, bias, compute } => kernels::nf4_linear::nf4_linear(x, w, bias.as_ref(), *compute)?,
