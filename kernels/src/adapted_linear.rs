@@ -85,7 +85,7 @@ fn fused_cpu(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, lora: Lora) -> Resul
         })?;
     }
     drop(xm);
-    let y = cpu::tensor(y, &[n, out_f])?;
+    let y = custom_backward::Value::host(y, &[n, out_f]);
     let need = [x.track_op(), lora.a.track_op(), lora.b.track_op()];
     let y = custom_backward::ternary("adapted_linear", &x2, lora.a, lora.b, y, move |dy| {
         let dy = dy.to_dtype(DType::F32)?.contiguous()?;

@@ -185,6 +185,7 @@ mod fused_cpu {
 
     use super::{Attention, Geometry};
     use crate::cpu::{self, vmath, Mat};
+    use crate::custom_backward::Value;
 
     /// Query rows per block.
     const BQ: usize = 64;
@@ -241,7 +242,7 @@ mod fused_cpu {
     }
 
     /// (out [b, hq, tq, d], lse per query row [b·hq·tq]).
-    pub fn forward(a: &Attention) -> Result<(Tensor, Vec<f32>)> {
+    pub fn forward(a: &Attention) -> Result<(Value, Vec<f32>)> {
         let geo = a.geo;
         let Geometry { b, hq, tq, tk, d, .. } = geo;
         let g = geo.g();
@@ -284,7 +285,7 @@ mod fused_cpu {
                 })
             })
         })????;
-        Ok((cpu::tensor(out, &[b, hq, tq, d])?, lse))
+        Ok((Value::host(out, &[b, hq, tq, d]), lse))
     }
 
     pub fn backward(a: &Attention, lse: &[f32], dout: &Tensor, need: [bool; 3]) -> Result<[Option<Tensor>; 3]> {

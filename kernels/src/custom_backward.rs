@@ -5,14 +5,16 @@
 //!
 //! Why this shape: candle only builds graph nodes through its own ops or `CustomOp{1,2,3}`
 //! (`BackpropOp` cannot be built outside candle), and a custom op's device forward only sees raw
-//! storage. So the caller computes the value with ordinary tensor ops (any device), and a custom op
-//! whose `cpu_fwd`/`cuda_fwd`/`metal_fwd` copy that value's storage turns it into a graph node.
+//! storage. So the caller computes the value with ordinary tensor ops (any device) or as a plain f32
+//! vector (CPU), and a custom op whose `cpu_fwd`/`cuda_fwd`/`metal_fwd` hands out that value's
+//! storage turns it into a graph node.
 //!
 //! Contract for `bwd`: capture only detached tensors (inputs via `Tensor::detach`), so the ops it
 //! runs build no graph of their own; return gradients shaped like the inputs (dtype is fixed up).
 //!
-//! Memory traffic: one extra read + write of the output in the forward (the copy; the original is
-//! dropped right after, because the op hands its value out exactly once). The graph then keeps only
+//! Memory traffic: a tensor value costs one extra read + write of the output in the forward (the copy;
+//! the original is dropped right after, because the op hands its value out exactly once); a host
+//! value (`Value::Host`, f32 data of the fused CPU paths) becomes the node's storage as it is. The graph then keeps only
 //! what `bwd` captures — by convention detached inputs the graph holds anyway, plus small stats.
 
 use std::sync::Mutex;
@@ -25,37 +27,73 @@ use candle_core::{
 
 use crate::profile;
 
+/// A forward value: a tensor, or f32 data on the host that the graph node takes over as its storage
+/// without the copy a tensor needs (the fused CPU paths build their outputs as plain vectors).
+pub enum Value {
+    Tensor(Tensor),
+    Host { data: Vec<f32>, shape: Shape },
+}
+
+impl Value {
+    pub fn host(data: Vec<f32>, dims: &[usize]) -> Value {
+        Value::Host { data, shape: Shape::from_dims(dims) }
+    }
+
+    pub fn into_tensor(self) -> Result<Tensor> {
+        match self {
+            Value::Tensor(t) => Ok(t),
+            Value::Host { data, shape } => Tensor::from_vec(data, shape, &candle_core::Device::Cpu),
+        }
+    }
+}
+
+impl From<Tensor> for Value {
+    fn from(t: Tensor) -> Value {
+        Value::Tensor(t)
+    }
+}
+
 type Backward<const N: usize> = Box<dyn Fn(&Tensor) -> Result<[Option<Tensor>; N]> + Send + Sync>;
 
 /// One input: `bwd(dy)` returns the gradient for `x`.
-pub fn unary<F>(name: &'static str, x: &Tensor, value: Tensor, bwd: F) -> Result<Tensor>
+pub fn unary<F>(name: &'static str, x: &Tensor, value: impl Into<Value>, bwd: F) -> Result<Tensor>
 where
     F: Fn(&Tensor) -> Result<Tensor> + Send + Sync + 'static,
 {
+    let value = value.into();
     if !x.track_op() {
-        return Ok(value);
+        return value.into_tensor();
     }
     x.apply_op1(Surface::<1>::new(name, value, move |g| Ok([Some(bwd(g)?)])))
 }
 
 /// Two inputs: `bwd(dy)` returns `[da, db]`; `None` means no gradient for that input.
-pub fn binary<F>(name: &'static str, a: &Tensor, b: &Tensor, value: Tensor, bwd: F) -> Result<Tensor>
+pub fn binary<F>(name: &'static str, a: &Tensor, b: &Tensor, value: impl Into<Value>, bwd: F) -> Result<Tensor>
 where
     F: Fn(&Tensor) -> Result<[Option<Tensor>; 2]> + Send + Sync + 'static,
 {
+    let value = value.into();
     if !a.track_op() && !b.track_op() {
-        return Ok(value);
+        return value.into_tensor();
     }
     a.apply_op2(b, Surface::new(name, value, bwd))
 }
 
 /// Three inputs: `bwd(dy)` returns `[da, db, dc]`.
-pub fn ternary<F>(name: &'static str, a: &Tensor, b: &Tensor, c: &Tensor, value: Tensor, bwd: F) -> Result<Tensor>
+pub fn ternary<F>(
+    name: &'static str,
+    a: &Tensor,
+    b: &Tensor,
+    c: &Tensor,
+    value: impl Into<Value>,
+    bwd: F,
+) -> Result<Tensor>
 where
     F: Fn(&Tensor) -> Result<[Option<Tensor>; 3]> + Send + Sync + 'static,
 {
+    let value = value.into();
     if !a.track_op() && !b.track_op() && !c.track_op() {
-        return Ok(value);
+        return value.into_tensor();
     }
     a.apply_op3(b, c, Surface::new(name, value, bwd))
 }
@@ -64,31 +102,49 @@ where
 struct Surface<const N: usize> {
     name: &'static str,
     // Taken by the (single) device forward so the graph node does not keep a second copy alive.
-    value: Mutex<Option<Tensor>>,
+    value: Mutex<Option<Value>>,
     bwd: Backward<N>,
     /// The profile label at forward time, so the backward is booked to the same layer.
     label: String,
 }
 
 impl<const N: usize> Surface<N> {
-    fn new<F>(name: &'static str, value: Tensor, bwd: F) -> Self
+    fn new<F>(name: &'static str, value: Value, bwd: F) -> Self
     where
         F: Fn(&Tensor) -> Result<[Option<Tensor>; N]> + Send + Sync + 'static,
     {
-        Self { name, value: Mutex::new(Some(value.detach())), bwd: Box::new(bwd), label: profile::label() }
+        let value = match value {
+            Value::Tensor(t) => Value::Tensor(t.detach()),
+            host => host,
+        };
+        Self { name, value: Mutex::new(Some(value)), bwd: Box::new(bwd), label: profile::label() }
     }
 
-    /// Dense copy of the value's storage on the device `pick` selects.
-    fn surface<S>(&self, pick: fn(&Storage) -> Option<&S>) -> Result<(S, Shape)>
-    where
-        S: BackendStorage,
-        S::Device: BackendDevice<Storage = S>,
-    {
+    /// The value, handed out once.
+    fn take(&self) -> Result<Value> {
         let value = match self.value.lock() {
             Ok(mut slot) => slot.take(),
             Err(_) => bail!("{}: value lock poisoned", self.name),
         };
-        let Some(value) = value else { bail!("{}: forward value already consumed", self.name) };
+        match value {
+            Some(v) => Ok(v),
+            None => bail!("{}: forward value already consumed", self.name),
+        }
+    }
+
+    /// The value's storage on the device `pick` selects: host data as it is, a tensor densely copied.
+    fn surface<S>(&self, pick: fn(&Storage) -> Option<&S>, host: fn(Vec<f32>) -> Option<S>) -> Result<(S, Shape)>
+    where
+        S: BackendStorage,
+        S::Device: BackendDevice<Storage = S>,
+    {
+        let value = match self.take()? {
+            Value::Host { data, shape } => match host(data) {
+                Some(s) => return Ok((s, shape)),
+                None => bail!("{}: a host value cannot be the output of a device op", self.name),
+            },
+            Value::Tensor(t) => t,
+        };
         let (storage, layout) = value.storage_and_layout();
         let Some(src) = pick(&storage) else { bail!("{}: value is on a different device than the inputs", self.name) };
         Ok((dense_copy(src, layout)?, layout.shape().clone()))
@@ -126,6 +182,14 @@ where
     Ok(dst)
 }
 
+fn cpu_host(data: Vec<f32>) -> Option<CpuStorage> {
+    Some(CpuStorage::F32(data))
+}
+
+fn no_host<S>(_: Vec<f32>) -> Option<S> {
+    None
+}
+
 fn cpu(s: &Storage) -> Option<&CpuStorage> {
     match s {
         Storage::Cpu(s) => Some(s),
@@ -152,13 +216,13 @@ impl CustomOp1 for Surface<1> {
         self.name
     }
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        self.surface(cpu)
+        self.surface(cpu, cpu_host)
     }
     fn cuda_fwd(&self, _: &CudaStorage, _: &Layout) -> Result<(CudaStorage, Shape)> {
-        self.surface(cuda)
+        self.surface(cuda, no_host)
     }
     fn metal_fwd(&self, _: &MetalStorage, _: &Layout) -> Result<(MetalStorage, Shape)> {
-        self.surface(metal)
+        self.surface(metal, no_host)
     }
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let [g] = self.grads([arg], grad)?;
@@ -171,13 +235,13 @@ impl CustomOp2 for Surface<2> {
         self.name
     }
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        self.surface(cpu)
+        self.surface(cpu, cpu_host)
     }
     fn cuda_fwd(&self, _: &CudaStorage, _: &Layout, _: &CudaStorage, _: &Layout) -> Result<(CudaStorage, Shape)> {
-        self.surface(cuda)
+        self.surface(cuda, no_host)
     }
     fn metal_fwd(&self, _: &MetalStorage, _: &Layout, _: &MetalStorage, _: &Layout) -> Result<(MetalStorage, Shape)> {
-        self.surface(metal)
+        self.surface(metal, no_host)
     }
     fn bwd(&self, a: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let [ga, gb] = self.grads([a, b], grad)?;
@@ -198,7 +262,7 @@ impl CustomOp3 for Surface<3> {
         _: &CpuStorage,
         _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        self.surface(cpu)
+        self.surface(cpu, cpu_host)
     }
     fn cuda_fwd(
         &self,
@@ -209,7 +273,7 @@ impl CustomOp3 for Surface<3> {
         _: &CudaStorage,
         _: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        self.surface(cuda)
+        self.surface(cuda, no_host)
     }
     fn metal_fwd(
         &self,
@@ -220,7 +284,7 @@ impl CustomOp3 for Surface<3> {
         _: &MetalStorage,
         _: &Layout,
     ) -> Result<(MetalStorage, Shape)> {
-        self.surface(metal)
+        self.surface(metal, no_host)
     }
     fn bwd(
         &self,

@@ -61,6 +61,7 @@ mod fused_cpu {
     use rayon::prelude::*;
 
     use crate::cpu::{self, vmath};
+    use crate::custom_backward::Value;
 
     /// Rows per parallel piece.
     const ROWS: usize = 16;
@@ -69,7 +70,7 @@ mod fused_cpu {
         (1.0 / ((vmath::dot(x, x) as f64 / x.len() as f64) + eps).sqrt()) as f32
     }
 
-    pub fn forward(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    pub fn forward(x: &Tensor, w: &Tensor, eps: f64) -> Result<Value> {
         let d = w.elem_count();
         let mut y = vec![0f32; x.elem_count()];
         cpu::read(x, |x| {
@@ -82,7 +83,7 @@ mod fused_cpu {
                 })
             })
         })??;
-        cpu::tensor(y, x.dims())
+        Ok(Value::host(y, x.dims()))
     }
 
     /// dx = r·(gn − n·mean(gn·n)), gn = dy·w, n = x·r.

@@ -43,7 +43,9 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         if cpu::eligible(&[x, &cos, &sin]) {
             let (cos, sin) = (cos.contiguous()?, sin.contiguous()?);
             let y = fused_cpu::rotate(&x.detach(), &cos, &sin, 1.0)?;
-            return custom_backward::unary("rope", x, y, move |dy| fused_cpu::rotate(dy, &cos, &sin, -1.0));
+            return custom_backward::unary("rope", x, y, move |dy| {
+                fused_cpu::rotate(dy, &cos, &sin, -1.0)?.into_tensor()
+            });
         }
         let y = rotate(&x.detach(), &cos, &sin, 1.0)?;
         custom_backward::unary("rope", x, y, move |dy| rotate(dy, &cos, &sin, -1.0))
@@ -67,9 +69,10 @@ mod fused_cpu {
     use rayon::prelude::*;
 
     use crate::cpu;
+    use crate::custom_backward::Value;
 
     /// As [`super::rotate`]; cos/sin are contiguous [cb, 1, t, d/2] f32.
-    pub fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor, dir: f32) -> Result<Tensor> {
+    pub fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor, dir: f32) -> Result<Value> {
         let (_b, h, t, d) = x.dims4()?;
         let (cb, half) = (cos.dim(0)?, d / 2);
         let x = x.to_dtype(DType::F32)?.contiguous()?;
@@ -98,7 +101,7 @@ mod fused_cpu {
                 })
             })
         })???;
-        cpu::tensor(y, x.dims())
+        Ok(Value::host(y, x.dims()))
     }
 }
 

@@ -113,11 +113,12 @@ mod fused_cpu {
     use rayon::prelude::*;
 
     use crate::cpu::{self, vmath};
+    use crate::custom_backward::Value;
 
     /// Elements per parallel piece.
     const PIECE: usize = 1 << 14;
 
-    pub fn forward(g: &Tensor, u: &Tensor) -> Result<Tensor> {
+    pub fn forward(g: &Tensor, u: &Tensor) -> Result<Value> {
         let mut y = vec![0f32; g.elem_count()];
         cpu::read(g, |g| {
             cpu::read(u, |u| {
@@ -127,7 +128,7 @@ mod fused_cpu {
                     .for_each(|((y, g), u)| vmath::swiglu(g, u, y))
             })
         })??;
-        cpu::tensor(y, g.dims())
+        Ok(Value::host(y, g.dims()))
     }
 
     pub fn backward(g: &Tensor, u: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {

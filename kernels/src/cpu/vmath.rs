@@ -1,5 +1,5 @@
-//! Row loops for the fused CPU ops, written so the compiler vectorises them, and compiled twice:
-//! for the baseline target and for AVX2 (picked at run time). Reductions keep 16 independent
+//! Row loops for the fused CPU ops, written so the compiler vectorises them, and compiled three
+//! times: for the baseline target, AVX2 and AVX-512F (the widest the CPU has is picked at run time). Reductions keep 16 independent
 //! partial results, combined in a fixed order, so they vectorise without reordering by the compiler
 //! and give the same bits on every run.
 //!
@@ -10,11 +10,20 @@
 
 const LANES: usize = 16;
 
-/// Defines `pub fn $name` that runs `$imp` compiled with AVX2 when the CPU has it.
+/// Defines `pub fn $name` that runs `$imp` compiled for AVX-512F or AVX2 when the CPU has them.
 macro_rules! vectorised {
     ($(#[$m:meta])* pub fn $name:ident($($a:ident: $t:ty),*) $(-> $r:ty)? => $imp:ident) => {
         $(#[$m])*
         pub fn $name($($a: $t),*) $(-> $r)? {
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx512f") {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn wider($($a: $t),*) $(-> $r)? {
+                    $imp($($a),*)
+                }
+                // SAFETY: the CPU has AVX-512F (checked just above); `wider` is `$imp` compiled for it.
+                return unsafe { wider($($a),*) };
+            }
             #[cfg(target_arch = "x86_64")]
             if std::is_x86_feature_detected!("avx2") {
                 #[target_feature(enable = "avx2")]
@@ -102,17 +111,29 @@ fn scale_imp(x: &mut [f32], s: f32) {
     }
 }
 
+/// Partial sums of `dot`: four vectors' worth at AVX-512 width, so four multiply-add chains run at
+/// once instead of one waiting on the previous (dot products here are short: a head or hidden size).
+const DOT_LANES: usize = 64;
+
 #[inline(always)]
 fn dot_imp(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; LANES];
-    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let mut acc = [0f32; DOT_LANES];
+    let (ca, cb) = (a.chunks_exact(DOT_LANES), b.chunks_exact(DOT_LANES));
     let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
     for (x, y) in ca.zip(cb) {
-        for l in 0..LANES {
+        for l in 0..DOT_LANES {
             acc[l] += x[l] * y[l];
         }
     }
-    acc.iter().sum::<f32>() + tail
+    // Halve in a fixed order (vectorised, same bits every run).
+    let mut width = DOT_LANES / 2;
+    while width >= 1 {
+        for l in 0..width {
+            acc[l] += acc[l + width];
+        }
+        width /= 2;
+    }
+    acc[0] + tail
 }
 
 #[inline(always)]
@@ -155,6 +176,18 @@ vectorised! {
 vectorised! {
     /// x ← s·x.
     pub fn scale(x: &mut [f32], s: f32) => scale_imp
+}
+
+#[inline(always)]
+fn axpy_imp(y: &mut [f32], alpha: f32, x: &[f32]) {
+    for (y, x) in y.iter_mut().zip(x) {
+        *y += alpha * x;
+    }
+}
+
+vectorised! {
+    /// y ← y + alpha·x over the shorter length.
+    pub fn axpy(y: &mut [f32], alpha: f32, x: &[f32]) => axpy_imp
 }
 
 vectorised! {
