@@ -15,7 +15,7 @@ PYTHON="${PYTHON:-python3}"
 BENCH="${OXTUNE_BENCH:-target/release/oxtune-bench}"
 DAY="$(date -u +%Y-%m-%d)"
 OUT="${OUT:-benches/results/$DAY-cpu-lora.jsonl}"
-PROFILE="${PROFILE:-benches/results/$DAY-cpu-lora-profile.md}"
+PROFILE="${PROFILE:-benches/results/$DAY-cpu-lora-profile.md}"  # the breakdown of the last round
 SHAPE=(--arch "$ARCH" --seq "${SEQ:-512}" --batch "${BATCH:-2}" --steps "${STEPS:-6}" --warmup 2 --rank 16 --dtype f32)
 mkdir -p "$(dirname "$OUT")" "$(dirname "$PROFILE")"
 [ -x "$BENCH" ] || { echo "no $BENCH: cargo build --release -p benches" >&2; exit 2; }
