@@ -127,8 +127,9 @@ pub fn matmul(
     Ok(())
 }
 
-/// `matmul` for a thin `a` (contiguous rows), when b has unit stride along k (dot products, one
-/// per output, parallel over output columns) or along n (row updates); false for other layouts.
+/// `matmul` for a thin `a` (contiguous rows), when b has unit stride along k (dot products: each
+/// column of b streamed once against four rows of a, columns in parallel) or along n (row updates);
+/// false for other layouts.
 fn thin(dst: &mut [f32], dst_rs: usize, a: Mat, b: Mat, beta: f32, accumulate: bool, threads: bool) -> bool {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     let a_row = |i: usize| &a.data[i * a.rs..i * a.rs + k];
@@ -138,8 +139,15 @@ fn thin(dst: &mut [f32], dst_rs: usize, a: Mat, b: Mat, beta: f32, accumulate: b
         let mut out = vec![0f32; n * m];
         let col = |(j, out): (usize, &mut [f32])| {
             let bj = &b.data[j * b.cs..j * b.cs + k];
-            for (i, o) in out.iter_mut().enumerate() {
-                *o = beta * vmath::dot(a_row(i), bj);
+            let mut quad = out.chunks_exact_mut(4);
+            for (q, o) in (&mut quad).enumerate() {
+                let i = 4 * q;
+                vmath::dot4(a_row(i), a_row(i + 1), a_row(i + 2), a_row(i + 3), bj, o);
+                o.iter_mut().for_each(|o| *o *= beta);
+            }
+            let done = m / 4 * 4;
+            for (i, o) in quad.into_remainder().iter_mut().enumerate() {
+                *o = beta * vmath::dot(a_row(done + i), bj);
             }
         };
         if threads && n * k >= 1 << 16 {
@@ -200,7 +208,7 @@ mod tests {
         let (k, n) = (300, 257);
         let a: Vec<f32> = (0..40 * k).map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0).collect();
         let w: Vec<f32> = (0..n * k).map(|i| ((i * 53) % 97) as f32 / 48.0 - 1.0).collect();
-        for m in [1, 4, THIN] {
+        for m in [1, 4, 6, THIN] {
             let a = Mat::rows(&a[..m * k], m, k);
             for b in [Mat::rows(&w, n, k).t(), Mat::rows(&w, k, n)] {
                 let (mut thin_out, mut wide_out) = (vec![0.5f32; m * n], vec![0.5f32; 17 * n]);

@@ -190,6 +190,47 @@ vectorised! {
     pub fn axpy(y: &mut [f32], alpha: f32, x: &[f32]) => axpy_imp
 }
 
+/// Sum of a partial-sum vector, halving in a fixed order.
+#[inline(always)]
+fn halve<const L: usize>(mut acc: [f32; L]) -> f32 {
+    let mut width = L / 2;
+    while width >= 1 {
+        for l in 0..width {
+            acc[l] += acc[l + width];
+        }
+        width /= 2;
+    }
+    acc[0]
+}
+
+#[inline(always)]
+fn dot4_imp(r0: &[f32], r1: &[f32], r2: &[f32], r3: &[f32], w: &[f32], out: &mut [f32]) {
+    const L: usize = 16;
+    let k = w.len();
+    let (r0, r1, r2, r3) = (&r0[..k], &r1[..k], &r2[..k], &r3[..k]);
+    let (mut a0, mut a1, mut a2, mut a3) = ([0f32; L], [0f32; L], [0f32; L], [0f32; L]);
+    let chunks = r0.chunks_exact(L).zip(r1.chunks_exact(L)).zip(r2.chunks_exact(L)).zip(r3.chunks_exact(L));
+    for ((((c0, c1), c2), c3), cw) in chunks.zip(w.chunks_exact(L)) {
+        for l in 0..L {
+            a0[l] += c0[l] * cw[l];
+            a1[l] += c1[l] * cw[l];
+            a2[l] += c2[l] * cw[l];
+            a3[l] += c3[l] * cw[l];
+        }
+    }
+    let t = k / L * L;
+    let tail = |r: &[f32]| -> f32 { r[t..].iter().zip(&w[t..]).map(|(x, y)| x * y).sum() };
+    out[0] = halve(a0) + tail(r0);
+    out[1] = halve(a1) + tail(r1);
+    out[2] = halve(a2) + tail(r2);
+    out[3] = halve(a3) + tail(r3);
+}
+
+vectorised! {
+    /// out[0..4] = r0·w, r1·w, r2·w, r3·w, with w read once (rows at least w's length).
+    pub fn dot4(r0: &[f32], r1: &[f32], r2: &[f32], r3: &[f32], w: &[f32], out: &mut [f32]) => dot4_imp
+}
+
 vectorised! {
     /// Σ aᵢ·bᵢ over the shorter length.
     pub fn dot(a: &[f32], b: &[f32]) -> f32 => dot_imp
