@@ -22,11 +22,4 @@ for round in 1 2; do
   echo "== round $round: transformers + PEFT" >&2
   "$PYTHON" benches/hf_baseline.py generate "${SHAPE[@]}" --json "$OUT" | grep '^RESULT'
 done
-"$PYTHON" - "$OUT" <<'PY'
-import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()][-4:]
-ox = [r["tokens_per_sec"] for r in rows if r["impl"] == "oxtune"]
-hf = [r["tokens_per_sec"] for r in rows if r["impl"] == "hf"]
-print(f"oxtune {min(ox):.0f}-{max(ox):.0f} tokens/s, transformers+PEFT {min(hf):.0f}-{max(hf):.0f} tokens/s: "
-      f"{min(ox)/max(hf):.2f}-{max(ox)/min(hf):.2f}x")
-PY
+"$PYTHON" benches/ratio.py "$OUT"

@@ -12,7 +12,7 @@ use candle_core::{bail, DType, Device, Result, Tensor, D};
 
 use crate::cpu::{self, Mat};
 use crate::frozen_linear::frozen_linear;
-use crate::lora_linear::{lora_delta, mask, Dropout};
+use crate::lora_linear::{effective_dropout, lora_delta, mask, masked, Dropout};
 use crate::{custom_backward, profile};
 
 /// The LoRA branch of an adapted linear: A, B, scale and dropout.
@@ -50,12 +50,7 @@ fn fused_cpu(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, lora: Lora) -> Resul
     if bias.is_some_and(|b| b.dims() != [out_f]) {
         bail!("adapted_linear: bias {:?} != [{out_f}]", bias.map(|b| b.dims().to_vec()))
     }
-    let dropout = lora.dropout.filter(|d| d.keep < 1.0);
-    if let Some(d) = dropout {
-        if d.keep.is_nan() || d.keep <= 0.0 {
-            bail!("adapted_linear: keep probability {} must be in (0, 1]", d.keep)
-        }
-    }
+    let dropout = effective_dropout("adapted_linear", lora.dropout)?;
     let mut out_dims = x.dims().to_vec();
     if let Some(last) = out_dims.last_mut() {
         *last = out_f;
@@ -64,10 +59,7 @@ fn fused_cpu(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, lora: Lora) -> Resul
     let n = x2.dim(0)?;
     let xd = x2.detach().contiguous()?;
     let (w, a, b) = (w.detach().contiguous()?, lora.a.detach().contiguous()?, lora.b.detach().contiguous()?);
-    let xm = match dropout {
-        Some(d) => (&xd * mask((n, in_f), d, &Device::Cpu)?)?,
-        None => xd.clone(),
-    };
+    let xm = masked(&xd, dropout)?;
     let (mut h, mut y) = (vec![0f32; n * r], vec![0f32; n * out_f]);
     cpu::read(&xm, |xm| {
         cpu::read(&a, |a| cpu::matmul(&mut h, r, Mat::rows(xm, n, in_f), Mat::rows(a, r, in_f).t(), 1.0, false, true))

@@ -30,12 +30,7 @@ pub fn lora_delta(x: &Tensor, a: &Tensor, b: &Tensor, scale: f64, dropout: Optio
         if rb != r || x.dim(D::Minus1)? != in_f || a.dtype() != DType::F32 || b.dtype() != DType::F32 {
             bail!("lora_delta: x {:?}, A {:?} {:?}, B {:?} {:?}", x.dims(), a.dims(), a.dtype(), b.dims(), b.dtype())
         }
-        let dropout = dropout.filter(|d| d.keep < 1.0);
-        if let Some(d) = dropout {
-            if d.keep.is_nan() || d.keep <= 0.0 {
-                bail!("lora_delta: keep probability {} must be in (0, 1]", d.keep)
-            }
-        }
+        let dropout = effective_dropout("lora_delta", dropout)?;
         let mut out_dims = x.dims().to_vec();
         if let Some(last) = out_dims.last_mut() {
             *last = out_f;
@@ -72,8 +67,19 @@ pub fn lora_delta(x: &Tensor, a: &Tensor, b: &Tensor, scale: f64, dropout: Optio
     })
 }
 
+/// The dropout that applies (None for keep = 1), or an error naming `op` for a keep outside (0, 1].
+pub(crate) fn effective_dropout(op: &str, dropout: Option<Dropout>) -> Result<Option<Dropout>> {
+    let dropout = dropout.filter(|d| d.keep < 1.0);
+    if let Some(d) = dropout {
+        if d.keep.is_nan() || d.keep <= 0.0 {
+            bail!("{op}: keep probability {} must be in (0, 1]", d.keep)
+        }
+    }
+    Ok(dropout)
+}
+
 /// x [n, in] in f32, times the dropout mask when there is one.
-fn masked(x: &Tensor, dropout: Option<Dropout>) -> Result<Tensor> {
+pub(crate) fn masked(x: &Tensor, dropout: Option<Dropout>) -> Result<Tensor> {
     let xf = x.to_dtype(DType::F32)?;
     match dropout {
         Some(d) => xf.mul(&mask(xf.dims2()?, d, xf.device())?),
